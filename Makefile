@@ -1,0 +1,25 @@
+# Two commands for a fresh machine (see README):
+#   make demo   set up, then simulate 3 hospitals on the built-in cohort
+#   make test   set up, then run the whole test suite (what CI runs)
+.PHONY: setup demo test test-fast lint bench clean
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	.venv/bin/fedsynth simulate --out runs/demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m simulations.benchmarks.core
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

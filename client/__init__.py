@@ -1,0 +1,1 @@
+"""The site side: the ClientApp, local DP training and the privacy ledger."""

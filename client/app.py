@@ -1,0 +1,103 @@
+"""The Flower ClientApp: one train message in, one reply out.
+
+The reply holds exactly the fields in :data:`shared.keys.SITE_REPLY_FIELDS`:
+the clipped update and the site's public accounting figures. Errors are turned
+into a *declined* reply whose reason never contains cell values (validation
+messages quote rows, so they stay in the site's log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.errors import LedgerError, SiteConfigError, TrainingError
+from client.settings import SiteSettings
+from client.site import RoundResult, run_site_round
+from shared import keys
+from shared.config import TrainSettings
+from shared.errors import ConfigError, DataValidationError, FedsynthError, ModelError, SchemaError
+
+log = logging.getLogger("fedsynth.client")
+app = ClientApp()
+
+
+def public_reason(exc: BaseException) -> str:
+    """A decline reason safe to send: error type and column names, never values."""
+    if isinstance(exc, DataValidationError):
+        return (f"the site's table failed schema validation ({len(exc.problems)} problem(s)); "
+                "details are in the site's log")
+    if isinstance(exc, LedgerError):
+        return "the site's privacy ledger is missing, corrupt or rolled back; see the site's log"
+    if isinstance(exc, SchemaError | SiteConfigError | ConfigError | ModelError | TrainingError):
+        return f"{type(exc).__name__} at the site; see the site's log"
+    return f"internal error ({type(exc).__name__}) at the site; see the site's log"
+
+
+def build_reply_content(site: SiteSettings | None, train: TrainSettings | None,
+                        result: RoundResult) -> RecordDict:
+    """Assemble the reply; only the listed keys are ever set."""
+    metrics: dict[str, Any] = {
+        keys.EPSILON: float(result.epsilon),
+        keys.DELTA: float(site.budget_delta if site else 0.0),
+        keys.NOISE_MULTIPLIER: float(train.noise_multiplier if train else 0.0),
+        keys.SAMPLE_RATE: float(train.sample_rate if train else 0.0),
+        keys.MAX_GRAD_NORM: float(train.max_grad_norm if train else 0.0),
+        keys.STEPS: int(result.steps),
+        keys.TOTAL_STEPS: int(result.total_steps),
+        keys.UPDATE_NORM_CLIPPED: 1.0 if result.update_clipped else 0.0,
+    }
+    if site is not None and site.share_row_count and result.trained:
+        metrics[keys.NUM_ROWS] = int(result.num_rows)
+    info = ConfigRecord({
+        keys.SITE_NAME: site.site_name if site else "unknown",
+        keys.STATUS: keys.STATUS_TRAINED if result.trained else keys.STATUS_DECLINED,
+        keys.REASON: result.reason,
+        keys.ACCOUNTANT: train.accountant if train else "",
+        keys.SECURE_MODE: bool(site.secure_mode) if site else False,
+        keys.SCHEMA_FINGERPRINT: train.schema_fingerprint if train else "",
+    })
+    content = RecordDict({keys.PRIVACY_METRICS: MetricRecord(metrics), keys.SITE_INFO: info})
+    if result.trained and result.update is not None:
+        content[keys.UPDATE_ARRAYS] = ArrayRecord(result.update)
+    return content
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Validate, train under the ledger, and reply (or decline with a safe reason)."""
+    site: SiteSettings | None = None
+    train: TrainSettings | None = None
+    try:
+        site = SiteSettings.from_context(context.node_config, context.run_config)
+        train = TrainSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG]))
+        global_state = msg.content[keys.GLOBAL_ARRAYS].to_torch_state_dict()
+        result = run_site_round(site, train, global_state, run=str(context.run_id))
+    except FedsynthError as exc:
+        log.error("round declined: %s", exc)
+        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+    except Exception as exc:  # a bug must not leak values in a traceback
+        log.exception("round failed")
+        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+    return Message(content=build_reply_content(site, train, result), reply_to=msg)
+
+
+def _spent(site: SiteSettings | None) -> float:
+    """Cumulative ε to report on a decline (0.0 when the ledger cannot be read)."""
+    if site is None:
+        return 0.0
+    from client.ledger import PrivacyLedger
+
+    try:
+        return PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
+            delta=site.budget_delta)
+    except FedsynthError:
+        return 0.0
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Flower entry point for train messages."""
+    return handle_train(msg, context)

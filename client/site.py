@@ -1,0 +1,118 @@
+"""One training round at one site, independent of Flower (so it is testable alone).
+
+Order of operations, each step failing closed:
+
+1. load the site's schema and check its fingerprint equals the server's;
+2. load and validate the table (a bad table stops here: nothing charged or sent);
+3. under the ledger lock: check that the planned steps fit the remaining budget,
+   run DP-SGD, record the steps durably;
+4. compute the update (new − global) and clip its L2 norm.
+
+The caller sends the reply only after step 3 has written the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from client.errors import BudgetExhaustedError, SiteConfigError
+from client.ledger import PrivacyLedger
+from client.settings import SiteSettings
+from client.training import train_dp
+from shared.config import TrainSettings
+from shared.device import select_device
+from shared.models import build_generator
+from shared.schema import Schema
+from shared.tables import load_table
+
+log = logging.getLogger(__name__)
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """Outcome of one round at a site.
+
+    ``epsilon`` is the site's cumulative ε over its whole ledger (all runs).
+    ``update`` is ``None`` when the site declined.
+    """
+
+    trained: bool
+    reason: str
+    epsilon: float
+    steps: int
+    total_steps: int
+    update: StateDict | None = None
+    update_clipped: bool = False
+    num_rows: int = 0
+
+
+def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
+    """Scale ``update`` so its global L2 norm is at most ``max_norm``.
+
+    Returns
+    -------
+    (dict, bool)
+        The (possibly scaled) update and whether scaling happened.
+    """
+    norm = torch.sqrt(sum((v.double() ** 2).sum() for v in update.values()))
+    if float(norm) <= max_norm:
+        return update, False
+    scale = max_norm / float(norm)
+    return {k: v * scale for k, v in update.items()}, True
+
+
+def run_site_round(site: SiteSettings, train: TrainSettings, global_state: StateDict,
+                   *, run: str) -> RoundResult:
+    """Run one round of local DP training; see the module docstring for the order.
+
+    Raises
+    ------
+    SiteConfigError, SchemaError, DataValidationError, LedgerError, TrainingError
+        Before any budget is charged; the caller declines the round.
+    """
+    schema = Schema.load(site.schema_path)
+    if schema.fingerprint() != train.schema_fingerprint:
+        raise SiteConfigError(
+            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
+            f"differs from the server's ({train.schema_fingerprint[:12]}); install the "
+            "consortium's current schema at this site"
+        )
+    family = build_generator(schema, train.model)
+    family.load_state_dict(global_state)
+    frame = load_table(site.data_path, schema)
+    if site.budget_delta >= 1.0 / len(frame):
+        log.warning(
+            "site %s: δ=%g is not well below 1/n=%g; the guarantee is weak. Lower budget-delta.",
+            site.site_name, site.budget_delta, 1.0 / len(frame),
+        )
+    data = torch.from_numpy(family.encode(frame))
+    device = select_device(site.device)
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
+    with ledger.locked() as led:
+        try:
+            led.check_budget(noise_multiplier=train.noise_multiplier, sample_rate=train.sample_rate,
+                             steps=train.local_steps, budget_epsilon=site.budget_epsilon,
+                             delta=site.budget_delta)
+        except BudgetExhaustedError as exc:
+            log.warning("%s", exc)
+            return RoundResult(False, str(exc), led.epsilon(delta=site.budget_delta), 0,
+                               led.total_steps)
+        stats = train_dp(
+            family, data, steps=train.local_steps, noise_multiplier=train.noise_multiplier,
+            max_grad_norm=train.max_grad_norm, sample_rate=train.sample_rate,
+            learning_rate=train.learning_rate, device=device,
+            seed=train.seed * 100_003 + train.server_round, secure_mode=site.secure_mode,
+        )
+        led.record(run=run, server_round=train.server_round, noise_multiplier=train.noise_multiplier,
+                   sample_rate=train.sample_rate, steps=stats.steps, max_grad_norm=train.max_grad_norm)
+        epsilon, total = led.epsilon(delta=site.budget_delta), led.total_steps
+    new_state = family.state_dict()
+    update = {k: (new_state[k].cpu() - global_state[k].cpu()) for k in global_state}
+    update, clipped = clip_update(update, train.update_clip_norm)
+    log.info("site %s round %d: %d DP steps in %.1fs, cumulative ε=%.4f", site.site_name,
+             train.server_round, stats.steps, stats.seconds, epsilon)
+    return RoundResult(True, "", epsilon, stats.steps, total, update, clipped, len(frame))

@@ -1,0 +1,1 @@
+"""Deployment kit: certificates and keys, service files and guides for real sites."""

@@ -1,0 +1,162 @@
+"""Certificates and keys for a deployment, made with the ``cryptography`` package.
+
+* The consortium's CA (``ca.crt``, ``ca.key``) signs the SuperLink's TLS
+  certificate (``server.pem``, ``server.key``) for the hosts it is reached at.
+  Sites receive only ``ca.crt``, to verify the SuperLink.
+* Each site makes its own SuperNode identity key (ECDSA P-384, OpenSSH format,
+  as ``flower-supernode --auth-supernode-private-key`` expects). The private key
+  never leaves the site; the coordinator registers the ``.pub`` file.
+
+Private keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from deploy.errors import CertificateError
+
+CURVE = ec.SECP384R1()
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """Paths of the coordinator's TLS material."""
+
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def create_server_credentials(folder: str | Path, *, hosts: list[str],
+                              days: int = 825, organisation: str = "fedsynth consortium") -> ServerCredentials:
+    """Create a CA and a SuperLink TLS certificate valid for ``hosts``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Output folder (created). Existing files are not overwritten.
+    hosts : list of str
+        DNS names and IP addresses the sites use to reach the SuperLink.
+    days : int
+        Validity of both certificates.
+    """
+    if not hosts:
+        raise CertificateError("give at least one host name or IP address for the server certificate")
+    out = Path(folder)
+    creds = ServerCredentials(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
+    existing = [p for p in creds.__dict__.values() if p.exists()]
+    if existing:
+        raise CertificateError(
+            f"{existing[0]} already exists; refusing to overwrite the consortium's keys. "
+            "Use another --out folder or remove the old files deliberately."
+        )
+    now = dt.datetime.now(dt.UTC)
+    valid = dict(not_before=now - dt.timedelta(minutes=5), not_after=now + dt.timedelta(days=days))
+    ca_key = ec.generate_private_key(CURVE)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"{organisation} CA")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_before"]).not_valid_after(valid["not_after"])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    srv_key = ec.generate_private_key(CURVE)
+    srv_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name).public_key(srv_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_before"]).not_valid_after(valid["not_after"])
+        .add_extension(_san(hosts), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    _write_private(creds.ca_key, _pem_private(ca_key))
+    creds.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(creds.server_key, _pem_private(srv_key))
+    creds.server_cert.write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
+    return creds
+
+
+def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:
+    """Create a site's SuperNode identity key pair.
+
+    Returns
+    -------
+    (Path, Path)
+        ``<site>.key`` (private, OpenSSH, mode 0600; stays at the site) and
+        ``<site>.pub`` (public, OpenSSH; sent to the coordinator to register).
+    """
+    if not _SITE_NAME.match(site):
+        raise CertificateError(
+            f"site name {site!r} is not allowed; use letters, digits, '.', '_' or '-' (max 63)"
+        )
+    out = Path(folder)
+    priv, pub = out / f"{site}.key", out / f"{site}.pub"
+    if priv.exists() or pub.exists():
+        raise CertificateError(f"{priv} already exists; a site keeps one identity key")
+    key = ec.generate_private_key(CURVE)
+    _write_private(priv, key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH)
+                    + f" {site}\n".encode())
+    return priv, pub
+
+
+def public_key_fingerprint(pub_path: str | Path) -> str:
+    """SHA-256 fingerprint of an OpenSSH public key file (to compare out of band)."""
+    import hashlib
+
+    try:
+        key = serialization.load_ssh_public_key(Path(pub_path).read_bytes().strip())
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"{pub_path} is not an OpenSSH public key ({exc})") from None
+    raw = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()

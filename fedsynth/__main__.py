@@ -1,0 +1,7 @@
+"""``python -m fedsynth``."""
+
+import sys
+
+from fedsynth.cli import main
+
+sys.exit(main())

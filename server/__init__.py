@@ -1,0 +1,1 @@
+"""The coordinator: the ServerApp, aggregation, checkpoints and the release."""

@@ -1,0 +1,134 @@
+"""The privacy report released with every synthetic table (JSON and Markdown).
+
+Each site's ε is the cumulative figure from that site's own ledger (all rounds,
+all runs), exactly as the site reported it; the coordinator never computes a
+site's ε itself. The report also lists everything the sites sent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared import keys
+from shared.config import RunSettings
+
+
+def site_entry(privacy: dict[str, float], site: str, accountant: str,
+               secure_mode: bool) -> dict[str, Any]:
+    """One row of ``sites`` in the report, from a site's latest reply."""
+    return {
+        "site": site,
+        "epsilon": float(privacy.get(keys.EPSILON, 0.0)),
+        "delta": float(privacy.get(keys.DELTA, 0.0)),
+        "noise_multiplier": float(privacy.get(keys.NOISE_MULTIPLIER, 0.0)),
+        "sample_rate": float(privacy.get(keys.SAMPLE_RATE, 0.0)),
+        "steps": int(privacy.get(keys.TOTAL_STEPS, 0)),
+        "max_grad_norm": float(privacy.get(keys.MAX_GRAD_NORM, 0.0)),
+        "accountant": accountant,
+        "secure_mode": bool(secure_mode),
+        **({"num_rows": int(privacy[keys.NUM_ROWS])} if keys.NUM_ROWS in privacy else {}),
+    }
+
+
+def build_report(settings: RunSettings, sites: dict[str, dict[str, Any]], rounds: int,
+                 generator: str, sigma: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Assemble ``privacy_report.json``."""
+    shared_counts = any("num_rows" in s for s in sites.values())
+    return {
+        "generator": generator,
+        "rounds": rounds,
+        "sites": [sites[name] for name in sorted(sites)],
+        "unit": "one patient record at one site (add/remove neighbouring)",
+        "guarantee": (
+            "Each site's records are (epsilon, delta)-DP with respect to everything that site sent "
+            "to the consortium, over all rounds and runs recorded in its ledger. The global model, "
+            "the synthetic table and this report are post-processing of those messages."
+        ),
+        "run": {
+            "target_epsilon_this_run": settings.epsilon,
+            "calibration_delta": settings.delta,
+            "noise_multiplier": sigma,
+            "sample_rate": settings.sample_rate,
+            "max_grad_norm": settings.max_grad_norm,
+            "local_steps_per_round": settings.local_steps,
+            "rounds_planned": settings.rounds,
+            "noise_placement": "local",
+            "aggregation": "uniform mean of L2-clipped site updates (FedAvg)",
+            "update_clip_norm": settings.update_clip_norm,
+            "sampling": "Poisson (Opacus DPDataLoader)",
+            "secure_aggregation": False,
+        },
+        "sent_by_each_site": {rec: list(fields) for rec, fields in keys.SITE_REPLY_FIELDS.items()},
+        "opt_in_fields_sent": ["num-rows"] if shared_counts else [],
+        "not_protected": [
+            "which sites took part in each round, and each site's name",
+            "the schema (public by design: column types, category lists, bounds)",
+            "the DP parameters (sigma, q, C, steps) and each site's cumulative epsilon",
+            "the coordinator sees each site's individual update (secure aggregation is not enabled "
+            "in this version); those updates are themselves DP",
+        ],
+        "round_history": history,
+    }
+
+
+def _md_table(sites: list[dict[str, Any]]) -> str:
+    head = "| site | ε (cumulative) | δ | σ | q | steps (all runs) | C | accountant | secure_mode |"
+    rows = [head, "|" + "---|" * 9]
+    for s in sites:
+        rows.append(
+            f"| {s['site']} | {s['epsilon']:.4f} | {s['delta']:.1e} | {s['noise_multiplier']:.4f} | "
+            f"{s['sample_rate']:.4f} | {s['steps']} | {s['max_grad_norm']:g} | {s['accountant']} | "
+            f"{'on' if s['secure_mode'] else 'off'} |"
+        )
+    return "\n".join(rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Human-readable ``privacy_report.md``."""
+    run = report["run"]
+    sent = "\n".join(f"- `{rec}`: {', '.join(f'`{f}`' for f in fields)}"
+                     for rec, fields in report["sent_by_each_site"].items())
+    gaps = "\n".join(f"- {g}" for g in report["not_protected"])
+    insecure = [s["site"] for s in report["sites"] if not s["secure_mode"]]
+    warn = (f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
+            "fast pseudo-random generator. Turn it on (`secure-mode = true`) for production "
+            "releases.\n" if insecure else "")
+    return f"""# Privacy report
+
+Generator: **{report['generator']}**, {report['rounds']} aggregated round(s).
+
+## Guarantee per site
+
+{_md_table(report['sites'])}
+
+ε is each site's **cumulative** spend over every round and run in its privacy ledger.
+Unit of privacy: {report['unit']}. {report['guarantee']}
+{warn}
+## This run
+
+- noise multiplier σ = {run['noise_multiplier']:.4f}, Poisson sampling rate q = {run['sample_rate']},
+  per-record clip norm C = {run['max_grad_norm']}, {run['local_steps_per_round']} DP-SGD steps per round
+- σ was calibrated so this run's planned steps spend ε = {run['target_epsilon_this_run']}
+  at δ = {run['calibration_delta']} ({run['rounds_planned']} rounds planned)
+- noise placement: {run['noise_placement']} (each site runs DP-SGD on its own rows);
+  aggregation: {run['aggregation']}, update clip norm {run['update_clip_norm']}
+
+## What each site sent
+
+{sent}
+
+Opt-in fields sent: {', '.join(report['opt_in_fields_sent']) or 'none'}.
+No rows, row counts (unless opted in), losses or other metrics computed on real rows left any site.
+
+## Not protected
+
+{gaps}
+"""
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    """Write ``privacy_report.json`` and ``privacy_report.md`` into ``folder``."""
+    (folder / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / "privacy_report.md").write_text(render_markdown(report), encoding="utf-8")

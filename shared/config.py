@@ -1,0 +1,246 @@
+"""Typed, validated, frozen configuration objects.
+
+Flower hands apps loose ``dict[str, bool | int | float | str]`` configs. Each
+process reads its config exactly once, through one of these classes, and gets
+a clear :class:`ConfigError` naming the key and the fix if anything is off.
+
+* :class:`ModelSettings`: generator family and its hyper-parameters (public).
+* :class:`TrainSettings`: what one round asks of a site (sent server → site).
+* :class:`RunSettings`: the ServerApp's run config (``[tool.flwr.app.config]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from shared.accounting import ACCOUNTANTS, calibrate_noise
+from shared.errors import ConfigError
+
+T = TypeVar("T", int, float, str, bool)
+Scalar = bool | int | float | str
+
+
+def read_value(
+    config: Mapping[str, Any], key: str, kind: type[T], default: T | None = None,
+    check: Callable[[T], bool] | None = None, rule: str = "",
+) -> T:
+    """Read one typed value from a Flower config mapping.
+
+    Parameters
+    ----------
+    config : Mapping
+        Run, node or message config.
+    key : str
+        Key to read (kebab-case, as written in TOML).
+    kind : type
+        Expected type; ints are accepted where floats are expected.
+    default : optional
+        Value when the key is absent; ``None`` makes the key required.
+    check : callable, optional
+        Extra validation; ``rule`` describes it in the error.
+    """
+    if key not in config:
+        if default is None:
+            raise ConfigError(f"config key {key!r} is required ({rule or kind.__name__}); set it")
+        return default
+    value = config[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(
+            f"config key {key!r} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be finite, got {value!r}")
+    if check is not None and not check(value):
+        raise ConfigError(f"config key {key!r} = {value!r} is invalid: must be {rule}")
+    return value
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Generator family and hyper-parameters. Public: chosen without private data."""
+
+    generator: str = "dp-vae"
+    hidden: int = 64
+    latent: int = 8
+    kl_weight: float = 0.5
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
+        """Read ``generator``, ``hidden``, ``latent`` and ``kl-weight``."""
+        d = cls()
+        return cls(
+            generator=read_value(config, "generator", str, d.generator),
+            hidden=read_value(config, "hidden", int, d.hidden, lambda v: 4 <= v <= 4096, "4..4096"),
+            latent=read_value(config, "latent", int, d.latent, lambda v: 1 <= v <= 512, "1..512"),
+            kl_weight=read_value(config, "kl-weight", float, d.kl_weight, _positive, "> 0"),
+        )
+
+    def to_config(self) -> dict[str, Scalar]:
+        """Flat Flower config form."""
+        return {"generator": self.generator, "hidden": self.hidden, "latent": self.latent,
+                "kl-weight": self.kl_weight}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one round asks of a site. Every field is public.
+
+    Attributes
+    ----------
+    noise_multiplier : float
+        σ, Gaussian noise std in units of the clip norm C.
+    sample_rate : float
+        q, Poisson sampling rate of rows per step.
+    max_grad_norm : float
+        C, L2 bound on each row's gradient.
+    update_clip_norm : float
+        L2 bound on the whole model update a site sends.
+    """
+
+    server_round: int
+    local_steps: int
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+    learning_rate: float
+    update_clip_norm: float
+    seed: int
+    schema_fingerprint: str
+    accountant: str = "rdp"
+    model: ModelSettings = field(default_factory=ModelSettings)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
+        """Parse the ``train-config`` record a site receives."""
+        return cls(
+            server_round=read_value(config, "server-round", int, None, lambda v: v >= 1, ">= 1"),
+            local_steps=read_value(config, "local-steps", int, None, lambda v: 1 <= v <= 100_000,
+                                   "1..100000"),
+            noise_multiplier=read_value(config, "noise-multiplier", float, None, _positive, "> 0"),
+            sample_rate=read_value(config, "sample-rate", float, None, lambda v: 0 < v <= 1, "in (0, 1]"),
+            max_grad_norm=read_value(config, "max-grad-norm", float, None, _positive, "> 0"),
+            learning_rate=read_value(config, "learning-rate", float, None, _positive, "> 0"),
+            update_clip_norm=read_value(config, "update-clip-norm", float, None, _positive, "> 0"),
+            seed=read_value(config, "seed", int, 0),
+            schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
+            accountant=read_value(config, "accountant", str, "rdp", lambda v: v in ACCOUNTANTS,
+                                  f"one of {list(ACCOUNTANTS)}"),
+            model=ModelSettings.from_config(config),
+        )
+
+    def to_config(self) -> dict[str, Scalar]:
+        """Flat Flower config form (round trip of :meth:`from_config`)."""
+        return {
+            "server-round": self.server_round, "local-steps": self.local_steps,
+            "noise-multiplier": self.noise_multiplier, "sample-rate": self.sample_rate,
+            "max-grad-norm": self.max_grad_norm, "learning-rate": self.learning_rate,
+            "update-clip-norm": self.update_clip_norm, "seed": self.seed,
+            "schema-fingerprint": self.schema_fingerprint, "accountant": self.accountant,
+            **self.model.to_config(),
+        }
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The ServerApp's run configuration (``[tool.flwr.app.config]`` plus overrides).
+
+    Attributes
+    ----------
+    epsilon : float
+        ε this run may spend at each site; σ is calibrated so that
+        ``rounds × local_steps`` steps at rate q land on it (RDP, δ = ``delta``).
+    delta : float
+        δ used for calibration; should be well below 1 / (rows at the smallest site).
+    """
+
+    rounds: int = 10
+    local_steps: int = 45
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    sample_rate: float = 0.1
+    max_grad_norm: float = 1.0
+    learning_rate: float = 0.01
+    update_clip_norm: float = 10.0
+    accountant: str = "rdp"
+    seed: int = 0
+    schema_path: str = ""
+    out_dir: str = ""
+    sites_dir: str = ""
+    synthetic_rows: int = 0
+    device: str = "auto"
+    min_sites: int = 1
+    round_timeout: float = 600.0
+    model: ModelSettings = field(default_factory=ModelSettings)
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Validate a Flower run config; raises :class:`ConfigError` naming the key."""
+        d = cls()
+        s = cls(
+            rounds=read_value(config, "rounds", int, d.rounds, lambda v: 1 <= v <= 10_000, "1..10000"),
+            local_steps=read_value(config, "local-steps", int, d.local_steps,
+                                   lambda v: 1 <= v <= 100_000, "1..100000"),
+            epsilon=read_value(config, "epsilon", float, d.epsilon, _positive, "> 0"),
+            delta=read_value(config, "delta", float, d.delta, lambda v: 0 < v < 1, "in (0, 1)"),
+            sample_rate=read_value(config, "sample-rate", float, d.sample_rate,
+                                   lambda v: 0 < v <= 1, "in (0, 1]"),
+            max_grad_norm=read_value(config, "max-grad-norm", float, d.max_grad_norm, _positive, "> 0"),
+            learning_rate=read_value(config, "learning-rate", float, d.learning_rate, _positive, "> 0"),
+            update_clip_norm=read_value(config, "update-clip-norm", float, d.update_clip_norm,
+                                        _positive, "> 0"),
+            accountant=read_value(config, "accountant", str, d.accountant,
+                                  lambda v: v in ACCOUNTANTS, f"one of {list(ACCOUNTANTS)}"),
+            seed=read_value(config, "seed", int, d.seed),
+            schema_path=read_value(config, "schema-path", str, d.schema_path),
+            out_dir=read_value(config, "out-dir", str, d.out_dir),
+            sites_dir=read_value(config, "sites-dir", str, d.sites_dir),
+            synthetic_rows=read_value(config, "synthetic-rows", int, d.synthetic_rows,
+                                      lambda v: 0 <= v <= 100_000_000, "0..1e8"),
+            device=read_value(config, "device", str, d.device),
+            min_sites=read_value(config, "min-sites", int, d.min_sites, lambda v: v >= 1, ">= 1"),
+            round_timeout=read_value(config, "round-timeout", float, d.round_timeout, _positive, "> 0"),
+            model=ModelSettings.from_config(config),
+        )
+        if not s.schema_path:
+            raise ConfigError("run config 'schema-path' is empty; pass the consortium's schema JSON")
+        if not s.out_dir:
+            raise ConfigError("run config 'out-dir' is empty; pass an absolute output folder")
+        return s
+
+    @property
+    def planned_steps(self) -> int:
+        """DP-SGD steps each site runs in this run."""
+        return self.rounds * self.local_steps
+
+    def noise_multiplier(self) -> float:
+        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`."""
+        return calibrate_noise(
+            target_epsilon=self.epsilon, delta=self.delta, sample_rate=self.sample_rate,
+            steps=self.planned_steps, accountant=self.accountant,
+        )
+
+    def train_settings(self, server_round: int, *, noise_multiplier: float,
+                       schema_fingerprint: str) -> TrainSettings:
+        """The :class:`TrainSettings` sent to sites in ``server_round``."""
+        return TrainSettings(
+            server_round=server_round, local_steps=self.local_steps,
+            noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
+            max_grad_norm=self.max_grad_norm, learning_rate=self.learning_rate,
+            update_clip_norm=self.update_clip_norm, seed=self.seed,
+            schema_fingerprint=schema_fingerprint, accountant=self.accountant, model=self.model,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for manifests and reports)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        out["model"] = asdict(self.model)
+        return out

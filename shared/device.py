@@ -1,0 +1,27 @@
+"""Pick the torch device: a GPU when present, unless told otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from shared.errors import ConfigError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Resolve ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` to a device.
+
+    ``"auto"`` uses CUDA when available, else the CPU. Asking for CUDA on a
+    machine without it is an error rather than a silent fallback.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was requested but CUDA is not available on this machine; "
+                "use --device cpu or auto"
+            )
+        return torch.device(name)
+    raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,48 @@
+"""Record names and keys exchanged between the ServerApp and the ClientApps.
+
+Both sides import these constants; a key is spelled exactly once. The
+privacy report lists :data:`SITE_REPLY_FIELDS` as everything a site sends.
+"""
+
+from __future__ import annotations
+
+# --- server -> site (train message) ---
+GLOBAL_ARRAYS = "global"  # ArrayRecord: global generator weights (public: aggregate of DP updates)
+TRAIN_CONFIG = "train-config"  # ConfigRecord: TrainSettings fields, see shared.config
+
+# --- site -> server (train reply) ---
+UPDATE_ARRAYS = "update"  # ArrayRecord: L2-clipped (new - global) weights
+PRIVACY_METRICS = "privacy"  # MetricRecord: the site's cumulative accounting (public parameters)
+SITE_INFO = "site"  # ConfigRecord: site name, status, accountant, decline reason
+
+# Fields of PRIVACY_METRICS. Each is a function of public parameters (σ, q, steps, δ)
+# or of the ledger, so sending them reveals nothing about individual rows.
+EPSILON = "epsilon"  # cumulative ε over all rounds and runs at this site
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise-multiplier"  # σ of this round
+SAMPLE_RATE = "sample-rate"  # Poisson sampling rate q of this round
+MAX_GRAD_NORM = "max-grad-norm"  # per-sample clip norm C of this round
+STEPS = "steps"  # DP-SGD steps run this round
+TOTAL_STEPS = "total-steps"  # DP-SGD steps over the site's whole ledger
+UPDATE_NORM_CLIPPED = "update-clipped"  # 1.0 when the update was scaled down to the bound
+# Opt-in only (site option share-row-count): the site's row count is private.
+NUM_ROWS = "num-rows"
+
+# Fields of SITE_INFO.
+SITE_NAME = "name"
+STATUS = "status"  # "trained" or "declined"
+REASON = "reason"  # human-readable decline reason
+ACCOUNTANT = "accountant"
+SECURE_MODE = "secure-mode"
+SCHEMA_FINGERPRINT = "schema-fingerprint"
+
+STATUS_TRAINED = "trained"
+STATUS_DECLINED = "declined"
+
+SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    UPDATE_ARRAYS: ("<one array per generator parameter>",),
+    PRIVACY_METRICS: (EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, MAX_GRAD_NORM, STEPS,
+                      TOTAL_STEPS, UPDATE_NORM_CLIPPED),
+    SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, SCHEMA_FINGERPRINT),
+}
+OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS,)}

@@ -1,0 +1,143 @@
+"""The generator plugin interface and its name registry.
+
+A *family* is built from the public schema (through :class:`TableTransformer`)
+and public hyper-parameters. It exposes one ``torch.nn.Module`` that holds all
+of its weights, the part of it that sees real rows (trained with DP-SGD by the
+site), a per-row loss with a ``reduction`` attribute (so Opacus's ghost
+clipping can get per-row losses), and a sampler.
+
+:meth:`GeneratorFamily.sample` is a template method: the family draws encoded
+rows, and the base class decodes them with the schema-only transformer, so every
+family's output has the schema's dtypes and bounds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from shared.config import ModelSettings
+from shared.errors import ConfigError, ModelError
+from shared.schema import Schema
+from shared.transforms import TableTransformer
+
+_REGISTRY: dict[str, type[GeneratorFamily]] = {}
+
+
+class GeneratorFamily(ABC):
+    """Base class of every generator family.
+
+    Parameters
+    ----------
+    schema : Schema
+        The public schema; the only description of the data the model sees.
+    settings : ModelSettings
+        Public hyper-parameters.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, schema: Schema, settings: ModelSettings) -> None:
+        self.schema = schema
+        self.settings = settings
+        self.transformer = TableTransformer(schema)
+        self.module: nn.Module = self.build_module()
+
+    @abstractmethod
+    def build_module(self) -> nn.Module:
+        """Create the module holding every weight of the family."""
+
+    @abstractmethod
+    def private_module(self) -> nn.Module:
+        """The sub-module whose gradients touch real rows (wrapped by Opacus)."""
+
+    @abstractmethod
+    def criterion(self) -> nn.Module:
+        """Per-row loss ``loss(module_output, encoded_rows)`` with a ``reduction`` attribute."""
+
+    @abstractmethod
+    def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw ``n`` encoded rows (one-hot spans, scaled numerics) on the module's device."""
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode a validated table with the schema-only transformer."""
+        return self.transformer.encode(frame)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, seed: int = 0, batch_size: int = 65_536) -> pd.DataFrame:
+        """Sample ``n`` synthetic rows as a table valid against the schema.
+
+        Sampling is post-processing of the released weights: it touches no data.
+        """
+        if n < 0:
+            raise ConfigError(f"cannot sample a negative number of rows ({n})")
+        device = next(self.module.parameters()).device
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        self.module.eval()
+        parts = []
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            parts.append(self.sample_encoded(k, gen).float().cpu().numpy())
+        encoded = np.concatenate(parts) if parts else np.zeros((0, self.transformer.width), np.float32)
+        return self.transformer.decode(encoded)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights as a plain state dict (Opacus's ``_module.`` prefix removed)."""
+        return {_strip(k): v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights, refusing any mismatch of names or shapes."""
+        state = {_strip(k): v for k, v in state.items()}
+        own = self.module.state_dict()
+        problems = [f"missing {k}" for k in own if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in own]
+        problems += [
+            f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in own.items() if k in state and state[k].shape != v.shape
+        ]
+        if problems:
+            raise ModelError(
+                f"weights do not fit generator {self.name!r} for schema {self.schema.name!r}: "
+                f"{'; '.join(problems[:5])}. Use weights saved for the same schema and settings."
+            )
+        self.module.load_state_dict(state)
+
+
+def _strip(key: str) -> str:
+    return key.replace("_module.", "")
+
+
+def register_family(name: str) -> Callable[[type[GeneratorFamily]], type[GeneratorFamily]]:
+    """Class decorator that registers a family under ``name``."""
+
+    def wrap(cls: type[GeneratorFamily]) -> type[GeneratorFamily]:
+        if name in _REGISTRY:
+            raise ConfigError(f"generator family {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_families() -> list[str]:
+    """Names of every registered family."""
+    return sorted(_REGISTRY)
+
+
+def build_generator(schema: Schema, settings: ModelSettings) -> GeneratorFamily:
+    """Instantiate the family ``settings.generator`` for ``schema``."""
+    try:
+        cls = _REGISTRY[settings.generator]
+    except KeyError:
+        raise ConfigError(
+            f"unknown generator {settings.generator!r}; available: {available_families()}"
+        ) from None
+    return cls(schema, settings)

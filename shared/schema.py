@@ -1,0 +1,359 @@
+"""The public table schema: the consortium's agreed description of every column.
+
+The schema is public knowledge. It is written down (and versioned) by the
+consortium before training and shipped to every site and to the server. The
+transformer, the generator's output layer and the validation of each site's
+table are all derived from it, never from private rows.
+
+Document format (``fedsynth_schema_version`` 1)::
+
+    {
+      "fedsynth_schema_version": 1,
+      "name": "cohort",
+      "columns": [
+        {"name": "age", "type": "integer", "min": 18, "max": 95},
+        {"name": "sex", "type": "categorical", "categories": ["female", "male"]},
+        {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": true}
+      ],
+      "roles": {"target": "died", "treatment": "statin", "outcome": "ldl_change"}
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import SchemaError
+
+SCHEMA_VERSION = 1
+ColumnKind = Literal["categorical", "integer", "continuous"]
+KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
+ROLES: tuple[str, ...] = ("target", "treatment", "outcome")
+_COLUMN_KEYS = {"name", "type", "categories", "min", "max", "nullable", "description"}
+_MAX_CATEGORIES = 1000
+_MAX_NAME = 200
+
+
+class DraftSchemaWarning(UserWarning):
+    """A schema was read from private rows and must be reviewed before use."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the public schema.
+
+    Attributes
+    ----------
+    name : str
+        Column header as it appears in every site's table.
+    kind : {"categorical", "integer", "continuous"}
+        How the column is modelled.
+    categories : tuple of str
+        The full, public category list (categorical columns only).
+    minimum, maximum : float
+        Documented public bounds (numeric columns only), inclusive.
+    nullable : bool
+        Whether missing values are allowed; their rate is learned under DP.
+    """
+
+    name: str
+    kind: ColumnKind
+    categories: tuple[str, ...] = ()
+    minimum: float = 0.0
+    maximum: float = 0.0
+    nullable: bool = False
+    description: str = ""
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for integer and continuous columns."""
+        return self.kind != "categorical"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form of this column."""
+        out: dict[str, Any] = {"name": self.name, "type": self.kind}
+        if self.kind == "categorical":
+            out["categories"] = list(self.categories)
+        else:
+            lo, hi = self.minimum, self.maximum
+            out["min"] = int(lo) if self.kind == "integer" else lo
+            out["max"] = int(hi) if self.kind == "integer" else hi
+        if self.nullable:
+            out["nullable"] = True
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A validated, immutable table schema.
+
+    Build one with :meth:`from_dict` or :meth:`load`; both collect every
+    problem in the document and raise a single :class:`SchemaError`.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    roles: dict[str, str] = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    @property
+    def names(self) -> list[str]:
+        """Column names in schema order."""
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        """Return the column called ``name``."""
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"column {name!r} is not in schema {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON document for this schema."""
+        doc: dict[str, Any] = {
+            "fedsynth_schema_version": self.version,
+            "name": self.name,
+            "columns": [c.to_dict() for c in self.columns],
+        }
+        if self.roles:
+            doc["roles"] = dict(sorted(self.roles.items()))
+        return doc
+
+    def canonical_json(self) -> str:
+        """JSON with sorted keys and no whitespace: the input to :meth:`fingerprint`."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON; sites and server compare it before training."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        """Write the schema as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        """Read and validate a schema file.
+
+        Raises
+        ------
+        SchemaError
+            If the file is missing, not JSON, or any field is invalid.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SchemaError(str(p), ["file not found; pass the consortium's schema JSON"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemaError(str(p), [f"cannot be read as UTF-8 text ({exc})"]) from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(
+                str(p), [f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"]
+            ) from None
+        return cls.from_dict(doc, source=str(p))
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, source: str = "<schema>") -> Schema:
+        """Validate a parsed JSON document and build a :class:`Schema`.
+
+        Every problem is collected before raising, so one run shows them all.
+        """
+        problems: list[str] = []
+        if not isinstance(doc, dict):
+            raise SchemaError(source, [f"top level must be a JSON object, got {_tname(doc)}"])
+        version = doc.get("fedsynth_schema_version")
+        if version != SCHEMA_VERSION:
+            problems.append(
+                f"'fedsynth_schema_version' must be {SCHEMA_VERSION} (got {version!r}); "
+                "add the field or convert the document"
+            )
+        name = doc.get("name", "table")
+        if not isinstance(name, str) or not name:
+            problems.append("'name' must be a non-empty string")
+            name = "table"
+        raw_cols = doc.get("columns")
+        columns: list[Column] = []
+        if not isinstance(raw_cols, list) or not raw_cols:
+            problems.append("'columns' must be a non-empty list of column objects")
+        else:
+            seen: set[str] = set()
+            for i, raw in enumerate(raw_cols):
+                col = _parse_column(raw, i, problems)
+                if col is None:
+                    continue
+                if col.name in seen:
+                    problems.append(f"column {col.name!r} is listed twice; keep one entry")
+                seen.add(col.name)
+                columns.append(col)
+        roles = _parse_roles(doc.get("roles", {}), {c.name: c for c in columns}, problems)
+        unknown = set(doc) - {"fedsynth_schema_version", "name", "columns", "roles", "description"}
+        if unknown:
+            problems.append(f"unknown top-level field(s) {sorted(unknown)}; remove them")
+        if problems:
+            raise SchemaError(source, problems)
+        return cls(name=name, columns=tuple(columns), roles=roles, version=SCHEMA_VERSION)
+
+
+def _tname(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
+    where = f"columns[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object, got {_tname(raw)}")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+        problems.append(f"{where}: 'name' must be a non-empty string of at most {_MAX_NAME} chars")
+        return None
+    where = f"column {name!r}"
+    unknown = set(raw) - _COLUMN_KEYS
+    if unknown:
+        problems.append(f"{where}: unknown field(s) {sorted(unknown)}; remove them")
+    kind = raw.get("type")
+    if kind not in KINDS:
+        problems.append(f"{where}: 'type' must be one of {list(KINDS)}, got {kind!r}")
+        return None
+    nullable = raw.get("nullable", False)
+    if not isinstance(nullable, bool):
+        problems.append(f"{where}: 'nullable' must be true or false, got {nullable!r}")
+        nullable = False
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"{where}: 'description' must be a string")
+        description = ""
+    if kind == "categorical":
+        cats = raw.get("categories")
+        if "min" in raw or "max" in raw:
+            problems.append(f"{where}: categorical columns take 'categories', not 'min'/'max'")
+        if not isinstance(cats, list) or len(cats) < 1:
+            problems.append(f"{where}: 'categories' must be a non-empty list of strings")
+            return None
+        if len(cats) > _MAX_CATEGORIES:
+            problems.append(f"{where}: {len(cats)} categories exceed the limit of {_MAX_CATEGORIES}")
+            return None
+        bad = [c for c in cats if not isinstance(c, str) or not c or len(c) > _MAX_NAME]
+        if bad:
+            problems.append(
+                f"{where}: categories must be non-empty strings of at most {_MAX_NAME} chars "
+                f"(write numbers as strings, e.g. \"1\"); bad: {bad[:3]!r}"
+            )
+            return None
+        if len(set(cats)) != len(cats):
+            problems.append(f"{where}: 'categories' has duplicates; list each once")
+            return None
+        return Column(name, "categorical", tuple(cats), nullable=nullable, description=description)
+    lo, hi = raw.get("min"), raw.get("max")
+    if "categories" in raw:
+        problems.append(f"{where}: numeric columns take 'min'/'max', not 'categories'")
+    if not _is_number(lo) or not _is_number(hi):
+        problems.append(
+            f"{where}: numeric columns need finite numbers 'min' and 'max' (the documented "
+            f"public bounds), got min={lo!r}, max={hi!r}"
+        )
+        return None
+    if not lo < hi:
+        problems.append(f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
+        return None
+    if kind == "integer" and (float(lo) != int(lo) or float(hi) != int(hi)):
+        problems.append(f"{where}: integer columns need integral bounds, got {lo}..{hi}")
+        return None
+    return Column(
+        name, kind, minimum=float(lo), maximum=float(hi), nullable=nullable, description=description
+    )
+
+
+def _parse_roles(raw: Any, columns: dict[str, Column], problems: list[str]) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        problems.append(f"'roles' must be an object mapping role to column, got {_tname(raw)}")
+        return {}
+    roles: dict[str, str] = {}
+    for role, col in raw.items():
+        if role not in ROLES:
+            problems.append(f"roles: unknown role {role!r}; use one of {list(ROLES)}")
+        elif not isinstance(col, str) or (columns and col not in columns):
+            problems.append(f"roles: {role!r} names {col!r}, which is not a column of the schema")
+        else:
+            roles[role] = col
+    treatment = roles.get("treatment")
+    if treatment and treatment in columns:
+        tcol = columns[treatment]
+        if tcol.kind != "categorical" or len(tcol.categories) != 2:
+            problems.append(
+                f"roles: treatment column {treatment!r} must be categorical with exactly two "
+                "categories (control first, treated second)"
+            )
+    return roles
+
+
+def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") -> Schema:
+    """Draft a schema from a local table, for the consortium to review and edit.
+
+    The draft is read from private rows: its category lists and bounds reveal
+    values that occur in the data. It is a starting point only. Never ship it
+    unreviewed; round bounds out to documented clinical ranges first.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The local table.
+    name : str
+        Name recorded in the schema.
+    source : str
+        Where the table came from (shown in the warning).
+
+    Returns
+    -------
+    Schema
+        A valid schema covering every column of ``frame``.
+    """
+    import pandas as pd
+
+    warnings.warn(
+        f"the draft schema was read from the private rows of {source}: its category lists and "
+        "min/max reveal real values. Review it, replace bounds with documented public ranges, "
+        "and have the consortium agree on it before any training.",
+        DraftSchemaWarning,
+        stacklevel=2,
+    )
+    columns: list[Column] = []
+    for col_name in frame.columns:
+        series = frame[col_name]
+        nullable = bool(series.isna().any())
+        values = series.dropna()
+        numeric = pd.to_numeric(values, errors="coerce")
+        is_numeric = (
+            len(values) > 0
+            and not pd.api.types.is_bool_dtype(series)
+            and numeric.notna().all()
+            and values.astype(str).nunique() > 10
+        )
+        if is_numeric:
+            is_int = bool((numeric == numeric.round()).all())
+            lo, hi = float(numeric.min()), float(numeric.max())
+            if hi <= lo:
+                hi = lo + 1.0
+            columns.append(
+                Column(str(col_name), "integer" if is_int else "continuous", minimum=lo,
+                       maximum=hi, nullable=nullable)
+            )
+        else:
+            cats = sorted({str(v) for v in values}) or ["missing"]
+            columns.append(Column(str(col_name), "categorical", tuple(cats), nullable=nullable))
+    return Schema(name=name, columns=tuple(columns))

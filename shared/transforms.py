@@ -1,0 +1,167 @@
+"""Schema-only, invertible row encoding shared by every site.
+
+The transformer is a pure function of the public schema: it never looks at
+rows to fit anything, so every site produces identical encodings and the
+encoding itself leaks nothing.
+
+Layout of an encoded row, column by column in schema order:
+
+* categorical column with k categories: a one-hot span of width k
+  (k + 1 when nullable; the last slot means "missing");
+* numeric column: one value, min–max scaled from the public bounds to [-1, 1]
+  (0 when missing); when nullable, followed by a 2-wide span
+  ``[present, missing]``.
+
+:class:`SpanInfo` records tell models which output head each span needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import FedsynthError
+from shared.schema import Column, Schema
+
+SpanKind = Literal["categorical", "numeric", "missing"]
+
+
+@dataclass(frozen=True)
+class SpanInfo:
+    """Where one column's encoding sits in the row vector and how to model it.
+
+    Attributes
+    ----------
+    column : str
+        Schema column the span belongs to.
+    kind : {"categorical", "numeric", "missing"}
+        ``categorical`` and ``missing`` spans are one-hot (softmax heads);
+        ``numeric`` spans are one scaled value in [-1, 1] (Gaussian head).
+    start, width : int
+        Slice ``[start, start + width)`` of the encoded row.
+    """
+
+    column: str
+    kind: SpanKind
+    start: int
+    width: int
+
+    @property
+    def stop(self) -> int:
+        """End of the span (exclusive)."""
+        return self.start + self.width
+
+
+class TableTransformer:
+    """Encode validated tables to float32 matrices and decode them back.
+
+    Parameters
+    ----------
+    schema : Schema
+        The public schema; the only input the transformer is built from.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        spans: list[SpanInfo] = []
+        pos = 0
+        for col in schema.columns:
+            if col.kind == "categorical":
+                width = len(col.categories) + (1 if col.nullable else 0)
+                spans.append(SpanInfo(col.name, "categorical", pos, width))
+                pos += width
+            else:
+                spans.append(SpanInfo(col.name, "numeric", pos, 1))
+                pos += 1
+                if col.nullable:
+                    spans.append(SpanInfo(col.name, "missing", pos, 2))
+                    pos += 2
+        self.spans: tuple[SpanInfo, ...] = tuple(spans)
+        self.width = pos
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode a table already checked by :func:`shared.tables.validate_frame`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float32`` array of shape ``(len(frame), self.width)``.
+        """
+        n = len(frame)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        for span in self.spans:
+            col = self.schema.column(span.column)
+            values = frame[col.name]
+            if span.kind == "categorical":
+                out[np.arange(n), span.start + self._category_codes(col, values)] = 1.0
+            elif span.kind == "numeric":
+                x = values.to_numpy(dtype=np.float64)
+                scaled = 2.0 * (x - col.minimum) / (col.maximum - col.minimum) - 1.0
+                out[:, span.start] = np.nan_to_num(np.clip(scaled, -1.0, 1.0), nan=0.0)
+            else:
+                is_missing = values.isna().to_numpy()
+                out[np.arange(n), span.start + is_missing.astype(np.int64)] = 1.0
+        return out
+
+    @staticmethod
+    def _category_codes(col: Column, values: pd.Series) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(col.categories)}
+        missing_code = len(col.categories)
+        codes = values.map(lambda v: missing_code if v is None or v != v else lookup.get(v, -1))
+        arr = codes.to_numpy(dtype=np.int64)
+        if (arr < 0).any() or (arr == missing_code).any() and not col.nullable:
+            raise FedsynthError(
+                f"column {col.name!r} holds values outside the schema; validate the table with "
+                "shared.tables.load_table before encoding"
+            )
+        return arr
+
+    def decode(self, encoded: np.ndarray) -> pd.DataFrame:
+        """Turn encoded rows (one-hot spans, numeric values) back into a table.
+
+        One-hot spans may hold probabilities or scores: the largest entry wins.
+        Numeric values are clipped to [-1, 1] before unscaling, so every number
+        lies within the schema bounds; integer columns are rounded.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns in schema order with the schema's dtypes: ``object`` strings
+            for categorical, ``Int64`` for integer, ``float64`` for continuous.
+        """
+        if encoded.ndim != 2 or encoded.shape[1] != self.width:
+            raise FedsynthError(
+                f"encoded rows have shape {encoded.shape}, expected (n, {self.width}) for "
+                f"schema {self.schema.name!r}; the model was built for a different schema"
+            )
+        data: dict[str, pd.Series] = {}
+        missing: dict[str, np.ndarray] = {}
+        for span in self.spans:
+            if span.kind == "missing":
+                missing[span.column] = encoded[:, span.start : span.stop].argmax(axis=1) == 1
+        for span in self.spans:
+            col = self.schema.column(span.column)
+            block = encoded[:, span.start : span.stop]
+            if span.kind == "categorical":
+                idx = block.argmax(axis=1)
+                labels = np.array([*col.categories, None], dtype=object)
+                data[col.name] = pd.Series(labels[idx], dtype=object)
+            elif span.kind == "numeric":
+                data[col.name] = self._unscale(col, block[:, 0], missing.get(col.name))
+        return pd.DataFrame(data, columns=self.schema.names)
+
+    @staticmethod
+    def _unscale(col: Column, scaled: np.ndarray, missing: np.ndarray | None) -> pd.Series:
+        x = (np.clip(scaled.astype(np.float64), -1.0, 1.0) + 1.0) / 2.0
+        x = col.minimum + x * (col.maximum - col.minimum)
+        x = np.clip(x, col.minimum, col.maximum)
+        if col.kind == "integer":
+            x = np.round(x)
+        if missing is not None:
+            x = np.where(missing, np.nan, x)
+        if col.kind == "integer":
+            return pd.Series(x, dtype="Int64")
+        return pd.Series(x, dtype="float64")

@@ -1,0 +1,1 @@
+"""Scenarios that run every site on one machine, and the benchmarks."""

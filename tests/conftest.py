@@ -1,0 +1,58 @@
+"""Shared fixtures for the unit tests.
+
+The project is not installed into the virtual environment, so the repository
+root is put on ``sys.path`` here; tests import ``shared`` and ``client`` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.cohort import cohort_schema  # noqa: E402
+from shared.schema import Schema  # noqa: E402
+
+SMALL_SCHEMA_DOC: dict[str, Any] = {
+    "fedsynth_schema_version": 1,
+    "name": "small",
+    "columns": [
+        {"name": "age", "type": "integer", "min": 18, "max": 95},
+        {"name": "sex", "type": "categorical", "categories": ["female", "male"]},
+        {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": True},
+    ],
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> Any:
+    """Opacus and the ledger log warnings on purpose; keep test output readable."""
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.fixture
+def small_schema_doc() -> dict[str, Any]:
+    """A fresh copy of the small schema's JSON document (safe to edit)."""
+    return copy.deepcopy(SMALL_SCHEMA_DOC)
+
+
+@pytest.fixture
+def small_schema() -> Schema:
+    """Three columns: a non-nullable integer, a categorical, a nullable continuous."""
+    return Schema.from_dict(SMALL_SCHEMA_DOC)
+
+
+@pytest.fixture(scope="session")
+def cohort() -> Schema:
+    """The built-in cohort's public schema."""
+    return cohort_schema()
