@@ -28,8 +28,10 @@ app = ClientApp()
 def public_reason(exc: BaseException) -> str:
     """A decline reason safe to send: error type and column names, never values."""
     if isinstance(exc, DataValidationError):
-        return (f"the site's table failed schema validation ({len(exc.problems)} problem(s)); "
-                "details are in the site's log")
+        return (
+            f"the site's table failed schema validation ({len(exc.problems)} problem(s)); "
+            "details are in the site's log"
+        )
     if isinstance(exc, LedgerError):
         return "the site's privacy ledger is missing, corrupt or rolled back; see the site's log"
     if isinstance(exc, SchemaError | SiteConfigError | ConfigError | ModelError | TrainingError):
@@ -37,8 +39,9 @@ def public_reason(exc: BaseException) -> str:
     return f"internal error ({type(exc).__name__}) at the site; see the site's log"
 
 
-def build_reply_content(site: SiteSettings | None, train: TrainSettings | None,
-                        result: RoundResult) -> RecordDict:
+def build_reply_content(
+    site: SiteSettings | None, train: TrainSettings | None, result: RoundResult
+) -> RecordDict:
     """Assemble the reply; only the listed keys are ever set."""
     metrics: dict[str, Any] = {
         keys.EPSILON: float(result.epsilon),
@@ -52,14 +55,16 @@ def build_reply_content(site: SiteSettings | None, train: TrainSettings | None,
     }
     if site is not None and site.share_row_count and result.trained:
         metrics[keys.NUM_ROWS] = int(result.num_rows)
-    info = ConfigRecord({
-        keys.SITE_NAME: site.site_name if site else "unknown",
-        keys.STATUS: keys.STATUS_TRAINED if result.trained else keys.STATUS_DECLINED,
-        keys.REASON: result.reason,
-        keys.ACCOUNTANT: train.accountant if train else "",
-        keys.SECURE_MODE: bool(site.secure_mode) if site else False,
-        keys.SCHEMA_FINGERPRINT: train.schema_fingerprint if train else "",
-    })
+    info = ConfigRecord(
+        {
+            keys.SITE_NAME: site.site_name if site else "unknown",
+            keys.STATUS: keys.STATUS_TRAINED if result.trained else keys.STATUS_DECLINED,
+            keys.REASON: result.reason,
+            keys.ACCOUNTANT: train.accountant if train else "",
+            keys.SECURE_MODE: bool(site.secure_mode) if site else False,
+            keys.SCHEMA_FINGERPRINT: train.schema_fingerprint if train else "",
+        }
+    )
     content = RecordDict({keys.PRIVACY_METRICS: MetricRecord(metrics), keys.SITE_INFO: info})
     if result.trained and result.update is not None:
         content[keys.UPDATE_ARRAYS] = ArrayRecord(result.update)
@@ -92,7 +97,8 @@ def _spent(site: SiteSettings | None) -> float:
 
     try:
         return PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
-            delta=site.budget_delta)
+            delta=site.budget_delta
+        )
     except FedsynthError:
         return 0.0
 

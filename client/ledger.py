@@ -65,7 +65,9 @@ class LedgerEntry:
 
 
 def _checksum(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _write_durably(path: Path, text: str) -> None:
@@ -165,8 +167,11 @@ class PrivacyLedger:
             self.accountant = str(doc["accountant"])
             stored_site = str(doc["site"])
             for e in entries:
-                epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps)], delta=0.5,
-                           accountant=self.accountant)
+                epsilon_of(
+                    [(e.noise_multiplier, e.sample_rate, e.steps)],
+                    delta=0.5,
+                    accountant=self.accountant,
+                )
         except (KeyError, TypeError, AccountingError) as exc:
             raise self._corrupt(f"bad entry: {exc}") from None
         if stored_site != self.site:
@@ -191,14 +196,25 @@ class PrivacyLedger:
         """Cumulative ε at ``delta`` over everything ever recorded."""
         return epsilon_of(self.history, delta=delta, accountant=self.accountant)
 
-    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, steps: int,
-                          delta: float) -> float:
+    def projected_epsilon(
+        self, *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
+    ) -> float:
         """Cumulative ε if ``steps`` more steps at (σ, q) were run now."""
-        return epsilon_of([*self.history, (noise_multiplier, sample_rate, steps)], delta=delta,
-                          accountant=self.accountant)
+        return epsilon_of(
+            [*self.history, (noise_multiplier, sample_rate, steps)],
+            delta=delta,
+            accountant=self.accountant,
+        )
 
-    def check_budget(self, *, noise_multiplier: float, sample_rate: float, steps: int,
-                     budget_epsilon: float, delta: float) -> float:
+    def check_budget(
+        self,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        budget_epsilon: float,
+        delta: float,
+    ) -> float:
         """Refuse steps that would take the cumulative ε past ``budget_epsilon``.
 
         Returns
@@ -211,8 +227,9 @@ class PrivacyLedger:
         BudgetExhaustedError
             Naming spent, projected and total ε.
         """
-        projected = self.projected_epsilon(noise_multiplier=noise_multiplier,
-                                           sample_rate=sample_rate, steps=steps, delta=delta)
+        projected = self.projected_epsilon(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
+        )
         if projected > budget_epsilon:
             spent = self.epsilon(delta=delta)
             raise BudgetExhaustedError(
@@ -225,15 +242,32 @@ class PrivacyLedger:
         return projected
 
     # ------------------------------------------------------------------ writing
-    def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float,
-               steps: int, max_grad_norm: float) -> None:
+    def record(
+        self,
+        *,
+        run: str,
+        server_round: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        max_grad_norm: float,
+    ) -> None:
         """Append one round durably (ledger first, then anchor). Call before replying."""
-        entry = LedgerEntry(run, server_round, float(noise_multiplier), float(sample_rate),
-                            int(steps), float(max_grad_norm), time.time())
+        entry = LedgerEntry(
+            run,
+            server_round,
+            float(noise_multiplier),
+            float(sample_rate),
+            int(steps),
+            float(max_grad_norm),
+            time.time(),
+        )
         entries = [*self.entries, entry]
         body = {
-            "fedsynth_ledger_version": LEDGER_VERSION, "site": self.site,
-            "accountant": self.accountant, "entries": [asdict(e) for e in entries],
+            "fedsynth_ledger_version": LEDGER_VERSION,
+            "site": self.site,
+            "accountant": self.accountant,
+            "entries": [asdict(e) for e in entries],
         }
         _write_durably(self.path, json.dumps({**body, "checksum": _checksum(body)}, indent=1))
         self.entries = entries

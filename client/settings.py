@@ -52,7 +52,9 @@ class SiteSettings:
         return self.state_dir / LEDGER_FILE
 
     @classmethod
-    def from_context(cls, node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSettings:
+    def from_context(
+        cls, node_config: Mapping[str, Any], run_config: Mapping[str, Any]
+    ) -> SiteSettings:
         """Build settings from a Flower context (deployment or simulation)."""
         try:
             if "data-path" in node_config:
@@ -75,14 +77,18 @@ class SiteSettings:
             schema_path=Path(read_value(cfg, "schema-path", str)),
             state_dir=Path(read_value(cfg, "state-dir", str, str(data.parent / "fedsynth-state"))),
             budget_epsilon=read_value(cfg, "budget-epsilon", float, None, lambda v: v > 0, "> 0"),
-            budget_delta=read_value(cfg, "budget-delta", float, 1e-5, lambda v: 0 < v < 1, "in (0, 1)"),
+            budget_delta=read_value(
+                cfg, "budget-delta", float, 1e-5, lambda v: 0 < v < 1, "in (0, 1)"
+            ),
             device=read_value(cfg, "device", str, "auto"),
             secure_mode=read_value(cfg, "secure-mode", bool, False),
             share_row_count=read_value(cfg, "share-row-count", bool, False),
         )
 
     @classmethod
-    def _from_simulation(cls, node_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> SiteSettings:
+    def _from_simulation(
+        cls, node_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]
+    ) -> SiteSettings:
         pid = read_value(node_cfg, "partition-id", int)
         sites_dir = read_value(run_cfg, "sites-dir", str, "")
         if not sites_dir:

@@ -61,12 +61,14 @@ def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     norm = torch.sqrt(sum((v.double() ** 2).sum() for v in update.values()))
     if float(norm) <= max_norm:
         return update, False
-    scale = max_norm / float(norm)
+    # The margin absorbs float32 rounding, so the result never exceeds the bound.
+    scale = max_norm / float(norm) * (1.0 - 1e-6)
     return {k: v * scale for k, v in update.items()}, True
 
 
-def run_site_round(site: SiteSettings, train: TrainSettings, global_state: StateDict,
-                   *, run: str) -> RoundResult:
+def run_site_round(
+    site: SiteSettings, train: TrainSettings, global_state: StateDict, *, run: str
+) -> RoundResult:
     """Run one round of local DP training; see the module docstring for the order.
 
     Raises
@@ -87,32 +89,57 @@ def run_site_round(site: SiteSettings, train: TrainSettings, global_state: State
     if site.budget_delta >= 1.0 / len(frame):
         log.warning(
             "site %s: δ=%g is not well below 1/n=%g; the guarantee is weak. Lower budget-delta.",
-            site.site_name, site.budget_delta, 1.0 / len(frame),
+            site.site_name,
+            site.budget_delta,
+            1.0 / len(frame),
         )
     data = torch.from_numpy(family.encode(frame))
     device = select_device(site.device)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
     with ledger.locked() as led:
         try:
-            led.check_budget(noise_multiplier=train.noise_multiplier, sample_rate=train.sample_rate,
-                             steps=train.local_steps, budget_epsilon=site.budget_epsilon,
-                             delta=site.budget_delta)
+            led.check_budget(
+                noise_multiplier=train.noise_multiplier,
+                sample_rate=train.sample_rate,
+                steps=train.local_steps,
+                budget_epsilon=site.budget_epsilon,
+                delta=site.budget_delta,
+            )
         except BudgetExhaustedError as exc:
             log.warning("%s", exc)
-            return RoundResult(False, str(exc), led.epsilon(delta=site.budget_delta), 0,
-                               led.total_steps)
+            return RoundResult(
+                False, str(exc), led.epsilon(delta=site.budget_delta), 0, led.total_steps
+            )
         stats = train_dp(
-            family, data, steps=train.local_steps, noise_multiplier=train.noise_multiplier,
-            max_grad_norm=train.max_grad_norm, sample_rate=train.sample_rate,
-            learning_rate=train.learning_rate, device=device,
-            seed=train.seed * 100_003 + train.server_round, secure_mode=site.secure_mode,
+            family,
+            data,
+            steps=train.local_steps,
+            noise_multiplier=train.noise_multiplier,
+            max_grad_norm=train.max_grad_norm,
+            sample_rate=train.sample_rate,
+            learning_rate=train.learning_rate,
+            device=device,
+            seed=train.seed * 100_003 + train.server_round,
+            secure_mode=site.secure_mode,
         )
-        led.record(run=run, server_round=train.server_round, noise_multiplier=train.noise_multiplier,
-                   sample_rate=train.sample_rate, steps=stats.steps, max_grad_norm=train.max_grad_norm)
+        led.record(
+            run=run,
+            server_round=train.server_round,
+            noise_multiplier=train.noise_multiplier,
+            sample_rate=train.sample_rate,
+            steps=stats.steps,
+            max_grad_norm=train.max_grad_norm,
+        )
         epsilon, total = led.epsilon(delta=site.budget_delta), led.total_steps
     new_state = family.state_dict()
     update = {k: (new_state[k].cpu() - global_state[k].cpu()) for k in global_state}
     update, clipped = clip_update(update, train.update_clip_norm)
-    log.info("site %s round %d: %d DP steps in %.1fs, cumulative ε=%.4f", site.site_name,
-             train.server_round, stats.steps, stats.seconds, epsilon)
+    log.info(
+        "site %s round %d: %d DP steps in %.1fs, cumulative ε=%.4f",
+        site.site_name,
+        train.server_round,
+        stats.steps,
+        stats.seconds,
+        epsilon,
+    )
     return RoundResult(True, "", epsilon, stats.steps, total, update, clipped, len(frame))

@@ -35,8 +35,11 @@ GRAD_SAMPLE_MODE = "ghost"
 # Opacus/PyTorch warnings that carry no information for a site operator: ghost
 # clipping's backward hooks fire on module outputs by design, and secure_mode
 # is reported in the privacy report instead of warned about on every round.
-for _pattern in (".*Full backward hook is firing.*", ".*Secure RNG turned off.*",
-                 ".*Optimal order is the largest alpha.*"):
+for _pattern in (
+    ".*Full backward hook is firing.*",
+    ".*Secure RNG turned off.*",
+    ".*Optimal order is the largest alpha.*",
+):
     warnings.filterwarnings("ignore", message=_pattern)
 
 
@@ -121,9 +124,14 @@ def train_dp(
     loader = DataLoader(TensorDataset(data), batch_size=max(1, round(sample_rate * len(data))))
     engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
     private, dp_opt, dp_crit, dp_loader = engine.make_private(
-        module=module, optimizer=optimizer, data_loader=loader, criterion=criterion,
-        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE,
+        module=module,
+        optimizer=optimizer,
+        data_loader=loader,
+        criterion=criterion,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=GRAD_SAMPLE_MODE,
     )
     if abs(dp_loader.sample_rate - sample_rate) > 1e-9 * max(1.0, sample_rate):
         # Opacus derives q from batch_size / len(data); force the planned q exactly.
@@ -158,8 +166,14 @@ def _unwrap(private: nn.Module) -> None:
 
 
 def train_plain(
-    family: GeneratorFamily, data: torch.Tensor, *, steps: int, sample_rate: float,
-    learning_rate: float, device: torch.device, seed: int,
+    family: GeneratorFamily,
+    data: torch.Tensor,
+    *,
+    steps: int,
+    sample_rate: float,
+    learning_rate: float,
+    device: torch.device,
+    seed: int,
 ) -> TrainStats:
     """Non-private baseline: same model, batch size and optimiser, no clipping or noise.
 

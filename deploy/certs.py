@@ -48,8 +48,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -62,8 +63,13 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def create_server_credentials(folder: str | Path, *, hosts: list[str],
-                              days: int = 825, organisation: str = "fedsynth consortium") -> ServerCredentials:
+def create_server_credentials(
+    folder: str | Path,
+    *,
+    hosts: list[str],
+    days: int = 825,
+    organisation: str = "fedsynth consortium",
+) -> ServerCredentials:
     """Create a CA and a SuperLink TLS certificate valid for ``hosts``.
 
     Parameters
@@ -76,9 +82,13 @@ def create_server_credentials(folder: str | Path, *, hosts: list[str],
         Validity of both certificates.
     """
     if not hosts:
-        raise CertificateError("give at least one host name or IP address for the server certificate")
+        raise CertificateError(
+            "give at least one host name or IP address for the server certificate"
+        )
     out = Path(folder)
-    creds = ServerCredentials(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
+    creds = ServerCredentials(
+        out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"
+    )
     existing = [p for p in creds.__dict__.values() if p.exists()]
     if existing:
         raise CertificateError(
@@ -88,32 +98,55 @@ def create_server_credentials(folder: str | Path, *, hosts: list[str],
     now = dt.datetime.now(dt.UTC)
     valid = dict(not_before=now - dt.timedelta(minutes=5), not_after=now + dt.timedelta(days=days))
     ca_key = ec.generate_private_key(CURVE)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"{organisation} CA")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{organisation} CA"),
+        ]
+    )
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_before"]).not_valid_after(valid["not_after"])
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_before"])
+        .not_valid_after(valid["not_after"])
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
     )
     srv_key = ec.generate_private_key(CURVE)
     srv_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name).public_key(srv_key.public_key())
+        .issuer_name(ca_name)
+        .public_key(srv_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_before"]).not_valid_after(valid["not_after"])
+        .not_valid_before(valid["not_before"])
+        .not_valid_after(valid["not_after"])
         .add_extension(_san(hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
     )
     _write_private(creds.ca_key, _pem_private(ca_key))
@@ -141,12 +174,20 @@ def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:
     if priv.exists() or pub.exists():
         raise CertificateError(f"{priv} already exists; a site keeps one identity key")
     key = ec.generate_private_key(CURVE)
-    _write_private(priv, key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                  serialization.PublicFormat.OpenSSH)
-                    + f" {site}\n".encode())
+    _write_private(
+        priv,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + f" {site}\n".encode()
+    )
     return priv, pub
 
 
@@ -158,5 +199,7 @@ def public_key_fingerprint(pub_path: str | Path) -> str:
         key = serialization.load_ssh_public_key(Path(pub_path).read_bytes().strip())
     except (OSError, ValueError) as exc:
         raise CertificateError(f"{pub_path} is not an OpenSSH public key ({exc})") from None
-    raw = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    raw = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return "SHA256:" + hashlib.sha256(raw).hexdigest()

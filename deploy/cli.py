@@ -13,14 +13,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ss = p.add_subparsers(dest="certs_cmd", required=True)
     s = ss.add_parser("server", help="(coordinator) CA + SuperLink TLS certificate")
     s.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
-    s.add_argument("--host", action="append", default=None,
-                   help="host name or IP sites connect to (repeatable; default 127.0.0.1, localhost)")
+    s.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="host name or IP sites connect to (repeatable; default 127.0.0.1, localhost)",
+    )
     s.set_defaults(handler=_server)
-    k = ss.add_parser("site", help="(site) identity key pair; send only the .pub to the coordinator")
+    k = ss.add_parser(
+        "site", help="(site) identity key pair; send only the .pub to the coordinator"
+    )
     k.add_argument("--out", required=True)
     k.add_argument("--name", required=True, help="site name, e.g. hospital-a")
     k.set_defaults(handler=_site)
-    d = ss.add_parser("demo", help="everything for a one-machine demo: server material + N site keys")
+    d = ss.add_parser(
+        "demo", help="everything for a one-machine demo: server material + N site keys"
+    )
     d.add_argument("--out", required=True)
     d.add_argument("--sites", type=int, default=3)
     d.set_defaults(handler=_demo)
@@ -28,15 +36,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _server(args: argparse.Namespace) -> int:
     creds = create_server_credentials(args.out, hosts=args.host or ["127.0.0.1", "localhost"])
-    print(f"wrote {creds.ca_cert} (give to every site), {creds.server_cert}, {creds.server_key}, "
-          f"{creds.ca_key} (keep offline)")
+    print(
+        f"wrote {creds.ca_cert} (give to every site), {creds.server_cert}, {creds.server_key}, "
+        f"{creds.ca_key} (keep offline)"
+    )
     return 0
 
 
 def _site(args: argparse.Namespace) -> int:
     priv, pub = create_site_key(args.out, args.name)
-    print(f"wrote {priv} (stays at the site) and {pub} (send to the coordinator); "
-          f"fingerprint {public_key_fingerprint(pub)}")
+    print(
+        f"wrote {priv} (stays at the site) and {pub} (send to the coordinator); "
+        f"fingerprint {public_key_fingerprint(pub)}"
+    )
     return 0
 
 

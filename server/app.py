@@ -30,8 +30,15 @@ app = ServerApp()
 def run_identity(settings: RunSettings, schema: Schema) -> dict[str, Any]:
     """What must not change between a checkpoint and a resumed run."""
     ident = settings.as_dict()
-    for volatile in ("out_dir", "sites_dir", "schema_path", "device", "round_timeout",
-                     "synthetic_rows", "min_sites"):
+    for volatile in (
+        "out_dir",
+        "sites_dir",
+        "schema_path",
+        "device",
+        "round_timeout",
+        "synthetic_rows",
+        "min_sites",
+    ):
         ident.pop(volatile, None)
     ident["schema_fingerprint"] = schema.fingerprint()
     return ident
@@ -66,14 +73,22 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         log.info("resuming from the checkpoint of round %d", start)
     sigma = settings.noise_multiplier()
     strategy = SiteAveraging(min_sites=settings.min_sites, expected_keys=set(state))
-    log.info("σ = %.4f for %d rounds × %d steps at q = %g (ε = %g per site this run)", sigma,
-             settings.rounds, settings.local_steps, settings.sample_rate, settings.epsilon)
+    log.info(
+        "σ = %.4f for %d rounds × %d steps at q = %g (ε = %g per site this run)",
+        sigma,
+        settings.rounds,
+        settings.local_steps,
+        settings.sample_rate,
+        settings.epsilon,
+    )
     for rnd in range(start + 1, settings.rounds + 1):
         t0 = time.perf_counter()
-        train = settings.train_settings(rnd, noise_multiplier=sigma,
-                                        schema_fingerprint=schema.fingerprint())
-        messages = strategy.configure_train(rnd, ArrayRecord(state),
-                                            ConfigRecord(train.to_config()), grid)
+        train = settings.train_settings(
+            rnd, noise_multiplier=sigma, schema_fingerprint=schema.fingerprint()
+        )
+        messages = strategy.configure_train(
+            rnd, ArrayRecord(state), ConfigRecord(train.to_config()), grid
+        )
         replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
         agg, _ = strategy.aggregate_train(rnd, replies)
         if agg is None:  # pragma: no cover - aggregate_train raises instead
@@ -82,11 +97,14 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         state = {k: state[k] + update[k].to(state[k].dtype) for k in state}
         for rep in strategy.last_replies:
             sites[rep.site] = site_entry(rep.privacy, rep.site, rep.accountant, rep.secure_mode)
-        history.append({
-            "round": rnd, "seconds": round(time.perf_counter() - t0, 3),
-            "trained": sorted(r.site for r in strategy.last_replies if r.trained),
-            "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
-        })
+        history.append(
+            {
+                "round": rnd,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "trained": sorted(r.site for r in strategy.last_replies if r.trained),
+                "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
+            }
+        )
         store.save(rnd, state, sites, history)
         log.info("round %d aggregated in %.1fs", rnd, time.perf_counter() - t0)
     family.load_state_dict(state)

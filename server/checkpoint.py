@@ -39,14 +39,25 @@ class CheckpointStore:
         self.folder = folder
         self.identity = identity
 
-    def save(self, rnd: int, state: dict[str, torch.Tensor], sites: dict[str, dict[str, Any]],
-             history: list[dict[str, Any]]) -> None:
+    def save(
+        self,
+        rnd: int,
+        state: dict[str, torch.Tensor],
+        sites: dict[str, dict[str, Any]],
+        history: list[dict[str, Any]],
+    ) -> None:
         """Write round ``rnd`` (weights first, then the pointer to them)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = self.folder / f"round-{rnd:04d}.pt"
         digest = save_state(weights, state)
-        doc = {"round": rnd, "weights": weights.name, "sha256": digest, "identity": self.identity,
-               "sites": sites, "history": history}
+        doc = {
+            "round": rnd,
+            "weights": weights.name,
+            "sha256": digest,
+            "identity": self.identity,
+            "sites": sites,
+            "history": history,
+        }
         atomic_write_bytes(self.folder / LATEST, json.dumps(doc, indent=1).encode())
         for old in self.folder.glob("round-*.pt"):
             if old != weights:

@@ -20,18 +20,28 @@ log = logging.getLogger("fedsynth.server")
 DEFAULT_SYNTHETIC_ROWS = 10_000
 
 
-def release(out: Path, family: GeneratorFamily, settings: RunSettings,
-            sites: dict[str, dict[str, Any]], history: list[dict[str, Any]], sigma: float) -> Path:
+def release(
+    out: Path,
+    family: GeneratorFamily,
+    settings: RunSettings,
+    sites: dict[str, dict[str, Any]],
+    history: list[dict[str, Any]],
+    sigma: float,
+) -> Path:
     """Write ``model/``, ``synthetic.csv``, ``privacy_report.json`` and ``.md``.
 
     The synthetic table is read back and validated against the schema, so a
     release never contains a value the schema forbids.
     """
     report = build_report(settings, sites, len(history), family.name, sigma, history)
-    save_model(out / "model", family, {
-        "privacy": {"sites": report["sites"], "rounds": report["rounds"]},
-        "run_settings": settings.as_dict(),
-    })
+    save_model(
+        out / "model",
+        family,
+        {
+            "privacy": {"sites": report["sites"], "rounds": report["rounds"]},
+            "run_settings": settings.as_dict(),
+        },
+    )
     n = settings.synthetic_rows or DEFAULT_SYNTHETIC_ROWS
     table = family.sample(n, seed=settings.seed)
     path = out / "synthetic.csv"

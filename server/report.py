@@ -15,8 +15,9 @@ from shared import keys
 from shared.config import RunSettings
 
 
-def site_entry(privacy: dict[str, float], site: str, accountant: str,
-               secure_mode: bool) -> dict[str, Any]:
+def site_entry(
+    privacy: dict[str, float], site: str, accountant: str, secure_mode: bool
+) -> dict[str, Any]:
     """One row of ``sites`` in the report, from a site's latest reply."""
     return {
         "site": site,
@@ -32,8 +33,14 @@ def site_entry(privacy: dict[str, float], site: str, accountant: str,
     }
 
 
-def build_report(settings: RunSettings, sites: dict[str, dict[str, Any]], rounds: int,
-                 generator: str, sigma: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(
+    settings: RunSettings,
+    sites: dict[str, dict[str, Any]],
+    rounds: int,
+    generator: str,
+    sigma: float,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
     """Assemble ``privacy_report.json``."""
     shared_counts = any("num_rows" in s for s in sites.values())
     return {
@@ -88,38 +95,44 @@ def _md_table(sites: list[dict[str, Any]]) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     """Human-readable ``privacy_report.md``."""
     run = report["run"]
-    sent = "\n".join(f"- `{rec}`: {', '.join(f'`{f}`' for f in fields)}"
-                     for rec, fields in report["sent_by_each_site"].items())
+    sent = "\n".join(
+        f"- `{rec}`: {', '.join(f'`{f}`' for f in fields)}"
+        for rec, fields in report["sent_by_each_site"].items()
+    )
     gaps = "\n".join(f"- {g}" for g in report["not_protected"])
     insecure = [s["site"] for s in report["sites"] if not s["secure_mode"]]
-    warn = (f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
-            "fast pseudo-random generator. Turn it on (`secure-mode = true`) for production "
-            "releases.\n" if insecure else "")
+    warn = (
+        f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
+        "fast pseudo-random generator. Turn it on (`secure-mode = true`) for production "
+        "releases.\n"
+        if insecure
+        else ""
+    )
     return f"""# Privacy report
 
-Generator: **{report['generator']}**, {report['rounds']} aggregated round(s).
+Generator: **{report["generator"]}**, {report["rounds"]} aggregated round(s).
 
 ## Guarantee per site
 
-{_md_table(report['sites'])}
+{_md_table(report["sites"])}
 
 ε is each site's **cumulative** spend over every round and run in its privacy ledger.
-Unit of privacy: {report['unit']}. {report['guarantee']}
+Unit of privacy: {report["unit"]}. {report["guarantee"]}
 {warn}
 ## This run
 
-- noise multiplier σ = {run['noise_multiplier']:.4f}, Poisson sampling rate q = {run['sample_rate']},
-  per-record clip norm C = {run['max_grad_norm']}, {run['local_steps_per_round']} DP-SGD steps per round
-- σ was calibrated so this run's planned steps spend ε = {run['target_epsilon_this_run']}
-  at δ = {run['calibration_delta']} ({run['rounds_planned']} rounds planned)
-- noise placement: {run['noise_placement']} (each site runs DP-SGD on its own rows);
-  aggregation: {run['aggregation']}, update clip norm {run['update_clip_norm']}
+- noise multiplier σ = {run["noise_multiplier"]:.4f}, Poisson sampling rate q = {run["sample_rate"]},
+  per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round
+- σ was calibrated so this run's planned steps spend ε = {run["target_epsilon_this_run"]}
+  at δ = {run["calibration_delta"]} ({run["rounds_planned"]} rounds planned)
+- noise placement: {run["noise_placement"]} (each site runs DP-SGD on its own rows);
+  aggregation: {run["aggregation"]}, update clip norm {run["update_clip_norm"]}
 
 ## What each site sent
 
 {sent}
 
-Opt-in fields sent: {', '.join(report['opt_in_fields_sent']) or 'none'}.
+Opt-in fields sent: {", ".join(report["opt_in_fields_sent"]) or "none"}.
 No rows, row counts (unless opted in), losses or other metrics computed on real rows left any site.
 
 ## Not protected
@@ -130,5 +143,7 @@ No rows, row counts (unless opted in), losses or other metrics computed on real 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
     """Write ``privacy_report.json`` and ``privacy_report.md`` into ``folder``."""
-    (folder / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / "privacy_report.json").write_text(
+        json.dumps(report, indent=2) + "\n", encoding="utf-8"
+    )
     (folder / "privacy_report.md").write_text(render_markdown(report), encoding="utf-8")

@@ -59,9 +59,12 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
         raise ProtocolError(f"node {node} sent unexpected record(s) {sorted(extra)}")
     metrics = dict(content[keys.PRIVACY_METRICS])
     allowed_metrics = set(keys.SITE_REPLY_FIELDS[keys.PRIVACY_METRICS]) | set(
-        keys.OPT_IN_FIELDS[keys.PRIVACY_METRICS])
+        keys.OPT_IN_FIELDS[keys.PRIVACY_METRICS]
+    )
     if set(metrics) - allowed_metrics:
-        raise ProtocolError(f"node {node} sent unexpected metric(s) {sorted(set(metrics) - allowed_metrics)}")
+        raise ProtocolError(
+            f"node {node} sent unexpected metric(s) {sorted(set(metrics) - allowed_metrics)}"
+        )
     info = dict(content[keys.SITE_INFO])
     if set(info) - set(keys.SITE_REPLY_FIELDS[keys.SITE_INFO]):
         raise ProtocolError(f"node {node} sent unexpected site field(s)")
@@ -76,10 +79,14 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
     elif keys.UPDATE_ARRAYS in content:
         raise ProtocolError(f"node {node} declined but still sent an update")
     return SiteReply(
-        node_id=node, site=str(info.get(keys.SITE_NAME, f"node-{node}")), trained=trained,
-        reason=str(info.get(keys.REASON, "")), privacy={k: float(v) for k, v in metrics.items()},
+        node_id=node,
+        site=str(info.get(keys.SITE_NAME, f"node-{node}")),
+        trained=trained,
+        reason=str(info.get(keys.REASON, "")),
+        privacy={k: float(v) for k, v in metrics.items()},
         accountant=str(info.get(keys.ACCOUNTANT, "")),
-        secure_mode=bool(info.get(keys.SECURE_MODE, False)), update=update,
+        secure_mode=bool(info.get(keys.SECURE_MODE, False)),
+        update=update,
     )
 
 
@@ -101,8 +108,11 @@ class SiteAveraging(FedAvg):
 
     def __init__(self, *, min_sites: int, expected_keys: set[str]) -> None:
         super().__init__(
-            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=min_sites,
-            min_available_nodes=min_sites, arrayrecord_key=keys.GLOBAL_ARRAYS,
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=min_sites,
+            min_available_nodes=min_sites,
+            arrayrecord_key=keys.GLOBAL_ARRAYS,
             configrecord_key=keys.TRAIN_CONFIG,
         )
         self.min_sites = min_sites
@@ -116,8 +126,12 @@ class SiteAveraging(FedAvg):
         parsed: list[SiteReply] = []
         for msg in replies:
             if msg.has_error():
-                log.warning("round %d: node %d failed: %s", server_round,
-                            msg.metadata.src_node_id, msg.error.reason)
+                log.warning(
+                    "round %d: node %d failed: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    msg.error.reason,
+                )
                 continue
             try:
                 parsed.append(parse_reply(msg, self.expected_keys))

@@ -106,11 +106,21 @@ def calibrate_noise(
     _check_mechanism(1.0, sample_rate, steps)
     if steps == 0:
         raise AccountingError("cannot calibrate noise for 0 steps")
-    sigma = float(get_noise_multiplier(
-        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-        steps=steps, accountant=accountant, epsilon_tolerance=0.005, **_options(accountant),
-    ))
+    sigma = float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.005,
+            **_options(accountant),
+        )
+    )
     # get_noise_multiplier stops within a tolerance; make sure we land at or below ε.
-    while epsilon_of([(sigma, sample_rate, steps)], delta=delta, accountant=accountant) > target_epsilon:
+    while (
+        epsilon_of([(sigma, sample_rate, steps)], delta=delta, accountant=accountant)
+        > target_epsilon
+    ):
         sigma *= 1.002
     return sigma

@@ -19,8 +19,10 @@ def draft(args: argparse.Namespace) -> int:
     schema = draft_schema(frame.replace("", None), name=args.name, source=args.table)
     schema.save(args.out)
     print(f"wrote draft schema {args.out} ({len(schema.columns)} columns).")
-    print("WARNING: the draft was read from private rows. Review every category list and "
-          "replace min/max with documented public ranges before the consortium adopts it.")
+    print(
+        "WARNING: the draft was read from private rows. Review every category list and "
+        "replace min/max with documented public ranges before the consortium adopts it."
+    )
     return 0
 
 
@@ -28,8 +30,10 @@ def check(args: argparse.Namespace) -> int:
     """Validate a table against a schema; exit 0 when it passes."""
     schema = Schema.load(args.schema)
     frame = load_table(args.table, schema)
-    print(f"{args.table}: {len(frame)} rows match schema {schema.name!r} "
-          f"(fingerprint {schema.fingerprint()[:12]}).")
+    print(
+        f"{args.table}: {len(frame)} rows match schema {schema.name!r} "
+        f"(fingerprint {schema.fingerprint()[:12]})."
+    )
     return 0
 
 

@@ -24,8 +24,12 @@ Scalar = bool | int | float | str
 
 
 def read_value(
-    config: Mapping[str, Any], key: str, kind: type[T], default: T | None = None,
-    check: Callable[[T], bool] | None = None, rule: str = "",
+    config: Mapping[str, Any],
+    key: str,
+    kind: type[T],
+    default: T | None = None,
+    check: Callable[[T], bool] | None = None,
+    rule: str = "",
 ) -> T:
     """Read one typed value from a Flower config mapping.
 
@@ -86,8 +90,12 @@ class ModelSettings:
 
     def to_config(self) -> dict[str, Scalar]:
         """Flat Flower config form."""
-        return {"generator": self.generator, "hidden": self.hidden, "latent": self.latent,
-                "kl-weight": self.kl_weight}
+        return {
+            "generator": self.generator,
+            "hidden": self.hidden,
+            "latent": self.latent,
+            "kl-weight": self.kl_weight,
+        }
 
 
 @dataclass(frozen=True)
@@ -123,28 +131,42 @@ class TrainSettings:
         """Parse the ``train-config`` record a site receives."""
         return cls(
             server_round=read_value(config, "server-round", int, None, lambda v: v >= 1, ">= 1"),
-            local_steps=read_value(config, "local-steps", int, None, lambda v: 1 <= v <= 100_000,
-                                   "1..100000"),
+            local_steps=read_value(
+                config, "local-steps", int, None, lambda v: 1 <= v <= 100_000, "1..100000"
+            ),
             noise_multiplier=read_value(config, "noise-multiplier", float, None, _positive, "> 0"),
-            sample_rate=read_value(config, "sample-rate", float, None, lambda v: 0 < v <= 1, "in (0, 1]"),
+            sample_rate=read_value(
+                config, "sample-rate", float, None, lambda v: 0 < v <= 1, "in (0, 1]"
+            ),
             max_grad_norm=read_value(config, "max-grad-norm", float, None, _positive, "> 0"),
             learning_rate=read_value(config, "learning-rate", float, None, _positive, "> 0"),
             update_clip_norm=read_value(config, "update-clip-norm", float, None, _positive, "> 0"),
             seed=read_value(config, "seed", int, 0),
             schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
-            accountant=read_value(config, "accountant", str, "rdp", lambda v: v in ACCOUNTANTS,
-                                  f"one of {list(ACCOUNTANTS)}"),
+            accountant=read_value(
+                config,
+                "accountant",
+                str,
+                "rdp",
+                lambda v: v in ACCOUNTANTS,
+                f"one of {list(ACCOUNTANTS)}",
+            ),
             model=ModelSettings.from_config(config),
         )
 
     def to_config(self) -> dict[str, Scalar]:
         """Flat Flower config form (round trip of :meth:`from_config`)."""
         return {
-            "server-round": self.server_round, "local-steps": self.local_steps,
-            "noise-multiplier": self.noise_multiplier, "sample-rate": self.sample_rate,
-            "max-grad-norm": self.max_grad_norm, "learning-rate": self.learning_rate,
-            "update-clip-norm": self.update_clip_norm, "seed": self.seed,
-            "schema-fingerprint": self.schema_fingerprint, "accountant": self.accountant,
+            "server-round": self.server_round,
+            "local-steps": self.local_steps,
+            "noise-multiplier": self.noise_multiplier,
+            "sample-rate": self.sample_rate,
+            "max-grad-norm": self.max_grad_norm,
+            "learning-rate": self.learning_rate,
+            "update-clip-norm": self.update_clip_norm,
+            "seed": self.seed,
+            "schema-fingerprint": self.schema_fingerprint,
+            "accountant": self.accountant,
             **self.model.to_config(),
         }
 
@@ -186,32 +208,57 @@ class RunSettings:
         """Validate a Flower run config; raises :class:`ConfigError` naming the key."""
         d = cls()
         s = cls(
-            rounds=read_value(config, "rounds", int, d.rounds, lambda v: 1 <= v <= 10_000, "1..10000"),
-            local_steps=read_value(config, "local-steps", int, d.local_steps,
-                                   lambda v: 1 <= v <= 100_000, "1..100000"),
+            rounds=read_value(
+                config, "rounds", int, d.rounds, lambda v: 1 <= v <= 10_000, "1..10000"
+            ),
+            local_steps=read_value(
+                config, "local-steps", int, d.local_steps, lambda v: 1 <= v <= 100_000, "1..100000"
+            ),
             epsilon=read_value(config, "epsilon", float, d.epsilon, _positive, "> 0"),
             delta=read_value(config, "delta", float, d.delta, lambda v: 0 < v < 1, "in (0, 1)"),
-            sample_rate=read_value(config, "sample-rate", float, d.sample_rate,
-                                   lambda v: 0 < v <= 1, "in (0, 1]"),
-            max_grad_norm=read_value(config, "max-grad-norm", float, d.max_grad_norm, _positive, "> 0"),
-            learning_rate=read_value(config, "learning-rate", float, d.learning_rate, _positive, "> 0"),
-            update_clip_norm=read_value(config, "update-clip-norm", float, d.update_clip_norm,
-                                        _positive, "> 0"),
-            accountant=read_value(config, "accountant", str, d.accountant,
-                                  lambda v: v in ACCOUNTANTS, f"one of {list(ACCOUNTANTS)}"),
+            sample_rate=read_value(
+                config, "sample-rate", float, d.sample_rate, lambda v: 0 < v <= 1, "in (0, 1]"
+            ),
+            max_grad_norm=read_value(
+                config, "max-grad-norm", float, d.max_grad_norm, _positive, "> 0"
+            ),
+            learning_rate=read_value(
+                config, "learning-rate", float, d.learning_rate, _positive, "> 0"
+            ),
+            update_clip_norm=read_value(
+                config, "update-clip-norm", float, d.update_clip_norm, _positive, "> 0"
+            ),
+            accountant=read_value(
+                config,
+                "accountant",
+                str,
+                d.accountant,
+                lambda v: v in ACCOUNTANTS,
+                f"one of {list(ACCOUNTANTS)}",
+            ),
             seed=read_value(config, "seed", int, d.seed),
             schema_path=read_value(config, "schema-path", str, d.schema_path),
             out_dir=read_value(config, "out-dir", str, d.out_dir),
             sites_dir=read_value(config, "sites-dir", str, d.sites_dir),
-            synthetic_rows=read_value(config, "synthetic-rows", int, d.synthetic_rows,
-                                      lambda v: 0 <= v <= 100_000_000, "0..1e8"),
+            synthetic_rows=read_value(
+                config,
+                "synthetic-rows",
+                int,
+                d.synthetic_rows,
+                lambda v: 0 <= v <= 100_000_000,
+                "0..1e8",
+            ),
             device=read_value(config, "device", str, d.device),
             min_sites=read_value(config, "min-sites", int, d.min_sites, lambda v: v >= 1, ">= 1"),
-            round_timeout=read_value(config, "round-timeout", float, d.round_timeout, _positive, "> 0"),
+            round_timeout=read_value(
+                config, "round-timeout", float, d.round_timeout, _positive, "> 0"
+            ),
             model=ModelSettings.from_config(config),
         )
         if not s.schema_path:
-            raise ConfigError("run config 'schema-path' is empty; pass the consortium's schema JSON")
+            raise ConfigError(
+                "run config 'schema-path' is empty; pass the consortium's schema JSON"
+            )
         if not s.out_dir:
             raise ConfigError("run config 'out-dir' is empty; pass an absolute output folder")
         return s
@@ -224,19 +271,29 @@ class RunSettings:
     def noise_multiplier(self) -> float:
         """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`."""
         return calibrate_noise(
-            target_epsilon=self.epsilon, delta=self.delta, sample_rate=self.sample_rate,
-            steps=self.planned_steps, accountant=self.accountant,
+            target_epsilon=self.epsilon,
+            delta=self.delta,
+            sample_rate=self.sample_rate,
+            steps=self.planned_steps,
+            accountant=self.accountant,
         )
 
-    def train_settings(self, server_round: int, *, noise_multiplier: float,
-                       schema_fingerprint: str) -> TrainSettings:
+    def train_settings(
+        self, server_round: int, *, noise_multiplier: float, schema_fingerprint: str
+    ) -> TrainSettings:
         """The :class:`TrainSettings` sent to sites in ``server_round``."""
         return TrainSettings(
-            server_round=server_round, local_steps=self.local_steps,
-            noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
-            max_grad_norm=self.max_grad_norm, learning_rate=self.learning_rate,
-            update_clip_norm=self.update_clip_norm, seed=self.seed,
-            schema_fingerprint=schema_fingerprint, accountant=self.accountant, model=self.model,
+            server_round=server_round,
+            local_steps=self.local_steps,
+            noise_multiplier=noise_multiplier,
+            sample_rate=self.sample_rate,
+            max_grad_norm=self.max_grad_norm,
+            learning_rate=self.learning_rate,
+            update_clip_norm=self.update_clip_norm,
+            seed=self.seed,
+            schema_fingerprint=schema_fingerprint,
+            accountant=self.accountant,
+            model=self.model,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -41,8 +41,16 @@ STATUS_DECLINED = "declined"
 
 SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     UPDATE_ARRAYS: ("<one array per generator parameter>",),
-    PRIVACY_METRICS: (EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, MAX_GRAD_NORM, STEPS,
-                      TOTAL_STEPS, UPDATE_NORM_CLIPPED),
+    PRIVACY_METRICS: (
+        EPSILON,
+        DELTA,
+        NOISE_MULTIPLIER,
+        SAMPLE_RATE,
+        MAX_GRAD_NORM,
+        STEPS,
+        TOTAL_STEPS,
+        UPDATE_NORM_CLIPPED,
+    ),
     SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, SCHEMA_FINGERPRINT),
 }
 OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS,)}

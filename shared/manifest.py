@@ -74,7 +74,9 @@ def load_state(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model(folder: str | Path, family: GeneratorFamily, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    folder: str | Path, family: GeneratorFamily, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``weights.pt`` and ``manifest.json`` into ``folder``.
 
     Parameters
@@ -114,9 +116,13 @@ def load_model(folder: str | Path) -> tuple[GeneratorFamily, dict[str, Any]]:
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{out} has no {MANIFEST}; pass the model/ folder of a fedsynth run") from None
+        raise ModelError(
+            f"{out} has no {MANIFEST}; pass the model/ folder of a fedsynth run"
+        ) from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{out / MANIFEST} is not valid JSON ({exc}); the model folder is damaged") from None
+        raise ModelError(
+            f"{out / MANIFEST} is not valid JSON ({exc}); the model folder is damaged"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelError(f"{out / MANIFEST} is not a {FORMAT} manifest")
     try:

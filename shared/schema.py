@@ -152,7 +152,9 @@ class Schema:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise SchemaError(str(p), ["file not found; pass the consortium's schema JSON"]) from None
+            raise SchemaError(
+                str(p), ["file not found; pass the consortium's schema JSON"]
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SchemaError(str(p), [f"cannot be read as UTF-8 text ({exc})"]) from None
         try:
@@ -173,7 +175,7 @@ class Schema:
         if not isinstance(doc, dict):
             raise SchemaError(source, [f"top level must be a JSON object, got {_tname(doc)}"])
         version = doc.get("fedsynth_schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             problems.append(
                 f"'fedsynth_schema_version' must be {SCHEMA_VERSION} (got {version!r}); "
                 "add the field or convert the document"
@@ -210,7 +212,12 @@ def _tname(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
@@ -246,13 +253,15 @@ def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
             problems.append(f"{where}: 'categories' must be a non-empty list of strings")
             return None
         if len(cats) > _MAX_CATEGORIES:
-            problems.append(f"{where}: {len(cats)} categories exceed the limit of {_MAX_CATEGORIES}")
+            problems.append(
+                f"{where}: {len(cats)} categories exceed the limit of {_MAX_CATEGORIES}"
+            )
             return None
         bad = [c for c in cats if not isinstance(c, str) or not c or len(c) > _MAX_NAME]
         if bad:
             problems.append(
                 f"{where}: categories must be non-empty strings of at most {_MAX_NAME} chars "
-                f"(write numbers as strings, e.g. \"1\"); bad: {bad[:3]!r}"
+                f'(write numbers as strings, e.g. "1"); bad: {bad[:3]!r}'
             )
             return None
         if len(set(cats)) != len(cats):
@@ -302,6 +311,19 @@ def _parse_roles(raw: Any, columns: dict[str, Column], problems: list[str]) -> d
     return roles
 
 
+def category_text(value: Any) -> str:
+    """Canonical text of a categorical cell, as compared with the schema's category list.
+
+    Booleans read as ``"true"``/``"false"``; integral floats (Parquet, or ints that
+    went through NaN) as their integer (``1.0`` → ``"1"``); anything else as ``str``.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else str(value)
+
+
 def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") -> Schema:
     """Draft a schema from a local table, for the consortium to review and edit.
 
@@ -325,6 +347,8 @@ def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") ->
     """
     import pandas as pd
 
+    from shared.tables import MISSING_TOKENS
+
     warnings.warn(
         f"the draft schema was read from the private rows of {source}: its category lists and "
         "min/max reveal real values. Review it, replace bounds with documented public ranges, "
@@ -335,8 +359,11 @@ def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") ->
     columns: list[Column] = []
     for col_name in frame.columns:
         series = frame[col_name]
-        nullable = bool(series.isna().any())
-        values = series.dropna()
+        missing = series.isna() | series.map(
+            lambda v: isinstance(v, str) and v.strip() in MISSING_TOKENS
+        )
+        nullable = bool(missing.any())
+        values = series[~missing]
         numeric = pd.to_numeric(values, errors="coerce")
         is_numeric = (
             len(values) > 0
@@ -350,10 +377,15 @@ def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") ->
             if hi <= lo:
                 hi = lo + 1.0
             columns.append(
-                Column(str(col_name), "integer" if is_int else "continuous", minimum=lo,
-                       maximum=hi, nullable=nullable)
+                Column(
+                    str(col_name),
+                    "integer" if is_int else "continuous",
+                    minimum=lo,
+                    maximum=hi,
+                    nullable=nullable,
+                )
             )
         else:
-            cats = sorted({str(v) for v in values}) or ["missing"]
+            cats = sorted({category_text(v) for v in values}) or ["missing"]
             columns.append(Column(str(col_name), "categorical", tuple(cats), nullable=nullable))
     return Schema(name=name, columns=tuple(columns))

@@ -8,6 +8,7 @@ refused table costs no privacy budget and sends nothing.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from shared.errors import DataValidationError
-from shared.schema import Column, Schema
+from shared.schema import Column, Schema, category_text
 
 # Spellings of "missing" accepted in CSV files (pandas' defaults, minus the
 # ones that are plausible category names such as "None" or "NA" for a country).
@@ -40,21 +41,36 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(p)
         else:
-            frame = pd.read_csv(
-                p, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8",
-                skipinitialspace=False, engine="c",
-            )
+            with warnings.catch_warnings():
+                # A row with more fields than the header would otherwise shift values
+                # silently into the wrong columns; make pandas' warning an error.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(
+                    p,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_filter=False,
+                    encoding="utf-8",
+                    index_col=False,
+                    skip_blank_lines=False,
+                    engine="c",
+                )
     except pd.errors.EmptyDataError:
-        raise DataValidationError(src, ["the file is empty; export the table with a header row"]) from None
+        raise DataValidationError(
+            src, ["the file is empty; export the table with a header row"]
+        ) from None
     except UnicodeDecodeError as exc:
         raise DataValidationError(
             src, [f"is not UTF-8 text ({exc.reason} at byte {exc.start}); re-export it as UTF-8"]
         ) from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataValidationError(
-            src, [f"cannot be parsed as {suffix.lstrip('.') or 'CSV'} ({first}); check the "
-                  "delimiter (comma) and quoting"]
+            src,
+            [
+                f"cannot be parsed as {suffix.lstrip('.') or 'CSV'} ({first}); check the "
+                "delimiter (comma) and quoting"
+            ],
         ) from None
     _check_headers(frame, src)
     if len(frame) == 0:
@@ -69,9 +85,14 @@ def _check_headers(frame: pd.DataFrame, src: str) -> None:
     if blank:
         problems.append(f"header position(s) {blank} are blank; name every column")
     # pandas renames a repeated header "x" to "x.1"; catch both spellings.
-    dupes = sorted({n for n in names if names.count(n) > 1} | {
-        n for n in names if "." in n and n.rsplit(".", 1)[0] in names and n.rsplit(".", 1)[1].isdigit()
-    })
+    dupes = sorted(
+        {n for n in names if names.count(n) > 1}
+        | {
+            n
+            for n in names
+            if "." in n and n.rsplit(".", 1)[0] in names and n.rsplit(".", 1)[1].isdigit()
+        }
+    )
     if dupes:
         problems.append(f"header(s) {dupes} appear more than once; each column must be named once")
     if problems:
@@ -168,7 +189,7 @@ def _check_column(series: pd.Series, col: Column, problems: list[str]) -> pd.Ser
 def _check_categorical(
     series: pd.Series, col: Column, missing: np.ndarray, problems: list[str]
 ) -> pd.Series:
-    text = series.map(_as_category_text)
+    text = series.map(category_text)
     allowed = set(col.categories)
     unseen = ~missing & ~text.isin(allowed).to_numpy()
     if unseen.any():
@@ -181,14 +202,6 @@ def _check_categorical(
     result = text.astype(object)
     result[missing] = None
     return result
-
-
-def _as_category_text(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # Parquet/ints exported as 1.0 still mean category "1"
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
 
 
 def _check_numeric(
@@ -208,7 +221,10 @@ def _check_numeric(
     with np.errstate(invalid="ignore"):
         low = finite & (values < col.minimum)
         high = finite & (values > col.maximum)
-    for mask, side, bound in ((low, "below the minimum", col.minimum), (high, "above the maximum", col.maximum)):
+    for mask, side, bound in (
+        (low, "below the minimum", col.minimum),
+        (high, "above the maximum", col.maximum),
+    ):
         if mask.any():
             problems.append(
                 f"{where}: {int(mask.sum())} value(s) {side} {_fmt(bound)} ({_lines(mask, series)}); "

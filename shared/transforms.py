@@ -112,7 +112,7 @@ class TableTransformer:
         missing_code = len(col.categories)
         codes = values.map(lambda v: missing_code if v is None or v != v else lookup.get(v, -1))
         arr = codes.to_numpy(dtype=np.int64)
-        if (arr < 0).any() or (arr == missing_code).any() and not col.nullable:
+        if (arr < 0).any() or ((arr == missing_code).any() and not col.nullable):
             raise FedsynthError(
                 f"column {col.name!r} holds values outside the schema; validate the table with "
                 "shared.tables.load_table before encoding"
@@ -136,6 +136,11 @@ class TableTransformer:
             raise FedsynthError(
                 f"encoded rows have shape {encoded.shape}, expected (n, {self.width}) for "
                 f"schema {self.schema.name!r}; the model was built for a different schema"
+            )
+        if np.isnan(encoded).any():
+            raise FedsynthError(
+                "the generator produced NaN values: training diverged. Lower the learning rate or "
+                "the clip norm and train again; no table was written"
             )
         data: dict[str, pd.Series] = {}
         missing: dict[str, np.ndarray] = {}

@@ -43,15 +43,18 @@ class PartitionSpec:
             except ValueError:
                 alpha = -1.0
             if not alpha > 0:
-                raise ConfigError(f"--partition {text!r}: α must be a positive number, e.g. dirichlet:0.5")
+                raise ConfigError(
+                    f"--partition {text!r}: α must be a positive number, e.g. dirichlet:0.5"
+                )
             return cls("dirichlet", alpha=alpha)
         if kind == "column" and arg:
             return cls("column", column=arg)
         raise ConfigError(f"--partition {text!r} is not one of iid, dirichlet:ALPHA, column:NAME")
 
 
-def partition(frame: pd.DataFrame, schema: Schema, spec: PartitionSpec, sites: int,
-              *, seed: int = 0) -> list[pd.DataFrame]:
+def partition(
+    frame: pd.DataFrame, schema: Schema, spec: PartitionSpec, sites: int, *, seed: int = 0
+) -> list[pd.DataFrame]:
     """Split ``frame`` into ``sites`` tables (``column:`` makes one per category present).
 
     Raises
@@ -81,16 +84,24 @@ def partition(frame: pd.DataFrame, schema: Schema, spec: PartitionSpec, sites: i
 
 def _by_column(frame: pd.DataFrame, schema: Schema, name: str) -> list[pd.DataFrame]:
     if name not in schema.names or schema.column(name).kind != "categorical":
-        raise ConfigError(f"--partition column:{name}: {name!r} must be a categorical schema column")
-    return [frame[frame[name] == cat] for cat in schema.column(name).categories
-            if (frame[name] == cat).any()]
+        raise ConfigError(
+            f"--partition column:{name}: {name!r} must be a categorical schema column"
+        )
+    return [
+        frame[frame[name] == cat]
+        for cat in schema.column(name).categories
+        if (frame[name] == cat).any()
+    ]
 
 
-def _dirichlet(frame: pd.DataFrame, schema: Schema, alpha: float, sites: int,
-               rng: np.random.Generator) -> list[pd.DataFrame]:
+def _dirichlet(
+    frame: pd.DataFrame, schema: Schema, alpha: float, sites: int, rng: np.random.Generator
+) -> list[pd.DataFrame]:
     target = schema.roles.get("target")
     if not target:
-        raise ConfigError("--partition dirichlet needs a 'target' role in the schema (the label to skew)")
+        raise ConfigError(
+            "--partition dirichlet needs a 'target' role in the schema (the label to skew)"
+        )
     labels = frame[target].astype(str).to_numpy()
     buckets: list[list[int]] = [[] for _ in range(sites)]
     for label in np.unique(labels):

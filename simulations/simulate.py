@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from server.flower import FlowerRuntime, add_connection, build_app, flower_bin, free_port, submit_and_wait, wait_healthy
+from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
 from shared.errors import ConfigError
+from shared.runtime import FlowerRuntime, flower_bin, free_port
 from shared.schema import Schema
 from shared.tables import load_table, validate_frame
 from simulations.partition import PartitionSpec, partition
@@ -57,12 +58,24 @@ def app_defaults() -> dict[str, Any]:
     """The app's ``[tool.flwr.app.config]``: every overridable key with its default."""
     d = RunSettings()
     return {
-        "rounds": d.rounds, "local-steps": d.local_steps, "epsilon": d.epsilon, "delta": d.delta,
-        "sample-rate": d.sample_rate, "max-grad-norm": d.max_grad_norm,
-        "learning-rate": d.learning_rate, "update-clip-norm": d.update_clip_norm,
-        "accountant": d.accountant, "seed": d.seed, "schema-path": "", "out-dir": "",
-        "sites-dir": "", "synthetic-rows": 0, "device": d.device, "min-sites": d.min_sites,
-        "round-timeout": d.round_timeout, "site-budget-epsilon": 0.0,
+        "rounds": d.rounds,
+        "local-steps": d.local_steps,
+        "epsilon": d.epsilon,
+        "delta": d.delta,
+        "sample-rate": d.sample_rate,
+        "max-grad-norm": d.max_grad_norm,
+        "learning-rate": d.learning_rate,
+        "update-clip-norm": d.update_clip_norm,
+        "accountant": d.accountant,
+        "seed": d.seed,
+        "schema-path": "",
+        "out-dir": "",
+        "sites-dir": "",
+        "synthetic-rows": 0,
+        "device": d.device,
+        "min-sites": d.min_sites,
+        "round-timeout": d.round_timeout,
+        "site-budget-epsilon": 0.0,
         **ModelSettings().to_config(),
     }
 
@@ -72,7 +85,9 @@ def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
     if plan.data is None:
         schema = cohort_schema()
         raw = generate_cohort(seed=int(plan.settings.get("seed", 0)) + 7)
-        frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema, source="built-in cohort")
+        frame = validate_frame(
+            raw.astype(object).where(raw.notna(), None), schema, source="built-in cohort"
+        )
         return frame, schema
     if plan.schema is None:
         raise ConfigError(
@@ -83,19 +98,26 @@ def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
     return load_table(plan.data, schema), schema
 
 
-def prepare_sites(plan: SimulationPlan, frame: pd.DataFrame, schema: Schema) -> tuple[Path, list[int]]:
+def prepare_sites(
+    plan: SimulationPlan, frame: pd.DataFrame, schema: Schema
+) -> tuple[Path, list[int]]:
     """Write holdout, schema and per-site tables; keep existing ledgers. Returns sites dir and sizes."""
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     seed = int(plan.settings.get("seed", 0))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
-    n_hold = int(round(plan.holdout * len(frame)))
+    n_hold = round(plan.holdout * len(frame))
     holdout, train = frame.iloc[order[:n_hold]], frame.iloc[order[n_hold:]]
     schema.save(out / "schema.json")
     holdout.to_csv(out / "holdout.csv", index=False)
-    parts = partition(train.reset_index(drop=True), schema, PartitionSpec.parse(plan.partition),
-                      plan.sites, seed=seed)
+    parts = partition(
+        train.reset_index(drop=True),
+        schema,
+        PartitionSpec.parse(plan.partition),
+        plan.sites,
+        seed=seed,
+    )
     sites_dir = out / "sites"
     for i, part in enumerate(parts):
         site = sites_dir / f"site-{i}"
@@ -109,14 +131,21 @@ def run_simulation(plan: SimulationPlan) -> Path:
     t0 = time.perf_counter()
     frame, schema = load_source(plan)
     sites_dir, sizes = prepare_sites(plan, frame, schema)
-    log.info("%d sites with %s rows; holdout %d rows (never trained on)", len(sizes), sizes,
-             int(round(plan.holdout * len(frame))))
+    log.info(
+        "%d sites with %s rows; holdout %d rows (never trained on)",
+        len(sizes),
+        sizes,
+        round(plan.holdout * len(frame)),
+    )
     if plan.restart:
         shutil.rmtree(plan.out / "checkpoints", ignore_errors=True)
     overrides = {
-        **plan.settings, "schema-path": str((plan.out / "schema.json").resolve()),
-        "out-dir": str(plan.out.resolve()), "sites-dir": str(sites_dir.resolve()),
-        "min-sites": len(sizes), "site-budget-epsilon": plan.site_budget_epsilon,
+        **plan.settings,
+        "schema-path": str((plan.out / "schema.json").resolve()),
+        "out-dir": str(plan.out.resolve()),
+        "sites-dir": str(sites_dir.resolve()),
+        "min-sites": len(sizes),
+        "site-budget-epsilon": plan.site_budget_epsilon,
     }
     overrides.setdefault("synthetic-rows", int(sum(sizes)))
     RunSettings.from_run_config(overrides)  # fail fast, before starting any process
@@ -124,14 +153,35 @@ def run_simulation(plan: SimulationPlan) -> Path:
         app_dir = build_app(rt.root / "app", app_defaults())
         port = free_port()
         link_log = plan.out / "logs" / "superlink.log"
-        proc = rt.spawn([flower_bin("flower-superlink"), "--simulation", "--insecure",
-                         "--host", "127.0.0.1", "--port", str(port),
-                         "--database", ":flwr-in-memory:"], link_log)
+        proc = rt.spawn(
+            [
+                flower_bin("flower-superlink"),
+                "--simulation",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                ":flwr-in-memory:",
+            ],
+            link_log,
+        )
         wait_healthy(proc, port, link_log)
         add_connection(rt, "local-sim", f"127.0.0.1:{port}")
-        rt.run([flower_bin("flwr"), "federation", "simulation-config", "@none/default", "local-sim",
-                "--num-supernodes", str(len(sizes))])
-        submit_and_wait(rt, app_dir, "local-sim", overrides, plan.out / "logs" / "run.log",
-                        echo=plan.echo)
+        rt.run(
+            [
+                flower_bin("flwr"),
+                "federation",
+                "simulation-config",
+                "@none/default",
+                "local-sim",
+                "--num-supernodes",
+                str(len(sizes)),
+            ]
+        )
+        submit_and_wait(
+            rt, app_dir, "local-sim", overrides, plan.out / "logs" / "run.log", echo=plan.echo
+        )
     log.info("simulation finished in %.1fs; outputs in %s", time.perf_counter() - t0, plan.out)
     return plan.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -17,12 +18,25 @@ from shared.accounting import epsilon_of
 
 DELTA = 1e-5
 SITE = "st-marys"
+pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the")
 
 
-def _record(ledger: PrivacyLedger, server_round: int, *, sigma: float = 1.1, q: float = 0.01,
-            steps: int = 100) -> None:
-    ledger.record(run="run-1", server_round=server_round, noise_multiplier=sigma, sample_rate=q,
-                  steps=steps, max_grad_norm=1.0)
+def _record(
+    ledger: PrivacyLedger,
+    server_round: int,
+    *,
+    sigma: float = 1.1,
+    q: float = 0.01,
+    steps: int = 100,
+) -> None:
+    ledger.record(
+        run="run-1",
+        server_round=server_round,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        max_grad_norm=1.0,
+    )
 
 
 @pytest.fixture
@@ -84,8 +98,9 @@ def test_check_budget_returns_projection(two_rounds: PrivacyLedger) -> None:
     expected = epsilon_of([*two_rounds.history, (1.1, 0.01, 50)], delta=DELTA)
 
     # Execute
-    projected = two_rounds.check_budget(noise_multiplier=1.1, sample_rate=0.01, steps=50,
-                                        budget_epsilon=100.0, delta=DELTA)
+    projected = two_rounds.check_budget(
+        noise_multiplier=1.1, sample_rate=0.01, steps=50, budget_epsilon=100.0, delta=DELTA
+    )
 
     # Assert
     assert projected == expected
@@ -98,8 +113,13 @@ def test_check_budget_declines_and_writes_nothing(two_rounds: PrivacyLedger, pat
 
     # Execute
     with pytest.raises(BudgetExhaustedError, match=rf"site '{SITE}' declines: 1000 more steps"):
-        two_rounds.check_budget(noise_multiplier=1.1, sample_rate=0.01, steps=1000,
-                                budget_epsilon=spent + 0.01, delta=DELTA)
+        two_rounds.check_budget(
+            noise_multiplier=1.1,
+            sample_rate=0.01,
+            steps=1000,
+            budget_epsilon=spent + 0.01,
+            delta=DELTA,
+        )
 
     # Assert
     assert (path.read_bytes(), two_rounds.anchor_path.read_bytes()) == before
@@ -108,12 +128,17 @@ def test_check_budget_declines_and_writes_nothing(two_rounds: PrivacyLedger, pat
 
 def test_check_budget_allows_landing_exactly_on_budget(two_rounds: PrivacyLedger) -> None:
     # Prepare
-    budget = two_rounds.projected_epsilon(noise_multiplier=2.0, sample_rate=0.01, steps=10,
-                                          delta=DELTA)
+    budget = two_rounds.projected_epsilon(
+        noise_multiplier=2.0, sample_rate=0.01, steps=10, delta=DELTA
+    )
 
     # Execute / Assert
-    assert two_rounds.check_budget(noise_multiplier=2.0, sample_rate=0.01, steps=10,
-                                   budget_epsilon=budget, delta=DELTA) == budget
+    assert (
+        two_rounds.check_budget(
+            noise_multiplier=2.0, sample_rate=0.01, steps=10, budget_epsilon=budget, delta=DELTA
+        )
+        == budget
+    )
 
 
 # ------------------------------------------------------------------- fail closed
@@ -165,8 +190,11 @@ def test_older_copy_is_rolled_back(path: Path) -> None:
     shutil.copy(backup, path)
 
     # Execute / Assert
-    with pytest.raises(LedgerError, match=r"holds 1 round\(s\) but its anchor recorded 2: it was "
-                                          "rolled back"):
+    with pytest.raises(
+        LedgerError,
+        match=r"holds 1 round\(s\) but its anchor recorded 2: it was "
+        "rolled back",
+    ):
         PrivacyLedger.open(path, site=SITE)
 
 
@@ -175,7 +203,7 @@ def test_unreadable_anchor_is_refused(two_rounds: PrivacyLedger, path: Path) -> 
     two_rounds.anchor_path.write_text("[]")
 
     # Execute / Assert
-    with pytest.raises(LedgerError, match="ledger anchor .* is unreadable"):
+    with pytest.raises(LedgerError, match=r"ledger anchor .* is unreadable"):
         PrivacyLedger.open(path, site=SITE)
 
 
@@ -221,6 +249,6 @@ def test_epsilon_never_decreases_as_rounds_are_recorded(
             seen.append(ledger.epsilon(delta=DELTA))
 
         # Assert
-        assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))
+        assert all(b >= a for a, b in itertools.pairwise(seen))
         reopened = PrivacyLedger.open(Path(folder) / "ledger.json", site=SITE)
         assert reopened.epsilon(delta=DELTA) == seen[-1]

@@ -40,7 +40,9 @@ def test_valid_csv_gives_typed_frame(tmp_path: Path, small_schema: Schema) -> No
     # Assert
     assert list(frame.columns) == ["age", "sex", "bmi"]
     assert frame.dtypes.to_dict() == {
-        "age": np.dtype("float64"), "sex": np.dtype("O"), "bmi": np.dtype("float64")
+        "age": np.dtype("float64"),
+        "sex": np.dtype("O"),
+        "bmi": np.dtype("float64"),
     }
     assert frame["age"].tolist() == [40.0, 50.0]
     assert frame["sex"].tolist() == ["male", "female"]
@@ -61,9 +63,16 @@ def test_columns_are_returned_in_schema_order(tmp_path: Path, small_schema: Sche
 
 def test_nullable_category_keeps_every_row(tmp_path: Path) -> None:
     # Prepare: pandas skips blank lines, so use a two-column file.
-    schema = Schema.from_dict({"fedsynth_schema_version": 1, "name": "t", "columns": [
-        {"name": "id", "type": "integer", "min": 0, "max": 9},
-        {"name": "sex", "type": "categorical", "categories": ["f", "m"], "nullable": True}]})
+    schema = Schema.from_dict(
+        {
+            "fedsynth_schema_version": 1,
+            "name": "t",
+            "columns": [
+                {"name": "id", "type": "integer", "min": 0, "max": 9},
+                {"name": "sex", "type": "categorical", "categories": ["f", "m"], "nullable": True},
+            ],
+        }
+    )
     path = _csv(tmp_path, "id,sex\n1,f\n2,\n3,NULL\n4,m\n")
 
     # Execute
@@ -88,9 +97,7 @@ def test_parquet_round_trip(tmp_path: Path, small_schema: Schema) -> None:
     pd.testing.assert_frame_equal(frame, expected)
 
 
-def test_validated_frame_is_stable_under_revalidation(
-    tmp_path: Path, small_schema: Schema
-) -> None:
+def test_validated_frame_is_stable_under_revalidation(tmp_path: Path, small_schema: Schema) -> None:
     # Prepare
     frame = load_table(_csv(tmp_path, HEADER + "40,male,22.5\n50,female,\n"), small_schema)
 
@@ -105,32 +112,61 @@ def test_validated_frame_is_stable_under_revalidation(
 @pytest.mark.parametrize(
     ("text", "parts"),
     [
-        ("age,sex\n40,male\n",
-         ["column(s) ['bmi'] required by the schema are missing", "add them to the export"]),
-        ("age,sex,bmi,ssn\n40,male,22,1\n",
-         ["column(s) ['ssn'] are not in the schema", "drop them from the export"]),
-        (HEADER + "40,other,22\n",
-         ["column 'sex'", "unseen: ['other']", "line 2: 'other'", "recode them to one of"]),
-        (HEADER + "140,male,22\n",
-         ["column 'age'", "above the maximum 95", "line 2: '140'", "widen the bound"]),
-        (HEADER + "10,male,22\n",
-         ["column 'age'", "below the minimum 18", "line 2: '10'", "widen the bound"]),
-        (HEADER + "40,male,61.5\n",
-         ["column 'bmi'", "above the maximum 60", "line 2: '61.5'", "widen the bound"]),
-        (HEADER + ",male,22\n",
-         ["column 'age'", "1 missing value(s)", "not nullable", "fill them in"]),
-        (HEADER + "NaN,male,22\n",
-         ["column 'age'", "missing value(s) (line 2: 'NaN')", "mark the column nullable"]),
-        (HEADER + "40,,22\n",
-         ["column 'sex'", "missing value(s)", "fill them in"]),
-        (HEADER + "forty,male,22\n",
-         ["column 'age'", "non-numeric value(s) (line 2: 'forty')", "fix the cells"]),
-        (HEADER + "40.5,male,22\n",
-         ["column 'age'", "non-integer value(s) (line 2: '40.5')", "round them or declare"]),
+        (
+            "age,sex\n40,male\n",
+            ["column(s) ['bmi'] required by the schema are missing", "add them to the export"],
+        ),
+        (
+            "age,sex,bmi,ssn\n40,male,22,1\n",
+            ["column(s) ['ssn'] are not in the schema", "drop them from the export"],
+        ),
+        (
+            HEADER + "40,other,22\n",
+            ["column 'sex'", "unseen: ['other']", "line 2: 'other'", "recode them to one of"],
+        ),
+        (
+            HEADER + "140,male,22\n",
+            ["column 'age'", "above the maximum 95", "line 2: '140'", "widen the bound"],
+        ),
+        (
+            HEADER + "10,male,22\n",
+            ["column 'age'", "below the minimum 18", "line 2: '10'", "widen the bound"],
+        ),
+        (
+            HEADER + "40,male,61.5\n",
+            ["column 'bmi'", "above the maximum 60", "line 2: '61.5'", "widen the bound"],
+        ),
+        (
+            HEADER + ",male,22\n",
+            ["column 'age'", "1 missing value(s)", "not nullable", "fill them in"],
+        ),
+        (
+            HEADER + "NaN,male,22\n",
+            ["column 'age'", "missing value(s) (line 2: 'NaN')", "mark the column nullable"],
+        ),
+        (HEADER + "40,,22\n", ["column 'sex'", "missing value(s)", "fill them in"]),
+        (
+            HEADER + "forty,male,22\n",
+            ["column 'age'", "non-numeric value(s) (line 2: 'forty')", "fix the cells"],
+        ),
+        (
+            HEADER + "40.5,male,22\n",
+            ["column 'age'", "non-integer value(s) (line 2: '40.5')", "round them or declare"],
+        ),
     ],
-    ids=["missing-column", "extra-column", "unseen-category", "above-max", "below-min",
-         "above-max-continuous", "empty-non-nullable", "nan-non-nullable", "empty-category",
-         "non-numeric", "non-integer"],
+    ids=[
+        "missing-column",
+        "extra-column",
+        "unseen-category",
+        "above-max",
+        "below-min",
+        "above-max-continuous",
+        "empty-non-nullable",
+        "nan-non-nullable",
+        "empty-category",
+        "non-numeric",
+        "non-integer",
+    ],
 )
 def test_bad_table_names_file_column_and_fix(
     tmp_path: Path, small_schema: Schema, text: str, parts: list[str]
@@ -153,8 +189,10 @@ def test_bad_table_names_file_column_and_fix(
     [
         (b"", ["the file is empty", "export the table with a header row"]),
         (HEADER.encode(), ["the table has a header but no rows", "nothing to train on"]),
-        (b"age,sex,bmi,age\n40,male,22,40\n", ["header(s) ['age.1'] appear more than once",
-                                               "each column must be named once"]),
+        (
+            b"age,sex,bmi,age\n40,male,22,40\n",
+            ["header(s) ['age.1'] appear more than once", "each column must be named once"],
+        ),
         (b"age,,bmi\n40,male,22\n", ["header position(s) [2] are blank", "name every column"]),
         (b"age,sex,bmi\n40,m\xe9le,22\n", ["is not UTF-8 text", "re-export it as UTF-8"]),
         (b'age,sex,bmi\n40,"male,22\n', ["cannot be parsed as csv", "check the delimiter"]),
@@ -194,7 +232,9 @@ def test_all_problems_are_listed_in_one_error(tmp_path: Path, small_schema: Sche
     assert len(problems) == 3
     assert problems[0].startswith("column 'age': 1 value(s) above the maximum 95")
     assert problems[1].startswith("column 'sex': 1 value(s) not in the schema's category list")
-    assert problems[2].startswith("column 'bmi': 2 non-numeric value(s) (line 2: 'abc', line 4: 'x')")
+    assert problems[2].startswith(
+        "column 'bmi': 2 non-numeric value(s) (line 2: 'abc', line 4: 'x')"
+    )
     assert f"table {path} does not match the schema (3 problem(s))" in str(info.value)
 
 
@@ -216,23 +256,27 @@ def test_examples_are_capped_at_three(tmp_path: Path, small_schema: Schema) -> N
     path = _csv(tmp_path, HEADER + "".join(f"{100 + i},male,22\n" for i in range(5)))
 
     # Execute / Assert
-    with pytest.raises(DataValidationError, match=re.escape(
-        "5 value(s) above the maximum 95 (line 2: '100', line 3: '101', line 4: '102');"
-    )):
+    with pytest.raises(
+        DataValidationError,
+        match=re.escape(
+            "5 value(s) above the maximum 95 (line 2: '100', line 3: '101', line 4: '102');"
+        ),
+    ):
         load_table(path, small_schema)
 
 
-@pytest.mark.xfail(
-    reason="BUG: shared/tables.py read_raw calls pd.read_csv without index_col=False; when "
-    "every row has more fields than the header, pandas silently turns the first field(s) "
-    "into the index and shifts every value one column left",
-    strict=True,
-)
 def test_rows_longer_than_the_header_are_refused(tmp_path: Path) -> None:
     # Prepare: two yes/no columns, rows with three fields; the shifted values still validate.
-    schema = Schema.from_dict({"fedsynth_schema_version": 1, "name": "t", "columns": [
-        {"name": "a", "type": "categorical", "categories": ["no", "yes"]},
-        {"name": "b", "type": "categorical", "categories": ["no", "yes"]}]})
+    schema = Schema.from_dict(
+        {
+            "fedsynth_schema_version": 1,
+            "name": "t",
+            "columns": [
+                {"name": "a", "type": "categorical", "categories": ["no", "yes"]},
+                {"name": "b", "type": "categorical", "categories": ["no", "yes"]},
+            ],
+        }
+    )
     path = _csv(tmp_path, "a,b\nyes,no,yes\nno,no,no\n")
 
     # Execute / Assert
@@ -241,8 +285,9 @@ def test_rows_longer_than_the_header_are_refused(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------- hypothesis
-_FUZZ = settings(max_examples=50, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_FUZZ = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _load_or_refuse(path: Path, schema: Schema) -> None:
@@ -270,8 +315,27 @@ def test_arbitrary_text_only_raises_data_validation_error(
     _load_or_refuse(_csv(tmp_path, HEADER + text), small_schema)
 
 
-_CELLS = st.sampled_from(["age", "sex", "bmi", "40", "male", "", '"', ",", "age.1", "nan",
-                          "1e400", "-0", " ", "Unnamed: 0", "True", "60.0000001", "\r"])
+_CELLS = st.sampled_from(
+    [
+        "age",
+        "sex",
+        "bmi",
+        "40",
+        "male",
+        "",
+        '"',
+        ",",
+        "age.1",
+        "nan",
+        "1e400",
+        "-0",
+        " ",
+        "Unnamed: 0",
+        "True",
+        "60.0000001",
+        "\r",
+    ]
+)
 
 
 @_FUZZ

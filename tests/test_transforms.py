@@ -16,29 +16,33 @@ from shared.tables import validate_frame
 from shared.transforms import SpanInfo, TableTransformer
 
 # Every span kind, nullable and not: the layout below is written out by hand.
-LAYOUT_SCHEMA = Schema.from_dict({
-    "fedsynth_schema_version": 1,
-    "name": "layout",
-    "columns": [
-        {"name": "smoker", "type": "categorical", "categories": ["never", "former", "current"]},
-        {"name": "age", "type": "integer", "min": 18, "max": 95},
-        {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": True},
-        {"name": "sex", "type": "categorical", "categories": ["f", "m"], "nullable": True},
-        {"name": "visits", "type": "integer", "min": 0, "max": 10, "nullable": True},
-        {"name": "ldl", "type": "continuous", "min": -1.5, "max": 2.5},
-    ],
-})
+LAYOUT_SCHEMA = Schema.from_dict(
+    {
+        "fedsynth_schema_version": 1,
+        "name": "layout",
+        "columns": [
+            {"name": "smoker", "type": "categorical", "categories": ["never", "former", "current"]},
+            {"name": "age", "type": "integer", "min": 18, "max": 95},
+            {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": True},
+            {"name": "sex", "type": "categorical", "categories": ["f", "m"], "nullable": True},
+            {"name": "visits", "type": "integer", "min": 0, "max": 10, "nullable": True},
+            {"name": "ldl", "type": "continuous", "min": -1.5, "max": 2.5},
+        ],
+    }
+)
 
 
 def _layout_frame() -> pd.DataFrame:
-    raw = pd.DataFrame({
-        "smoker": ["never", "current", "former"],
-        "age": [18, 95, 40],
-        "bmi": [15.0, None, 37.5],
-        "sex": ["m", None, "f"],
-        "visits": [None, 10, 3],
-        "ldl": [-1.5, 2.5, 0.5],
-    })
+    raw = pd.DataFrame(
+        {
+            "smoker": ["never", "current", "former"],
+            "age": [18, 95, 40],
+            "bmi": [15.0, None, 37.5],
+            "sex": ["m", None, "f"],
+            "visits": [None, 10, 3],
+            "ldl": [-1.5, 2.5, 0.5],
+        }
+    )
     return validate_frame(raw, LAYOUT_SCHEMA)
 
 
@@ -76,12 +80,15 @@ def test_encode_values_are_exact() -> None:
 
     # Assert
     assert encoded.dtype == np.float32
-    expected = np.array([
-        # smoker   age   bmi  [p, m]  sex [f, m, -]  visits [p, m]  ldl
-        [1, 0, 0, -1.0, -1.0, 1, 0, 0, 1, 0, 0.0, 0, 1, -1.0],
-        [0, 0, 1, 1.0, 0.0, 0, 1, 0, 0, 1, 1.0, 1, 0, 1.0],
-        [0, 1, 0, 2 * 22 / 77 - 1, 0.0, 1, 0, 1, 0, 0, -0.4, 1, 0, 0.0],
-    ], dtype=np.float32)
+    expected = np.array(
+        [
+            # smoker   age   bmi  [p, m]  sex [f, m, -]  visits [p, m]  ldl
+            [1, 0, 0, -1.0, -1.0, 1, 0, 0, 1, 0, 0.0, 0, 1, -1.0],
+            [0, 0, 1, 1.0, 0.0, 0, 1, 0, 0, 1, 1.0, 1, 0, 1.0],
+            [0, 1, 0, 2 * 22 / 77 - 1, 0.0, 1, 0, 1, 0, 0, -0.4, 1, 0, 0.0],
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_allclose(encoded, expected, atol=1e-6)
 
 
@@ -219,8 +226,13 @@ _ROWS = st.integers(1, 8)
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(_ROWS, st.just(14)),
-                  elements=st.floats(allow_nan=False, allow_infinity=True, width=32)))
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(_ROWS, st.just(14)),
+        elements=st.floats(allow_nan=False, allow_infinity=True, width=32),
+    )
+)
 def test_decode_of_any_scores_stays_inside_the_schema(encoded: np.ndarray) -> None:
     # Execute
     decoded = TableTransformer(LAYOUT_SCHEMA).decode(encoded)
@@ -245,11 +257,6 @@ def test_decode_of_random_cohort_rows_validates(cohort: Schema, n: int, seed: in
     validate_frame(decoded, cohort)
 
 
-@pytest.mark.xfail(
-    reason="BUG: shared/transforms.py TableTransformer._unscale lets NaN scores through "
-    "(np.clip keeps NaN), so a diverged model decodes to NaN in non-nullable columns",
-    strict=True,
-)
 def test_decode_of_nan_scores_never_breaks_the_schema() -> None:
     # Prepare
     transformer = TableTransformer(LAYOUT_SCHEMA)

@@ -85,7 +85,9 @@ class GeneratorFamily(ABC):
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             parts.append(self.sample_encoded(k, gen).float().cpu().numpy())
-        encoded = np.concatenate(parts) if parts else np.zeros((0, self.transformer.width), np.float32)
+        encoded = (
+            np.concatenate(parts) if parts else np.zeros((0, self.transformer.width), np.float32)
+        )
         return self.transformer.decode(encoded)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -100,7 +102,8 @@ class GeneratorFamily(ABC):
         problems += [f"unexpected {k}" for k in state if k not in own]
         problems += [
             f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
-            for k, v in own.items() if k in state and state[k].shape != v.shape
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
         ]
         if problems:
             raise ModelError(

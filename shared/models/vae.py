@@ -53,8 +53,14 @@ class VAELoss(nn.Module):
     is what Opacus's ghost clipping asks of a criterion.
     """
 
-    def __init__(self, spans: tuple[SpanInfo, ...], data_dim: int, latent: int,
-                 kl_weight: float, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        spans: tuple[SpanInfo, ...],
+        data_dim: int,
+        latent: int,
+        kl_weight: float,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         self.spans, self.data_dim, self.latent = spans, data_dim, latent
         self.kl_weight, self.reduction = kl_weight, reduction
@@ -69,8 +75,9 @@ class VAELoss(nn.Module):
         for span in self.spans:
             if span.kind != "numeric":
                 logits = dec[:, span.start : span.stop]
-                loss = loss + F.cross_entropy(logits, target[:, span.start : span.stop].argmax(1),
-                                              reduction="none")
+                loss = loss + F.cross_entropy(
+                    logits, target[:, span.start : span.stop].argmax(1), reduction="none"
+                )
         for j, span in enumerate(self.numeric):
             mean = torch.tanh(dec[:, span.start])
             ls = logstd[:, j].clamp(_LOGSTD_MIN, _LOGSTD_MAX)
@@ -92,16 +99,21 @@ class DPVAE(GeneratorFamily):
 
     def build_module(self) -> nn.Module:
         n_numeric = sum(1 for s in self.transformer.spans if s.kind == "numeric")
-        return TabularVAE(self.transformer.width, n_numeric, self.settings.hidden,
-                          self.settings.latent)
+        return TabularVAE(
+            self.transformer.width, n_numeric, self.settings.hidden, self.settings.latent
+        )
 
     def private_module(self) -> nn.Module:
         # Encoder and decoder both see real rows through the reconstruction loss.
         return self.module
 
     def criterion(self) -> nn.Module:
-        return VAELoss(self.transformer.spans, self.transformer.width, self.settings.latent,
-                       self.settings.kl_weight)
+        return VAELoss(
+            self.transformer.spans,
+            self.transformer.width,
+            self.settings.latent,
+            self.settings.kl_weight,
+        )
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         vae = self.module
