@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     opts = SupernodeOptions(
         superlink=args.superlink,
-        ca_cert=args.ca,
-        private_key=args.key,
+        ca_cert=args.ca.resolve() if args.ca else None,
+        private_key=args.key.resolve() if args.key else None,
         insecure=args.insecure,
         port=args.port,
         max_retries=args.max_retries,

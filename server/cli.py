@@ -1,10 +1,69 @@
-"""``fedsynth server`` (placeholder until the deployment module lands)."""
+"""``fedsynth server``: run the consortium's coordinator."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from server.deploy import ServerOptions, run_server
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedsynth server``."""
-    sub.add_parser("server", help="run the coordinator (SuperLink + ServerApp)")
+    p = sub.add_parser(
+        "server",
+        help="run the coordinator (SuperLink with TLS + site authentication, and the ServerApp)",
+    )
+    p.add_argument("--schema", type=Path, required=True, help="the consortium's schema JSON")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model, table, report)")
+    p.add_argument("--certs", type=Path, help="folder with ca.crt, server.pem, server.key")
+    p.add_argument(
+        "--site-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a registered site's public key (repeat per site; the file stem is the site's name)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument(
+        "--insecure", action="store_true", help="no TLS/authentication: local tests ONLY"
+    )
+    p.add_argument("--min-sites", type=int, default=2, help="sites needed for a round to count")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--local-steps", type=int, default=45)
+    p.add_argument("--epsilon", type=float, default=3.0, help="ε each site spends in this run")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--sample-rate", type=float, default=0.1, help="Poisson sampling rate q")
+    p.add_argument("--generator", default="dp-vae")
+    p.add_argument("--synthetic-rows", type=int, default=10_000)
+    p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait per round")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    opts = ServerOptions(
+        certs=args.certs,
+        site_keys=list(args.site_key),
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+    )
+    overrides = {
+        "schema-path": str(args.schema.resolve()),
+        "out-dir": str(args.out.resolve()),
+        "min-sites": args.min_sites,
+        "rounds": args.rounds,
+        "local-steps": args.local_steps,
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "sample-rate": args.sample_rate,
+        "generator": args.generator,
+        "synthetic-rows": args.synthetic_rows,
+        "round-timeout": args.round_timeout,
+        "seed": args.seed,
+    }
+    out = run_server(opts, overrides)
+    print(f"fedsynth: outputs in {out}")
+    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -26,17 +27,24 @@ APP_PACKAGES = ("shared", "client", "server")
 
 
 def wait_healthy(
-    proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60.0
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log_path: Path,
+    *,
+    ca_cert: Path | None = None,
+    timeout: float = 60.0,
 ) -> None:
-    """Wait until the SuperLink answers its health endpoint."""
+    """Wait until the SuperLink answers its health endpoint (over TLS when ``ca_cert`` is given)."""
     deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/health"
+    scheme = "https" if ca_cert else "http"
+    url = f"{scheme}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
             raise DeploymentError(f"the SuperLink exited with code {proc.returncode}:\n{tail}")
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
+            with urllib.request.urlopen(url, timeout=1.0, context=context) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -104,6 +112,7 @@ def submit_and_wait(
     log_path: Path,
     *,
     echo: bool = True,
+    federation_config: Mapping[str, Any] | None = None,
 ) -> int:
     """Submit the app with ``flwr run``, stream its logs until it ends, check it completed.
 
@@ -120,39 +129,23 @@ def submit_and_wait(
     """
     overrides_file = runtime.root / f"run-config-{time.time_ns()}.toml"
     overrides_file.write_text(write_toml_table(overrides), encoding="utf-8")
-    res = runtime.run(
-        [
-            flower_bin("flwr"),
-            "run",
-            str(app_dir),
-            connection,
-            "--format",
-            "json",
-            "--run-config",
-            str(overrides_file),
-        ],
-        timeout=300,
-    )
+    cmd = [flower_bin("flwr"), "run", str(app_dir), connection, "--format", "json"]
+    cmd += ["--run-config", str(overrides_file)]
+    if federation_config:
+        cmd += ["--federation-config", " ".join(f"{k}={v}" for k, v in federation_config.items())]
+    res = runtime.run(cmd, timeout=300)
     try:
         run_id = int(json.loads(res.stdout)["run-id"])
     except (ValueError, KeyError) as exc:
-        raise DeploymentError(f"`flwr run` gave no run id ({exc}): {res.stdout[-500:]}") from None
+        raise DeploymentError(f"`flwr run` gave no run id ({exc}): {res.stdout[-800:]}") from None
     log.info("submitted Flower run %d; streaming its log to %s", run_id, log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as fh:
-        proc = subprocess.Popen(
-            [flower_bin("flwr"), "log", str(run_id), connection, "--stream"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=runtime.env(),
-        )
-        if proc.stdout is not None:
-            for line in proc.stdout:
-                fh.write(line)
-                if echo:
-                    sys.stdout.write(line)
-        proc.wait()
+    try:
+        _stream_log(runtime, run_id, connection, log_path, echo)
+    except BaseException:
+        # Stopping the SuperLink under an active run would orphan the simulation
+        # and its Ray workers: stop the run first.
+        runtime.run([flower_bin("flwr"), "stop", str(run_id), connection], check=False)
+        raise
     status = run_status(runtime, run_id, connection)
     if not status.startswith("finished:completed"):
         tail = log_path.read_text(errors="replace")[-3000:]
@@ -160,6 +153,27 @@ def submit_and_wait(
             f"Flower run {run_id} ended with status {status!r}. End of its log:\n{tail}"
         )
     return run_id
+
+
+def _stream_log(
+    runtime: FlowerRuntime, run_id: int, connection: str, log_path: Path, echo: bool
+) -> None:
+    """Copy the run's log to ``log_path`` (and stdout) until the run ends."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log_path, "w", encoding="utf-8") as fh,
+        subprocess.Popen(
+            [flower_bin("flwr"), "log", str(run_id), connection, "--stream"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=runtime.env(),
+        ) as proc,
+    ):
+        for line in proc.stdout or ():
+            fh.write(line)
+            if echo:
+                sys.stdout.write(line)
 
 
 def run_status(runtime: FlowerRuntime, run_id: int, connection: str) -> str:

@@ -15,6 +15,7 @@ Both assume Poisson subsampling, add/remove neighbouring datasets.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -27,7 +28,11 @@ ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 Mechanism = tuple[float, float, int]
 #: Rényi orders used by the RDP accountant: Opacus's defaults plus larger orders,
 #: which give tighter (still valid) bounds when σ is small and ε large.
-RDP_ORDERS: tuple[float, ...] = (*RDPAccountant.DEFAULT_ALPHAS, *range(64, 257, 8))
+RDP_ORDERS: tuple[float, ...] = (
+    *RDPAccountant.DEFAULT_ALPHAS,
+    *range(64, 257, 8),
+    *range(288, 1025, 32),
+)
 
 
 def _options(accountant: str) -> dict[str, object]:
@@ -68,16 +73,24 @@ def epsilon_of(history: Sequence[Mechanism], *, delta: float, accountant: str = 
     _check_delta(delta)
     if accountant not in ACCOUNTANTS:
         raise AccountingError(f"unknown accountant {accountant!r}; use one of {list(ACCOUNTANTS)}")
-    entries = [(float(s), float(q), int(k)) for s, q, k in history if int(k) > 0]
+    entries = tuple((float(s), float(q), int(k)) for s, q, k in history if int(k) > 0)
     for s, q, k in entries:
         _check_mechanism(s, q, k)
     if not entries:
         return 0.0
+    return _composed_epsilon(entries, float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _composed_epsilon(entries: tuple[Mechanism, ...], delta: float, accountant: str) -> float:
+    # Pure function of public parameters, so caching is safe; it matters because the
+    # ledger re-composes the whole history on every check.
     acc = create_accountant(mechanism=accountant)
     acc.history = list(entries)
     return float(acc.get_epsilon(delta=delta, **_options(accountant)))
 
 
+@functools.lru_cache(maxsize=256)
 def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:

@@ -301,3 +301,29 @@ class RunSettings:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
         out["model"] = asdict(self.model)
         return out
+
+
+def app_config_defaults() -> dict[str, Any]:
+    """The app's ``[tool.flwr.app.config]``: every overridable key with its default."""
+    d = RunSettings()
+    return {
+        "rounds": d.rounds,
+        "local-steps": d.local_steps,
+        "epsilon": d.epsilon,
+        "delta": d.delta,
+        "sample-rate": d.sample_rate,
+        "max-grad-norm": d.max_grad_norm,
+        "learning-rate": d.learning_rate,
+        "update-clip-norm": d.update_clip_norm,
+        "accountant": d.accountant,
+        "seed": d.seed,
+        "schema-path": "",
+        "out-dir": "",
+        "sites-dir": "",
+        "synthetic-rows": 0,
+        "device": d.device,
+        "min-sites": d.min_sites,
+        "round-timeout": d.round_timeout,
+        "site-budget-epsilon": 0.0,
+        **ModelSettings().to_config(),
+    }

@@ -27,7 +27,7 @@ import pandas as pd
 
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
-from shared.config import ModelSettings, RunSettings
+from shared.config import RunSettings, app_config_defaults
 from shared.errors import ConfigError
 from shared.runtime import FlowerRuntime, flower_bin, free_port
 from shared.schema import Schema
@@ -52,32 +52,6 @@ class SimulationPlan:
     restart: bool = False
     keep_runtime: bool = False
     echo: bool = True
-
-
-def app_defaults() -> dict[str, Any]:
-    """The app's ``[tool.flwr.app.config]``: every overridable key with its default."""
-    d = RunSettings()
-    return {
-        "rounds": d.rounds,
-        "local-steps": d.local_steps,
-        "epsilon": d.epsilon,
-        "delta": d.delta,
-        "sample-rate": d.sample_rate,
-        "max-grad-norm": d.max_grad_norm,
-        "learning-rate": d.learning_rate,
-        "update-clip-norm": d.update_clip_norm,
-        "accountant": d.accountant,
-        "seed": d.seed,
-        "schema-path": "",
-        "out-dir": "",
-        "sites-dir": "",
-        "synthetic-rows": 0,
-        "device": d.device,
-        "min-sites": d.min_sites,
-        "round-timeout": d.round_timeout,
-        "site-budget-epsilon": 0.0,
-        **ModelSettings().to_config(),
-    }
 
 
 def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
@@ -150,7 +124,7 @@ def run_simulation(plan: SimulationPlan) -> Path:
     overrides.setdefault("synthetic-rows", int(sum(sizes)))
     RunSettings.from_run_config(overrides)  # fail fast, before starting any process
     with FlowerRuntime.create(keep=plan.keep_runtime) as rt:
-        app_dir = build_app(rt.root / "app", app_defaults())
+        app_dir = build_app(rt.root / "app", app_config_defaults())
         port = free_port()
         link_log = plan.out / "logs" / "superlink.log"
         proc = rt.spawn(
@@ -169,19 +143,15 @@ def run_simulation(plan: SimulationPlan) -> Path:
         )
         wait_healthy(proc, port, link_log)
         add_connection(rt, "local-sim", f"127.0.0.1:{port}")
-        rt.run(
-            [
-                flower_bin("flwr"),
-                "federation",
-                "simulation-config",
-                "@none/default",
-                "local-sim",
-                "--num-supernodes",
-                str(len(sizes)),
-            ]
-        )
+        federation = {"num-supernodes": len(sizes), "client-resources-num-cpus": 1}
         submit_and_wait(
-            rt, app_dir, "local-sim", overrides, plan.out / "logs" / "run.log", echo=plan.echo
+            rt,
+            app_dir,
+            "local-sim",
+            overrides,
+            plan.out / "logs" / "run.log",
+            echo=plan.echo,
+            federation_config=federation,
         )
     log.info("simulation finished in %.1fs; outputs in %s", time.perf_counter() - t0, plan.out)
     return plan.out

@@ -48,7 +48,7 @@ def test_rdp_orders_extend_opacus_defaults() -> None:
 
     # Execute / Assert
     assert RDP_ORDERS[: len(defaults)] == defaults
-    assert RDP_ORDERS[len(defaults) :] == tuple(range(64, 257, 8))
+    assert RDP_ORDERS[len(defaults) :] == (*range(64, 257, 8), *range(288, 1025, 32))
     assert len(set(RDP_ORDERS)) == len(RDP_ORDERS)
 
 

@@ -1,0 +1,199 @@
+"""What a site sends: the ClientApp's reply, inspected field by field.
+
+These run the real ClientApp handler (real Opacus training, real ledger) on a
+real Flower ``Message``; only the transport is absent (end-to-end tests cover it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import handle_train
+from shared import keys
+from shared.cohort import cohort_schema, generate_cohort
+from shared.config import ModelSettings, RunSettings
+from shared.models import build_generator
+
+ROWS = 300
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    """The identity Flower sets in a real ClientApp process."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Any]:
+    """A site folder: valid table, schema file, empty state dir."""
+    schema = cohort_schema()
+    schema.save(tmp_path / "schema.json")
+    generate_cohort(ROWS, seed=3)[schema.names].to_csv(tmp_path / "site.csv", index=False)
+    return {
+        "data-path": str(tmp_path / "site.csv"),
+        "schema-path": str(tmp_path / "schema.json"),
+        "state-dir": str(tmp_path / "state"),
+        "site-name": "hospital-a",
+        "budget-epsilon": 3.0,
+        "device": "cpu",
+    }
+
+
+def train_message(*, steps: int = 4, epsilon: float = 2.0) -> Message:
+    schema = cohort_schema()
+    torch.manual_seed(0)
+    model = build_generator(schema, ModelSettings())
+    settings = RunSettings(
+        rounds=1, local_steps=steps, epsilon=epsilon, schema_path="x", out_dir="y"
+    )
+    train = settings.train_settings(
+        1, noise_multiplier=settings.noise_multiplier(), schema_fingerprint=schema.fingerprint()
+    )
+    content = RecordDict(
+        {
+            keys.GLOBAL_ARRAYS: ArrayRecord(model.state_dict()),
+            keys.TRAIN_CONFIG: ConfigRecord(train.to_config()),
+        }
+    )
+    return Message(content=content, dst_node_id=3, message_type="train")
+
+
+def reply_for(node_config: dict[str, Any], msg: Message | None = None) -> Message:
+    ctx = Context(run_id=7, node_id=3, node_config=node_config, state=RecordDict(), run_config={})
+    return handle_train(msg or train_message(), ctx)
+
+
+def ledger_entries(state_dir: str) -> int:
+    path = Path(state_dir) / "privacy_ledger.json"
+    return len(json.loads(path.read_text())["entries"]) if path.exists() else 0
+
+
+def test_reply_contains_only_the_agreed_fields(site: dict[str, Any]) -> None:
+    reply = reply_for(site)
+
+    content = reply.content
+    assert set(content.keys()) == set(keys.SITE_REPLY_FIELDS)
+    assert set(content[keys.PRIVACY_METRICS].keys()) == set(
+        keys.SITE_REPLY_FIELDS[keys.PRIVACY_METRICS]
+    )
+    assert set(content[keys.SITE_INFO].keys()) == set(keys.SITE_REPLY_FIELDS[keys.SITE_INFO])
+    model_keys = set(build_generator(cohort_schema(), ModelSettings()).state_dict())
+    assert set(content[keys.UPDATE_ARRAYS].keys()) == model_keys
+    assert content[keys.SITE_INFO][keys.STATUS] == keys.STATUS_TRAINED
+    assert content[keys.SITE_INFO][keys.SITE_NAME] == "hospital-a"
+
+
+def test_reply_reports_cumulative_epsilon_and_steps(site: dict[str, Any]) -> None:
+    first = reply_for(site).content[keys.PRIVACY_METRICS]
+    second = reply_for(site).content[keys.PRIVACY_METRICS]
+
+    assert first[keys.STEPS] == 4 and first[keys.TOTAL_STEPS] == 4
+    assert second[keys.TOTAL_STEPS] == 8
+    assert second[keys.EPSILON] > first[keys.EPSILON] > 0
+    assert ledger_entries(site["state-dir"]) == 2
+
+
+def test_update_is_clipped_to_the_bound(site: dict[str, Any]) -> None:
+    msg = train_message(steps=6)
+    cfg = msg.content[keys.TRAIN_CONFIG]
+    cfg["update-clip-norm"] = 0.05
+
+    update = reply_for(site, msg).content[keys.UPDATE_ARRAYS].to_torch_state_dict()
+
+    norm = torch.sqrt(sum((v.double() ** 2).sum() for v in update.values()))
+    assert float(norm) <= 0.05
+    assert reply_for(site, msg).content[keys.PRIVACY_METRICS][keys.UPDATE_NORM_CLIPPED] == 1.0
+
+
+def test_row_count_is_sent_only_when_the_site_opts_in(site: dict[str, Any]) -> None:
+    assert keys.NUM_ROWS not in reply_for(site).content[keys.PRIVACY_METRICS]
+
+    opted = reply_for({**site, "share-row-count": True}).content[keys.PRIVACY_METRICS]
+
+    assert opted[keys.NUM_ROWS] == ROWS
+
+
+def test_budget_exhaustion_declines_without_update_or_charge(site: dict[str, Any]) -> None:
+    reply_for(site, train_message(epsilon=2.9))  # spends 2.9 of 3.0; twice would be 3.40
+    before = ledger_entries(site["state-dir"])
+
+    reply = reply_for(site, train_message(epsilon=2.9))
+
+    info = reply.content[keys.SITE_INFO]
+    assert info[keys.STATUS] == keys.STATUS_DECLINED
+    assert "declines" in info[keys.REASON] and "above its total budget" in info[keys.REASON]
+    assert keys.UPDATE_ARRAYS not in reply.content
+    assert ledger_entries(site["state-dir"]) == before
+    assert reply.content[keys.PRIVACY_METRICS][keys.EPSILON] == pytest.approx(2.9, abs=0.01)
+
+
+BAD_TABLES = {
+    "missing column": lambda df: df.drop(columns=["sbp"]),
+    "unseen category": lambda df: df.assign(smoker=["vaping", *df["smoker"][1:]]),
+    "out of range": lambda df: df.assign(age=[130, *df["age"][1:]]),
+    "NaN in non-nullable": lambda df: df.assign(sex=[None, *df["sex"][1:]]),
+    "non-numeric string": lambda df: df.assign(sbp=["high", *df["sbp"][1:].astype(str)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_bad_table_declines_without_update_charge_or_values(
+    site: dict[str, Any], case: str
+) -> None:
+    path = Path(site["data-path"])
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    BAD_TABLES[case](frame).to_csv(path, index=False)
+
+    reply = reply_for(site)
+
+    info = reply.content[keys.SITE_INFO]
+    assert info[keys.STATUS] == keys.STATUS_DECLINED
+    assert "failed schema validation" in info[keys.REASON]
+    for private_value in ("vaping", "130", "high", "line 2"):
+        assert private_value not in info[keys.REASON]
+    assert keys.UPDATE_ARRAYS not in reply.content
+    assert ledger_entries(site["state-dir"]) == 0
+    assert not (Path(site["state-dir"]) / "privacy_ledger.json").exists()
+
+
+def test_empty_file_declines(site: dict[str, Any]) -> None:
+    Path(site["data-path"]).write_text("")
+
+    reply = reply_for(site)
+
+    assert reply.content[keys.SITE_INFO][keys.STATUS] == keys.STATUS_DECLINED
+    assert keys.UPDATE_ARRAYS not in reply.content
+
+
+def test_schema_mismatch_declines(site: dict[str, Any]) -> None:
+    doc = json.loads(Path(site["schema-path"]).read_text())
+    doc["columns"][1]["categories"] = ["F", "M"]
+    Path(site["schema-path"]).write_text(json.dumps(doc))
+
+    reply = reply_for(site)
+
+    assert reply.content[keys.SITE_INFO][keys.STATUS] == keys.STATUS_DECLINED
+    assert "SiteConfigError" in reply.content[keys.SITE_INFO][keys.REASON]
+
+
+def test_corrupt_ledger_declines_and_is_not_reset(site: dict[str, Any]) -> None:
+    reply_for(site)
+    ledger = Path(site["state-dir"]) / "privacy_ledger.json"
+    ledger.write_text(ledger.read_text().replace('"steps": 4', '"steps": 1'))
+
+    reply = reply_for(site)
+
+    assert reply.content[keys.SITE_INFO][keys.STATUS] == keys.STATUS_DECLINED
+    assert "ledger" in reply.content[keys.SITE_INFO][keys.REASON]
+    assert '"steps": 1' in ledger.read_text()  # left as found for the operator to restore
