@@ -87,7 +87,8 @@ def _composed_epsilon(entries: tuple[Mechanism, ...], delta: float, accountant: 
     # ledger re-composes the whole history on every check.
     acc = create_accountant(mechanism=accountant)
     acc.history = list(entries)
-    return float(acc.get_epsilon(delta=delta, **_options(accountant)))
+    # The RDP → (ε, δ) conversion can dip just below 0 for tiny mechanisms; ε ≥ 0 always.
+    return max(0.0, float(acc.get_epsilon(delta=delta, **_options(accountant))))
 
 
 @functools.lru_cache(maxsize=256)
