@@ -20,6 +20,7 @@ from client.site import RoundResult, run_site_round
 from shared import keys
 from shared.config import TrainSettings
 from shared.errors import ConfigError, DataValidationError, FedsynthError, ModelError, SchemaError
+from shared.logs import setup_logging
 
 log = logging.getLogger("fedsynth.client")
 app = ClientApp()
@@ -106,4 +107,5 @@ def _spent(site: SiteSettings | None) -> float:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Flower entry point for train messages."""
+    setup_logging()
     return handle_train(msg, context)

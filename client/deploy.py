@@ -12,18 +12,24 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from client.errors import SiteConfigError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
-from shared.runtime import FlowerRuntime, flower_bin, free_port, write_toml_table
+from shared.runtime import FlowerRuntime, flower_bin, free_port, stop_process, write_toml_table
 from shared.schema import Schema
 from shared.tables import load_table
 
 log = logging.getLogger("fedsynth.client")
+ACTIVATION_FAILED = b"Exit Code: 305"  # flower-supernode: the SuperLink refused activation
+RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,6 @@ def supernode_command(site: SiteSettings, opts: SupernodeOptions, config_file: P
         "--node-config",
         str(config_file),
     ]
-    if opts.max_retries:
-        cmd += ["--max-retries", str(opts.max_retries)]
     if opts.insecure:
         log.warning(
             "--insecure: the connection to the coordinator is NOT encrypted and the site "
@@ -120,19 +124,82 @@ def supernode_command(site: SiteSettings, opts: SupernodeOptions, config_file: P
 
 
 def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
-    """Preflight, then run the SuperNode in the foreground until it exits or is stopped."""
+    """Preflight, then run the SuperNode until it exits or is stopped.
+
+    Flower gives up quickly when the coordinator refuses to activate a node
+    (exit code 305): the SuperLink may not be up yet, or this site's key is not
+    registered. The SuperNode is then restarted after a pause, up to
+    ``opts.max_retries`` times (0 = keep waiting).
+    """
     print(preflight(site), flush=True)
     site.state_dir.mkdir(parents=True, exist_ok=True)
     config_file = site.state_dir / "node-config.toml"
     config_file.write_text(write_toml_table(node_config(site)), encoding="utf-8")
+    stopping = False
+    attempt = 0
     with FlowerRuntime.create() as rt:
-        cmd = supernode_command(site, opts, config_file)
-        proc = subprocess.Popen(cmd, env=rt.env(), start_new_session=True)
-        rt.processes.append(proc)  # type: ignore[arg-type]
+        while True:
+            attempt += 1
+            proc = subprocess.Popen(
+                supernode_command(site, opts, config_file),
+                env=rt.env(),
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            rt.processes.append(proc)
 
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            proc.send_signal(signum)
+            def forward(signum: int, _frame: FrameType | None, proc: Any = proc) -> None:
+                nonlocal stopping
+                stopping = True
+                proc.send_signal(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, forward)
-        return proc.wait()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, forward)
+            relay = _Relay(proc)
+            code = proc.wait()
+            refused = relay.finish()
+            stop_process(proc)  # reap the SuperExec Flower detached from it
+            if stopping or not refused:
+                return code
+            if opts.max_retries and attempt >= opts.max_retries:
+                log.error(
+                    "the coordinator did not accept this site after %d attempt(s). Check that "
+                    "--superlink is right and that the coordinator registered %s",
+                    attempt,
+                    opts.private_key.with_suffix(".pub") if opts.private_key else "this site's key",
+                )
+                return code
+            log.warning(
+                "the coordinator is not reachable yet or has not registered this site's key; "
+                "retrying in %.0f s (attempt %d)",
+                RETRY_SECONDS,
+                attempt,
+            )
+            time.sleep(RETRY_SECONDS)
+
+
+class _Relay(threading.Thread):
+    """Copy the SuperNode's output to ours and watch for a refused activation.
+
+    Runs in a thread because Flower's detached SuperExec inherits the pipe and
+    can keep it open after the SuperNode itself has exited.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.refused = proc, False
+        self.start()
+
+    def run(self) -> None:
+        for line in self.proc.stdout or ():
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            self.refused = self.refused or ACTIVATION_FAILED in line
+
+    def finish(self) -> bool:
+        """Wait briefly for the last lines; return whether activation was refused."""
+        self.join(timeout=2.0)
+        if self.proc.stdout is not None and not self.is_alive():
+            self.proc.stdout.close()
+        return self.refused

@@ -38,7 +38,7 @@ from shared.accounting import ACCOUNTANTS, Mechanism, epsilon_of
 from shared.errors import AccountingError
 
 LEDGER_VERSION = 1
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedsynth.client")
 
 
 @dataclass(frozen=True)

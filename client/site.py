@@ -28,7 +28,7 @@ from shared.models import build_generator
 from shared.schema import Schema
 from shared.tables import load_table
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedsynth.client")
 StateDict = dict[str, torch.Tensor]
 
 

@@ -9,12 +9,13 @@ clear message (exit code 2), never as a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
 from shared.errors import FedsynthError
+from shared.logs import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -68,14 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fedsynth``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(args.verbose)
+    # SIGTERM (systemd, docker stop, kill) must unwind like Ctrl-C, so the Flower
+    # processes fedsynth started are stopped and its temporary folders removed.
+    signal.signal(signal.SIGTERM, _terminate)
     warnings.simplefilter("default")
     handler: Handler = args.handler
     try:

@@ -20,6 +20,7 @@ from server.release import release
 from server.report import site_entry
 from server.strategy import SiteAveraging
 from shared.config import RunSettings
+from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
 from shared.schema import Schema
 
@@ -114,7 +115,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = RunSettings.from_run_config(context.run_config)
     out = run_federation(grid, settings)
     log.info("fedsynth: outputs written to %s", out)

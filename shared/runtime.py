@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ class FlowerRuntime:
 
     root: Path
     keep: bool = False
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     _logs: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -153,18 +154,43 @@ class FlowerRuntime:
         self.close()
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM a process group, then SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (ProcessLookupError, PermissionError):
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
+def detached_helpers(pid: int) -> list[int]:
+    """PIDs of helpers Flower detached from ``pid`` (started with ``--parent-pid PID``).
+
+    Flower starts ``flower-superexec`` in a new session, so killing the parent's
+    process group does not reach it; it is found through its command line.
+    """
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for i, arg in enumerate(args[:-1]):
+            if arg == b"--parent-pid" and args[i + 1] == str(pid).encode():
+                found.append(int(proc_dir.name))
+    return found
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM a process group and Flower's detached helpers, then SIGKILL leftovers."""
+    helpers = detached_helpers(proc.pid)
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, PermissionError):
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace)
+    for pid in helpers:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
 
 
 def _toml_value(value: Any) -> str:

@@ -19,7 +19,9 @@ from shared.accounting import RDP_ORDERS
 FEDSYNTH = str(Path(sys.executable).parent / "fedsynth")
 
 
-def run_cli(args: Sequence[str], *, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Sequence[str], *, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``fedsynth ARGS`` to completion."""
     return subprocess.run(
         [FEDSYNTH, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
@@ -29,7 +31,9 @@ def run_cli(args: Sequence[str], *, timeout: float = 600, cwd: Path | None = Non
 def start_cli(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     """Start ``fedsynth ARGS`` in the background, in its own process group."""
     fh = open(log, "wb")  # noqa: SIM115 - owned by the process
-    return subprocess.Popen([FEDSYNTH, *args], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [FEDSYNTH, *args], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -60,6 +64,9 @@ def ledger(state_dir: Path) -> dict[str, Any]:
 
 def independent_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
     """ε from Opacus's RDP analysis directly (not through fedsynth's accountant code)."""
-    rdp = sum(compute_rdp(q=q, noise_multiplier=s, steps=k, orders=list(RDP_ORDERS)) for s, q, k in history)
+    rdp = sum(
+        compute_rdp(q=q, noise_multiplier=s, steps=k, orders=list(RDP_ORDERS))
+        for s, q, k in history
+    )
     eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
     return max(0.0, float(eps))

@@ -39,8 +39,17 @@ def test_report_epsilon_is_cumulative_and_recomputable(first_run: Path) -> None:
     assert report["rounds"] == 2 and report["generator"] == "dp-vae"
     assert sorted(s["site"] for s in report["sites"]) == ["site-0", "site-1"]
     for site in report["sites"]:
-        assert set(site) >= {"site", "epsilon", "delta", "noise_multiplier", "sample_rate",
-                             "steps", "max_grad_norm", "accountant", "secure_mode"}
+        assert set(site) >= {
+            "site",
+            "epsilon",
+            "delta",
+            "noise_multiplier",
+            "sample_rate",
+            "steps",
+            "max_grad_norm",
+            "accountant",
+            "secure_mode",
+        }
         assert site["steps"] == 10
         expected = independent_epsilon(
             [(site["noise_multiplier"], site["sample_rate"], site["steps"])], site["delta"]
@@ -52,8 +61,20 @@ def test_report_epsilon_is_cumulative_and_recomputable(first_run: Path) -> None:
 def test_second_run_continues_the_ledger(first_run: Path) -> None:
     first = json.loads((first_run / "privacy_report.json").read_text())["sites"][0]
 
-    res = run_cli([*SIM, "--epsilon", "1.0", "--site-budget", "4.0", "--restart",
-                   "--seed", "1", "--out", str(first_run)])
+    res = run_cli(
+        [
+            *SIM,
+            "--epsilon",
+            "1.0",
+            "--site-budget",
+            "4.0",
+            "--restart",
+            "--seed",
+            "1",
+            "--out",
+            str(first_run),
+        ]
+    )
 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     site = json.loads((first_run / "privacy_report.json").read_text())["sites"][0]
@@ -67,8 +88,9 @@ def test_second_run_continues_the_ledger(first_run: Path) -> None:
 def test_run_over_budget_is_refused_before_anything_leaves(first_run: Path) -> None:
     before = ledger(first_run / "sites" / "site-0" / "state")["entries"]
 
-    res = run_cli([*SIM, "--epsilon", "10.0", "--site-budget", "4.0", "--restart",
-                   "--out", str(first_run)])
+    res = run_cli(
+        [*SIM, "--epsilon", "10.0", "--site-budget", "4.0", "--restart", "--out", str(first_run)]
+    )
 
     assert res.returncode == 2
     assert "declines" in res.stderr and "total budget" in res.stderr

@@ -1,0 +1,140 @@
+"""A real deployment on 127.0.0.1: one coordinator, three hospitals, one stranger.
+
+The coordinator runs a SuperLink with TLS and SuperNode authentication; three
+sites with registered keys train for two rounds; a fourth site whose key was
+never registered is refused and never trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.cohort import cohort_schema, generate_cohort
+from shared.runtime import free_port
+from shared.tables import load_table
+from tests.e2e import independent_epsilon, ledger, run_cli, start_cli, stop, wait_for
+
+pytestmark = pytest.mark.slow
+SITES = 4  # site-3 is never registered
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("deploy")
+    assert (
+        run_cli(["certs", "demo", "--out", str(root / "certs"), "--sites", str(SITES)]).returncode
+        == 0
+    )
+    schema = cohort_schema()
+    schema.save(root / "schema.json")
+    table = generate_cohort(400 * SITES, seed=11)[schema.names]
+    for i in range(SITES):
+        table.iloc[i * 400 : (i + 1) * 400].to_csv(root / f"site-{i}.csv", index=False)
+    port = free_port()
+    keys = [
+        a for i in range(3) for a in ("--site-key", str(root / "certs" / "sites" / f"site-{i}.pub"))
+    ]
+    server = start_cli(
+        [
+            "server",
+            "--certs",
+            str(root / "certs"),
+            *keys,
+            "--schema",
+            str(root / "schema.json"),
+            "--out",
+            str(root / "out"),
+            "--min-sites",
+            "3",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "5",
+            "--synthetic-rows",
+            "500",
+            "--round-timeout",
+            "180",
+            "--port",
+            str(port),
+        ],
+        root / "server.log",
+    )
+    # Sites start once their keys are registered (a real coordinator is up first).
+    wait_for(
+        lambda: "waiting for 3 site(s)" in (root / "server.log").read_text(errors="replace"),
+        120,
+        "the coordinator to register the sites",
+    )
+    clients = [
+        start_cli(
+            [
+                "client",
+                "--data",
+                str(root / f"site-{i}.csv"),
+                "--schema",
+                str(root / "schema.json"),
+                "--budget-epsilon",
+                "5",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--ca",
+                str(root / "certs" / "ca.crt"),
+                "--key",
+                str(root / "certs" / "sites" / f"site-{i}.key"),
+                "--state-dir",
+                str(root / f"state-{i}"),
+                "--site-name",
+                f"site-{i}",
+                "--device",
+                "cpu",
+                *(["--max-retries", "2"] if i == 3 else []),
+            ],
+            root / f"client-{i}.log",
+        )
+        for i in range(SITES)
+    ]
+    try:
+        server_rc = server.wait(timeout=420)
+        stranger_rc = clients[3].wait(timeout=120)
+    finally:
+        for proc in [server, *clients]:
+            stop(proc)
+    (root / "rc.json").write_text(json.dumps({"server": server_rc, "stranger": stranger_rc}))
+    return {"root": root, "out": root / "out"}
+
+
+def test_server_completes_and_releases_a_valid_table(deployment: dict[str, Path]) -> None:
+    rc = json.loads((deployment["root"] / "rc.json").read_text())
+    log = (deployment["root"] / "server.log").read_text(errors="replace")
+
+    assert rc["server"] == 0, log[-3000:]
+    table = load_table(deployment["out"] / "synthetic.csv", cohort_schema())
+    assert len(table) == 500
+    assert (deployment["out"] / "model" / "manifest.json").exists()
+
+
+def test_three_ledgers_record_both_rounds(deployment: dict[str, Path]) -> None:
+    report = json.loads((deployment["out"] / "privacy_report.json").read_text())
+
+    assert report["rounds"] == 2
+    assert [s["site"] for s in report["sites"]] == ["site-0", "site-1", "site-2"]
+    for site in report["sites"]:
+        doc = ledger(deployment["root"] / f"state-{site['site'][-1]}")
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in doc["entries"]]
+        assert [e["round"] for e in doc["entries"]] == [1, 2]
+        assert site["steps"] == 10
+        assert site["epsilon"] == pytest.approx(
+            independent_epsilon(history, site["delta"]), rel=1e-9
+        )
+
+
+def test_unregistered_site_is_refused_and_never_trains(deployment: dict[str, Path]) -> None:
+    rc = json.loads((deployment["root"] / "rc.json").read_text())
+    log = (deployment["root"] / "client-3.log").read_text(errors="replace")
+
+    assert rc["stranger"] != 0
+    assert "Failed to activate SuperNode" in log or "2004" in log, log[-2000:]
+    assert not (deployment["root"] / "state-3" / "privacy_ledger.json").exists()
