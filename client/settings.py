@@ -46,6 +46,15 @@ class SiteSettings:
     secure_mode: bool = False
     share_row_count: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("data_path", "schema_path", "state_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if not (self.budget_epsilon > 0 and 0 < self.budget_delta < 1):
+            raise SiteConfigError(
+                f"site {self.site_name!r}: budget ε must be > 0 and δ in (0, 1), got "
+                f"ε={self.budget_epsilon}, δ={self.budget_delta}"
+            )
+
     @property
     def ledger_path(self) -> Path:
         """Where the privacy ledger lives."""
