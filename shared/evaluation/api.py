@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from shared.evaluation import association, causal, fidelity, plots, privacy, utility
 from shared.evaluation.errors import EvaluationError
@@ -105,6 +106,34 @@ def evaluate(
         For unusable roles, invalid tables or schema, or an unreadable privacy report.
     """
     limits = limits or Limits()
+    with threadpool_limits(limits=limits.threads):
+        return _evaluate(
+            real,
+            synthetic,
+            schema,
+            train=train,
+            target=target,
+            treatment=treatment,
+            outcome=outcome,
+            privacy_report=privacy_report,
+            seed=seed,
+            limits=limits,
+        )
+
+
+def _evaluate(
+    real: TableLike,
+    synthetic: TableLike,
+    schema: Schema | str | Path,
+    *,
+    train: TableLike | None,
+    target: str | None,
+    treatment: str | None,
+    outcome: str | None,
+    privacy_report: dict[str, Any] | str | Path | None,
+    seed: int,
+    limits: Limits,
+) -> dict[str, Any]:
     schema = as_schema(schema)
     roles = resolve_roles(schema, target, treatment, outcome)
     sites = load_privacy_report(privacy_report) if privacy_report is not None else None

@@ -51,6 +51,11 @@ class Limits:
         Shuffles per column for permutation importance.
     bootstrap_resamples : int
         Bootstrap resamples for the ATE confidence interval.
+    threads : int or None
+        OpenMP/BLAS threads for model fitting; ``None`` uses every core. One by
+        default: gradient boosting's OpenMP threads spin while they wait, so on
+        a shared CPU (a hospital server, a CI runner) extra threads make it many
+        times slower, while on two idle cores one thread is about as fast.
     """
 
     detection_rows: int = 10_000
@@ -60,8 +65,9 @@ class Limits:
     importance_rows: int = 2_000
     importance_repeats: int = 3
     bootstrap_resamples: int = 1_000
+    threads: int | None = 1
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | None]:
         """Return the limits as a JSON object."""
         return asdict(self)
 
