@@ -79,7 +79,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     try:
         site = SiteSettings.from_context(context.node_config, context.run_config)
         train = TrainSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG]))
-        global_state = msg.content[keys.GLOBAL_ARRAYS].to_torch_state_dict()
+        arrays = msg.content[keys.GLOBAL_ARRAYS]
+        if not isinstance(arrays, ArrayRecord):
+            raise SiteConfigError("the server's message holds no global weights")
+        global_state = arrays.to_torch_state_dict()
         result = run_site_round(site, train, global_state, run=str(context.run_id))
     except FedsynthError as exc:
         log.error("round declined: %s", exc)

@@ -58,7 +58,7 @@ def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     (dict, bool)
         The (possibly scaled) update and whether scaling happened.
     """
-    norm = torch.sqrt(sum((v.double() ** 2).sum() for v in update.values()))
+    norm = torch.sqrt(torch.stack([(v.double() ** 2).sum() for v in update.values()]).sum())
     if float(norm) <= max_norm:
         return update, False
     # The margin absorbs float32 rounding, so the result never exceeds the bound.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
@@ -87,9 +87,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         train = settings.train_settings(
             rnd, noise_multiplier=sigma, schema_fingerprint=schema.fingerprint()
         )
-        messages = strategy.configure_train(
-            rnd, ArrayRecord(state), ConfigRecord(train.to_config()), grid
-        )
+        config = ConfigRecord(cast("dict[str, ConfigRecordValues]", train.to_config()))
+        messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
         replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
         agg, _ = strategy.aggregate_train(rnd, replies)
         if agg is None:  # pragma: no cover - aggregate_train raises instead

@@ -57,7 +57,9 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
     extra = set(content.keys()) - allowed_records
     if extra:
         raise ProtocolError(f"node {node} sent unexpected record(s) {sorted(extra)}")
-    metrics = dict(content[keys.PRIVACY_METRICS])
+    metrics = {
+        k: v for k, v in dict(content[keys.PRIVACY_METRICS]).items() if isinstance(v, int | float)
+    }
     allowed_metrics = set(keys.SITE_REPLY_FIELDS[keys.PRIVACY_METRICS]) | set(
         keys.OPT_IN_FIELDS[keys.PRIVACY_METRICS]
     )
@@ -73,7 +75,10 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
     if trained:
         if keys.UPDATE_ARRAYS not in content:
             raise ProtocolError(f"node {node} reported 'trained' without an update")
-        update = content[keys.UPDATE_ARRAYS].to_torch_state_dict()
+        arrays = content[keys.UPDATE_ARRAYS]
+        if not isinstance(arrays, ArrayRecord):
+            raise ProtocolError(f"node {node} sent an update that is not an ArrayRecord")
+        update = arrays.to_torch_state_dict()
         if set(update) != expected_keys:
             raise ProtocolError(f"node {node} sent an update for a different model")
     elif keys.UPDATE_ARRAYS in content:
@@ -119,7 +124,7 @@ class SiteAveraging(FedAvg):
         self.expected_keys = expected_keys
         self.last_replies: list[SiteReply] = []
 
-    def aggregate_train(  # type: ignore[override]
+    def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the valid updates; raise if fewer than ``min_sites`` arrived."""

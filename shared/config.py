@@ -57,7 +57,7 @@ def read_value(
         raise ConfigError(
             f"config key {key!r} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
         )
-    if kind is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key {key!r} must be finite, got {value!r}")
     if check is not None and not check(value):
         raise ConfigError(f"config key {key!r} = {value!r} is invalid: must be {rule}")

@@ -27,7 +27,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from shared.errors import SchemaError
 
@@ -268,24 +268,23 @@ def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
             problems.append(f"{where}: 'categories' has duplicates; list each once")
             return None
         return Column(name, "categorical", tuple(cats), nullable=nullable, description=description)
-    lo, hi = raw.get("min"), raw.get("max")
+    raw_lo, raw_hi = raw.get("min"), raw.get("max")
     if "categories" in raw:
         problems.append(f"{where}: numeric columns take 'min'/'max', not 'categories'")
-    if not _is_number(lo) or not _is_number(hi):
+    if not _is_number(raw_lo) or not _is_number(raw_hi):
         problems.append(
             f"{where}: numeric columns need finite numbers 'min' and 'max' (the documented "
-            f"public bounds), got min={lo!r}, max={hi!r}"
+            f"public bounds), got min={raw_lo!r}, max={raw_hi!r}"
         )
         return None
+    lo, hi = float(cast(float, raw_lo)), float(cast(float, raw_hi))
     if not lo < hi:
         problems.append(f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
         return None
-    if kind == "integer" and (float(lo) != int(lo) or float(hi) != int(hi)):
-        problems.append(f"{where}: integer columns need integral bounds, got {lo}..{hi}")
+    if kind == "integer" and not (lo.is_integer() and hi.is_integer()):
+        problems.append(f"{where}: integer columns need integral bounds, got {raw_lo}..{raw_hi}")
         return None
-    return Column(
-        name, kind, minimum=float(lo), maximum=float(hi), nullable=nullable, description=description
-    )
+    return Column(name, kind, minimum=lo, maximum=hi, nullable=nullable, description=description)
 
 
 def _parse_roles(raw: Any, columns: dict[str, Column], problems: list[str]) -> dict[str, str]:

@@ -50,7 +50,9 @@ ROUND_SCRIPT = textwrap.dedent(
 def start_round(root: Path, rnd: int, steps: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", ROUND_SCRIPT, str(root), str(rnd), str(steps)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -206,7 +206,12 @@ def utility(
         "task": "classification" if classify else "regression",
         "target": target,
         "positive_class": col.categories[1] if n_classes == 2 else None,
-        "rows": {"trtr_train": len(x_tr), "tstr_train": len(x_sy), "test": len(x_te)},
+        "rows": {
+            "trtr_train": len(x_tr),
+            "tstr_train": len(x_sy),
+            "test": len(x_te),
+            "importance": len(x_imp),
+        },
         "models": models,
         "primary_metric": primary,
         "worst_gap": max(gaps) if gaps else None,

@@ -37,7 +37,8 @@ class TabularVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output for latent codes ``z``."""
-        return self.dec_out(F.relu(self.dec_hidden(z)))
+        out: torch.Tensor = self.dec_out(F.relu(self.dec_hidden(z)))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stats = self.enc_out(F.relu(self.enc_hidden(x)))
