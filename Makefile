@@ -1,7 +1,7 @@
 # Two commands for a fresh machine (see README):
 #   make demo   set up, then simulate 3 hospitals on the built-in cohort
 #   make test   set up, then run the whole test suite (what CI runs)
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-evaluate clean
 
 setup:
 	./scripts/setup.sh
@@ -23,3 +23,6 @@ bench: setup
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+
+bench-evaluate: setup
+	.venv/bin/python -m simulations.benchmarks.evaluate_bench

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from client import cli as client_cli
     from deploy import cli as deploy_cli
     from server import cli as server_cli
+    from shared.evaluation import cli as eval_cli
     from simulations import cli as sim_cli
 
     parser = argparse.ArgumentParser(
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.add_parser(sub)
     client_cli.add_parser(sub)
     deploy_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
     _add_schema(sub)
     _add_sample(sub)
     return parser

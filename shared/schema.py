@@ -279,7 +279,7 @@ def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
         return None
     lo, hi = float(cast(float, raw_lo)), float(cast(float, raw_hi))
     if not lo < hi:
-        problems.append(f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
+        problems.append(f"{where}: 'min' ({raw_lo}) must be below 'max' ({raw_hi})")
         return None
     if kind == "integer" and not (lo.is_integer() and hi.is_integer()):
         problems.append(f"{where}: integer columns need integral bounds, got {raw_lo}..{raw_hi}")

@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"))
     p.add_argument(
+        "--no-evaluate", action="store_true", help="skip the evaluation report on the holdout"
+    )
+    p.add_argument(
         "--restart",
         action="store_true",
         help="discard checkpoints in --out (site ledgers are kept)",
@@ -75,10 +78,13 @@ def _run(args: argparse.Namespace) -> int:
         site_budget_epsilon=args.site_budget,
         restart=args.restart,
         keep_runtime=args.keep_runtime,
+        evaluate=not args.no_evaluate,
     )
     out = run_simulation(plan)
+    if not args.no_evaluate:
+        print(f"\nfedsynth: evaluation report {out / 'evaluation' / 'report.html'}")
     print(
-        f"\nfedsynth: synthetic table {out / 'synthetic.csv'}, privacy report "
+        f"fedsynth: synthetic table {out / 'synthetic.csv'}, privacy report "
         f"{out / 'privacy_report.md'}, model {out / 'model'}"
     )
     return 0

@@ -52,6 +52,7 @@ class SimulationPlan:
     restart: bool = False
     keep_runtime: bool = False
     echo: bool = True
+    evaluate: bool = True
 
 
 def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
@@ -153,5 +154,34 @@ def run_simulation(plan: SimulationPlan) -> Path:
             echo=plan.echo,
             federation_config=federation,
         )
+    if plan.evaluate:
+        evaluate_release(plan.out, sites_dir)
     log.info("simulation finished in %.1fs; outputs in %s", time.perf_counter() - t0, plan.out)
     return plan.out
+
+
+def evaluate_release(out: Path, sites_dir: Path) -> None:
+    """Evaluate the synthetic table against the holdout that no site trained on.
+
+    The simulation owns all the rows, so the sites' tables together serve as the
+    training set of the privacy checks (exact matches, DCR, membership inference).
+    """
+    from shared.evaluation.api import evaluate, write_report
+
+    train = pd.concat(
+        [
+            pd.read_csv(p, dtype=str, keep_default_na=False)
+            for p in sorted(sites_dir.glob("site-*/data.csv"))
+        ],
+        ignore_index=True,
+    )
+    schema = Schema.load(out / "schema.json")
+    result = evaluate(
+        out / "holdout.csv",
+        out / "synthetic.csv",
+        schema,
+        train=validate_frame(train, schema, source=str(sites_dir)),
+        privacy_report=out / "privacy_report.json",
+    )
+    json_path, html_path = write_report(result, out / "evaluation")
+    log.info("evaluation report: %s (%s)", html_path, json_path)
