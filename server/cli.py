@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from server.deploy import ServerOptions, run_server
+from shared.cli_options import add_run_options, run_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,15 +31,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--insecure", action="store_true", help="no TLS/authentication: local tests ONLY"
     )
     p.add_argument("--min-sites", type=int, default=2, help="sites needed for a round to count")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-steps", type=int, default=45)
-    p.add_argument("--epsilon", type=float, default=3.0, help="ε each site spends in this run")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--sample-rate", type=float, default=0.1, help="Poisson sampling rate q")
-    p.add_argument("--generator", default="dp-vae")
     p.add_argument("--synthetic-rows", type=int, default=10_000)
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait per round")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_options(p)
     p.set_defaults(handler=_run)
 
 
@@ -54,15 +49,9 @@ def _run(args: argparse.Namespace) -> int:
         "schema-path": str(args.schema.resolve()),
         "out-dir": str(args.out.resolve()),
         "min-sites": args.min_sites,
-        "rounds": args.rounds,
-        "local-steps": args.local_steps,
-        "epsilon": args.epsilon,
-        "delta": args.delta,
-        "sample-rate": args.sample_rate,
-        "generator": args.generator,
         "synthetic-rows": args.synthetic_rows,
         "round-timeout": args.round_timeout,
-        "seed": args.seed,
+        **run_overrides(args),
     }
     out = run_server(opts, overrides)
     print(f"fedsynth: outputs in {out}")

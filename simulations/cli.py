@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shared.cli_options import add_run_options, run_overrides
 from simulations.simulate import SimulationPlan, run_simulation
 
 
@@ -21,23 +22,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--schema", type=Path, help="public schema JSON (required with --data)")
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
-    p.add_argument("--epsilon", type=float, default=3.0, help="ε each site spends in this run")
-    p.add_argument("--delta", type=float, default=1e-5, help="δ of the guarantee")
     p.add_argument(
         "--site-budget",
         type=float,
         default=0.0,
         help="each site's total ε over all runs (default: --epsilon)",
     )
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-steps", type=int, default=45, help="DP-SGD steps per site per round")
-    p.add_argument("--sample-rate", type=float, default=0.1, help="Poisson sampling rate q")
-    p.add_argument("--generator", default="dp-vae")
     p.add_argument(
         "--holdout", type=float, default=0.2, help="share of rows held out for evaluation"
     )
     p.add_argument("--synthetic-rows", type=int, help="rows to sample (default: training rows)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"))
     p.add_argument(
@@ -51,20 +45,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--keep-runtime", action="store_true", help="keep Flower/Ray temp files (debugging)"
     )
+    add_run_options(p)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = {
-        "rounds": args.rounds,
-        "local-steps": args.local_steps,
-        "epsilon": args.epsilon,
-        "delta": args.delta,
-        "sample-rate": args.sample_rate,
-        "generator": args.generator,
-        "seed": args.seed,
-        "device": args.device,
-    }
+    settings = {**run_overrides(args), "device": args.device}
     if args.synthetic_rows is not None:
         settings["synthetic-rows"] = args.synthetic_rows
     plan = SimulationPlan(

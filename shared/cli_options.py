@@ -1,0 +1,64 @@
+"""Command-line options for a run's DP and training settings.
+
+``fedsynth server`` and ``fedsynth simulate`` accept the same options, with
+defaults taken from :class:`shared.config.RunSettings` (the single source), and
+turn them into the same run-config overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from shared.config import RunSettings
+
+_D = RunSettings()
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Add the DP and training options shared by ``server`` and ``simulate``."""
+    g = p.add_argument_group("privacy and training (public settings, sent to every site)")
+    g.add_argument(
+        "--epsilon",
+        type=float,
+        default=_D.epsilon,
+        help=f"ε each site spends in this run; σ is calibrated to it (default {_D.epsilon})",
+    )
+    g.add_argument("--delta", type=float, default=_D.delta, help=f"δ (default {_D.delta:g})")
+    g.add_argument("--rounds", type=int, default=_D.rounds, help=f"default {_D.rounds}")
+    g.add_argument(
+        "--local-steps",
+        type=int,
+        default=_D.local_steps,
+        help=f"DP-SGD steps per site per round (default {_D.local_steps})",
+    )
+    g.add_argument(
+        "--sample-rate",
+        type=float,
+        default=_D.sample_rate,
+        help=f"Poisson sampling rate q (default {_D.sample_rate})",
+    )
+    g.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=_D.max_grad_norm,
+        help=f"per-record clip norm C (default {_D.max_grad_norm})",
+    )
+    g.add_argument("--accountant", choices=["rdp", "prv"], default=_D.accountant)
+    g.add_argument("--generator", default=_D.model.generator)
+    g.add_argument("--seed", type=int, default=_D.seed)
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Run-config overrides (Flower's kebab-case keys) from :func:`add_run_options`."""
+    return {
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "rounds": args.rounds,
+        "local-steps": args.local_steps,
+        "sample-rate": args.sample_rate,
+        "max-grad-norm": args.max_grad_norm,
+        "accountant": args.accountant,
+        "generator": args.generator,
+        "seed": args.seed,
+    }
