@@ -146,7 +146,10 @@ class SiteAveraging(FedAvg):
         for rep in parsed:
             if not rep.trained:
                 log.warning("round %d: site %s declined: %s", server_round, rep.site, rep.reason)
-        updates = [r.update for r in parsed if r.trained and r.update is not None]
+        # Sorted by site so the float sum, and hence a seeded run, is independent of
+        # the order in which replies arrived.
+        ordered = sorted(parsed, key=lambda r: (r.site, r.node_id))
+        updates = [r.update for r in ordered if r.trained and r.update is not None]
         if len(updates) < self.min_sites:
             declined = "; ".join(f"{r.site}: {r.reason}" for r in parsed if not r.trained)
             raise RoundFailedError(
