@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from deploy.errors import CertificateError
 
 CURVE = ec.SECP384R1()
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -85,6 +86,9 @@ def create_server_credentials(
         raise CertificateError(
             "give at least one host name or IP address for the server certificate"
         )
+    # `fedsynth server` submits the run to its own SuperLink over loopback (TLS), so
+    # the certificate must be valid there too.
+    hosts = [*hosts, *(h for h in LOOPBACK_HOSTS if h not in hosts)]
     out = Path(folder)
     creds = ServerCredentials(
         out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"

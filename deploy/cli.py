@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     d.add_argument("--out", required=True)
     d.add_argument("--sites", type=int, default=3)
+    d.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="extra host name the sites use, e.g. a compose service name (loopback is always in)",
+    )
     d.set_defaults(handler=_demo)
 
 
@@ -53,7 +59,7 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    create_server_credentials(args.out, hosts=["127.0.0.1", "localhost"])
+    create_server_credentials(args.out, hosts=args.host or ["127.0.0.1"])
     for i in range(args.sites):
         create_site_key(f"{args.out}/sites", f"site-{i}")
     print(f"wrote demo credentials for 127.0.0.1 and {args.sites} sites under {args.out}")

@@ -50,6 +50,7 @@ def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to document the commands)."""
     from client import cli as client_cli
+    from client.doctor import add_doctor_parser
     from deploy import cli as deploy_cli
     from server import cli as server_cli
     from shared.evaluation import cli as eval_cli
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.add_parser(sub)
     server_cli.add_parser(sub)
     client_cli.add_parser(sub)
+    add_doctor_parser(sub)
     deploy_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     _add_schema(sub)

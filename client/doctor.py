@@ -1,0 +1,438 @@
+"""``fedsynth doctor``: check a hospital site before it joins, and say how to fix each problem.
+
+Every check returns a :class:`Finding` (``ok``, ``warn`` or ``fail``) with a fix,
+so site IT gets one report instead of a stack trace on the first problem. The
+checks read local files and open one TCP/TLS connection; they never train,
+never send table contents and never write the privacy ledger (a missing ledger
+is reported, not created, so running the doctor leaves the site unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from client.errors import LedgerError
+from client.ledger import PrivacyLedger
+from client.settings import LEDGER_FILE
+from shared.errors import FedsynthError
+from shared.schema import Schema
+from shared.tables import load_table
+
+Status = Literal["ok", "warn", "fail"]
+#: Warn when less than this share of the site's total ε is left.
+LOW_BUDGET_SHARE = 0.10
+#: Warn when the CA certificate expires within this many days.
+EXPIRY_WARN_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The result of one check.
+
+    Attributes
+    ----------
+    check : str
+        Short name of the check (``schema``, ``table``, ``ledger``, ...).
+    status : {"ok", "warn", "fail"}
+        ``fail`` means ``fedsynth client`` would refuse to run or could not connect.
+    message : str
+        What was found.
+    fix : str
+        What to do about it (empty when nothing needs doing).
+    """
+
+    check: str
+    status: Status
+    message: str
+    fix: str = ""
+
+
+def check_schema(path: Path) -> tuple[Finding, Schema | None]:
+    """Load the consortium's schema."""
+    try:
+        schema = Schema.load(path)
+    except (FedsynthError, OSError) as exc:
+        return Finding(
+            "schema",
+            "fail",
+            f"schema {path} does not load: {exc}",
+            "use the consortium's agreed schema JSON, byte for byte (ask the coordinator)",
+        ), None
+    return Finding(
+        "schema", "ok", f"{schema.name!r}, fingerprint {schema.fingerprint()[:12]}"
+    ), schema
+
+
+def check_table(path: Path, schema: Schema | None) -> tuple[Finding, int | None]:
+    """Validate the whole table against the schema; returns the row count when valid."""
+    if schema is None:
+        return Finding(
+            "table", "warn", "not checked: the schema did not load", "fix the schema first"
+        ), None
+    try:
+        frame = load_table(path, schema)
+    except FedsynthError as exc:
+        return Finding(
+            "table",
+            "fail",
+            str(exc),
+            "correct the export (columns, categories, ranges as listed), then run doctor again",
+        ), None
+    return Finding("table", "ok", f"{path}: {len(frame)} rows valid against the schema"), len(frame)
+
+
+def check_ca(path: Path | None, *, now: dt.datetime | None = None) -> Finding:
+    """The consortium's CA certificate is readable, a CA, and valid today."""
+    fix_get = "ask the coordinator for the consortium's ca.crt and pass it with --ca"
+    if path is None:
+        return Finding("ca", "fail", "no --ca given: the site cannot verify the server", fix_get)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return Finding("ca", "fail", f"{path} is not a readable PEM certificate ({exc})", fix_get)
+    now = now or dt.datetime.now(dt.UTC)
+    if now < cert.not_valid_before_utc:
+        return Finding(
+            "ca",
+            "fail",
+            f"{path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+            "check this machine's clock (NTP), or ask the coordinator for the current ca.crt",
+        )
+    if now > cert.not_valid_after_utc:
+        return Finding(
+            "ca",
+            "fail",
+            f"{path} expired on {cert.not_valid_after_utc:%Y-%m-%d}",
+            "ask the coordinator for the renewed ca.crt (fedsynth certs server)",
+        )
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        return Finding(
+            "ca",
+            "warn",
+            f"{path} is not a CA certificate (it may be the server's own certificate)",
+            "use ca.crt from the coordinator, not server.pem",
+        )
+    days_left = (cert.not_valid_after_utc - now).days
+    if days_left < EXPIRY_WARN_DAYS:
+        return Finding(
+            "ca",
+            "warn",
+            f"{path} expires in {days_left} day(s) ({cert.not_valid_after_utc:%Y-%m-%d})",
+            "ask the coordinator to renew the consortium's certificates in time",
+        )
+    return Finding(
+        "ca", "ok", f"{path}: valid until {cert.not_valid_after_utc:%Y-%m-%d} ({days_left} days)"
+    )
+
+
+def check_site_key(path: Path | None) -> Finding:
+    """The site's identity key is an unencrypted OpenSSH EC private key, private to this user."""
+    fix_new = (
+        "create one with `fedsynth certs site --name SITE --out DIR`, pass the .key with --key "
+        "and send only the .pub to the coordinator"
+    )
+    if path is None:
+        return Finding("site key", "fail", "no --key given: the site cannot authenticate", fix_new)
+    try:
+        key = load_ssh_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        # TypeError: the key is passphrase-protected; the SuperNode cannot use such a key.
+        return Finding(
+            "site key", "fail", f"{path} is not an unencrypted OpenSSH private key ({exc})", fix_new
+        )
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return Finding(
+            "site key",
+            "fail",
+            f"{path} is a {type(key).__name__}, not an elliptic-curve key as Flower requires",
+            fix_new,
+        )
+    if path.stat().st_mode & 0o077:
+        return Finding(
+            "site key",
+            "warn",
+            f"{path} can be read by other users (mode {path.stat().st_mode & 0o777:o})",
+            f"chmod 600 {path}",
+        )
+    return Finding("site key", "ok", f"{path}: EC {key.curve.name} key, mode 600")
+
+
+def _split_address(superlink: str) -> tuple[str, int]:
+    host, sep, port = superlink.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(superlink)
+    return host.strip("[]"), int(port)
+
+
+def check_server(superlink: str, ca: Path | None, *, timeout: float = 3.0) -> list[Finding]:
+    """TCP connect to the coordinator, then a TLS handshake verified with the CA."""
+    try:
+        host, port = _split_address(superlink)
+    except ValueError:
+        return [
+            Finding(
+                "server",
+                "fail",
+                f"--superlink {superlink!r} is not HOST:PORT",
+                "pass the coordinator's address, e.g. --superlink coordinator.example.org:9092",
+            )
+        ]
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return [
+            Finding(
+                "server",
+                "fail",
+                f"cannot reach {host}:{port} ({exc})",
+                "check the address, that the coordinator is running, and that the hospital "
+                f"firewall allows outgoing TCP to port {port}",
+            )
+        ]
+    found = [Finding("server", "ok", f"{host}:{port} accepts TCP connections")]
+    with sock:
+        if ca is None or not ca.is_file():
+            return found  # the CA finding already says what is missing
+        found.append(_tls_handshake(sock, host, ca, timeout))
+    return found
+
+
+def _tls_handshake(sock: socket.socket, host: str, ca: Path, timeout: float) -> Finding:
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])  # gRPC speaks HTTP/2
+        sock.settimeout(timeout)
+        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+            version = tls.version()
+    except ssl.SSLCertVerificationError as exc:
+        return Finding(
+            "tls",
+            "fail",
+            f"the server's certificate does not verify with {ca} ({exc.verify_message})",
+            "use the consortium's current ca.crt, and connect with a host name the server "
+            "certificate was issued for (fedsynth certs server --host NAME)",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        return Finding(
+            "tls",
+            "fail",
+            f"TLS handshake with {host} failed ({exc})",
+            "check that --superlink points at the fedsynth coordinator (not a proxy) "
+            "and that it runs with TLS",
+        )
+    return Finding("tls", "ok", f"{version} handshake verified with {ca}")
+
+
+def check_gpu(is_available: Callable[[], bool] | None = None) -> Finding:
+    """Whether training will use a GPU (the CPU works too, more slowly)."""
+    import torch
+
+    probe = is_available or torch.cuda.is_available
+    if probe():
+        return Finding("gpu", "ok", f"CUDA available: {torch.cuda.get_device_name(0)}")
+    return Finding(
+        "gpu",
+        "ok",
+        "no CUDA GPU found: the CPU will be used (slower, same privacy)",
+    )
+
+
+def check_ledger(
+    state_dir: Path, *, site: str, budget_epsilon: float, budget_delta: float
+) -> Finding:
+    """Open the privacy ledger read-only and compare the spend with the budget."""
+    ledger_path = state_dir / LEDGER_FILE
+    anchor = ledger_path.with_name(ledger_path.name + ".anchor")
+    if not ledger_path.exists() and not anchor.exists():
+        existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
+        if not os.access(existing, os.W_OK):
+            return Finding(
+                "ledger",
+                "fail",
+                f"no ledger yet, and {existing} is not writable by this user",
+                f"create {state_dir} owned by the fedsynth user (it must survive restarts)",
+            )
+        return Finding(
+            "ledger",
+            "ok",
+            f"no ledger yet at {ledger_path}: a new one starts with the full budget "
+            f"ε={budget_epsilon:g}",
+            "back up this folder once the site has trained",
+        )
+    if not os.access(state_dir, os.W_OK):
+        return Finding(
+            "ledger",
+            "fail",
+            f"{state_dir} is not writable: no round could be recorded",
+            f"give the fedsynth user write access to {state_dir}",
+        )
+    try:
+        ledger = PrivacyLedger.open(ledger_path, site=site)
+        spent = ledger.epsilon(delta=budget_delta)
+    except FedsynthError as exc:
+        fix = (
+            "restore the newest ledger and its .anchor from backup; never delete or edit them"
+            if isinstance(exc, LedgerError)
+            else "check --budget-delta and the ledger"
+        )
+        return Finding("ledger", "fail", str(exc), fix)
+    left = budget_epsilon - spent
+    summary = (
+        f"ε spent {spent:.4f} of {budget_epsilon:g} at δ={budget_delta:g} over "
+        f"{len(ledger.entries)} round(s); {max(left, 0.0):.4f} left"
+    )
+    if left <= 0:
+        return Finding(
+            "ledger",
+            "fail",
+            f"budget exhausted: {summary}; the site will decline every round",
+            "a larger budget needs the data steward's approval; otherwise this site is done",
+        )
+    if left < LOW_BUDGET_SHARE * budget_epsilon:
+        return Finding(
+            "ledger",
+            "warn",
+            f"less than {LOW_BUDGET_SHARE:.0%} of the budget left: {summary}",
+            "expect the site to decline rounds soon; tell the coordinator",
+        )
+    return Finding("ledger", "ok", summary, "back up this folder regularly")
+
+
+def check_delta(budget_delta: float, rows: int | None) -> Finding:
+    """δ should be well below 1/n, or whole records may leak with probability δ."""
+    if rows is None:
+        return Finding("delta", "warn", "not checked: the table did not load", "fix the table")
+    if budget_delta >= 1.0 / rows:
+        return Finding(
+            "delta",
+            "warn",
+            f"δ={budget_delta:g} is not below 1/n = {1.0 / rows:.3g} for n={rows} rows: "
+            "the guarantee then allows leaking a whole record",
+            f"choose --budget-delta below {0.1 / rows:.1g} (about 1/(10 n)) with the consortium",
+        )
+    return Finding("delta", "ok", f"δ={budget_delta:g} < 1/n = {1.0 / rows:.3g}")
+
+
+def run_doctor(
+    *,
+    data: Path,
+    schema: Path,
+    budget_epsilon: float,
+    budget_delta: float = 1e-5,
+    state_dir: Path | None = None,
+    site_name: str | None = None,
+    superlink: str = "127.0.0.1:9092",
+    ca: Path | None = None,
+    key: Path | None = None,
+    timeout: float = 3.0,
+) -> list[Finding]:
+    """Run every check for a site, with the same options as ``fedsynth client``.
+
+    Returns
+    -------
+    list of Finding
+        One or more per check, in a fixed order; never raises for a site problem.
+    """
+    findings: list[Finding] = []
+    if not (budget_epsilon > 0 and 0 < budget_delta < 1):
+        findings.append(
+            Finding(
+                "budget",
+                "fail",
+                f"budget ε={budget_epsilon:g}, δ={budget_delta:g} is invalid",
+                "pass --budget-epsilon > 0 and --budget-delta in (0, 1)",
+            )
+        )
+    schema_finding, loaded = check_schema(schema)
+    table_finding, rows = check_table(data, loaded)
+    findings += [schema_finding, table_finding]
+    if 0 < budget_delta < 1:
+        findings.append(check_delta(budget_delta, rows))
+    findings += [check_ca(ca), check_site_key(key)]
+    findings += check_server(superlink, ca, timeout=timeout)
+    findings.append(check_gpu())
+    if budget_epsilon > 0 and 0 < budget_delta < 1:
+        findings.append(
+            check_ledger(
+                state_dir or data.parent / "fedsynth-state",
+                site=site_name or data.stem,
+                budget_epsilon=budget_epsilon,
+                budget_delta=budget_delta,
+            )
+        )
+    return findings
+
+
+def format_report(findings: list[Finding]) -> str:
+    """A plain-text report, one block per finding, ending with a summary line."""
+    tags = {"ok": "  ok ", "warn": " WARN", "fail": " FAIL"}
+    lines = []
+    for f in findings:
+        lines.append(f"[{tags[f.status]}] {f.check}: {f.message}")
+        if f.fix and f.status != "ok":
+            lines.append(f"         fix: {f.fix}")
+    fails = sum(f.status == "fail" for f in findings)
+    warns = sum(f.status == "warn" for f in findings)
+    verdict = "ready to join" if not fails else "NOT ready: fix the FAIL lines above"
+    lines.append(f"{fails} failure(s), {warns} warning(s): {verdict}")
+    return "\n".join(lines)
+
+
+def exit_code(findings: list[Finding]) -> int:
+    """0 when nothing failed, 1 otherwise."""
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``fedsynth doctor`` (same site options as ``fedsynth client``)."""
+    p = sub.add_parser(
+        "doctor",
+        help="check a site's table, credentials, connection, GPU and ledger before it joins",
+        description="Read-only: trains nothing, sends no data and does not create a ledger.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="the site's CSV or Parquet table")
+    p.add_argument("--schema", type=Path, required=True, help="the consortium's schema JSON")
+    p.add_argument(
+        "--budget-epsilon", type=float, required=True, help="total ε this site will ever spend"
+    )
+    p.add_argument("--budget-delta", type=float, default=1e-5, help="δ of that guarantee")
+    p.add_argument("--state-dir", type=Path, help="privacy ledger folder (default: beside --data)")
+    p.add_argument("--site-name", help="name in reports (default: data file stem)")
+    p.add_argument("--superlink", default="127.0.0.1:9092", help="coordinator HOST:PORT")
+    p.add_argument("--ca", type=Path, help="the consortium's ca.crt")
+    p.add_argument("--key", type=Path, help="this site's identity key (fedsynth certs site)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the server")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    findings = run_doctor(
+        data=args.data,
+        schema=args.schema,
+        budget_epsilon=args.budget_epsilon,
+        budget_delta=args.budget_delta,
+        state_dir=args.state_dir,
+        site_name=args.site_name,
+        superlink=args.superlink,
+        ca=args.ca,
+        key=args.key,
+        timeout=args.timeout,
+    )
+    print(format_report(findings))
+    return exit_code(findings)
