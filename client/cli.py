@@ -17,20 +17,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="The table never leaves this machine; only clipped, noised "
         "model updates and public accounting figures are sent.",
     )
-    p.add_argument("--data", type=Path, required=True, help="the site's CSV or Parquet table")
-    p.add_argument("--schema", type=Path, required=True, help="the consortium's schema JSON")
-    p.add_argument(
-        "--budget-epsilon",
-        type=float,
-        required=True,
-        help="total ε this site will ever spend for the consortium",
-    )
-    p.add_argument("--budget-delta", type=float, default=1e-5, help="δ of that guarantee")
-    p.add_argument("--state-dir", type=Path, help="privacy ledger folder (default: beside --data)")
-    p.add_argument("--site-name", help="name in reports (default: data file stem)")
-    p.add_argument("--superlink", default="127.0.0.1:9092", help="coordinator HOST:PORT")
-    p.add_argument("--ca", type=Path, help="the consortium's ca.crt")
-    p.add_argument("--key", type=Path, help="this site's identity key (fedsynth certs site)")
+    add_site_options(p)
     p.add_argument(
         "--insecure", action="store_true", help="no TLS, no authentication: local tests ONLY"
     )
@@ -71,3 +58,21 @@ def _run(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
     )
     return run_client(site, opts)
+
+
+def add_site_options(p: argparse.ArgumentParser) -> None:
+    """Options that describe a site; shared by ``fedsynth client`` and ``fedsynth doctor``."""
+    p.add_argument("--data", type=Path, required=True, help="the site's CSV or Parquet table")
+    p.add_argument("--schema", type=Path, required=True, help="the consortium's schema JSON")
+    p.add_argument(
+        "--budget-epsilon",
+        type=float,
+        required=True,
+        help="total ε this site will ever spend for the consortium",
+    )
+    p.add_argument("--budget-delta", type=float, default=1e-5, help="δ of that guarantee")
+    p.add_argument("--state-dir", type=Path, help="privacy ledger folder (default: beside --data)")
+    p.add_argument("--site-name", help="name in reports (default: data file stem)")
+    p.add_argument("--superlink", default="127.0.0.1:9092", help="coordinator HOST:PORT")
+    p.add_argument("--ca", type=Path, help="the consortium's ca.crt")
+    p.add_argument("--key", type=Path, help="this site's identity key (fedsynth certs site)")

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from client.cli import add_site_options
 from client.errors import LedgerError
 from client.ledger import PrivacyLedger
 from client.settings import LEDGER_FILE
@@ -406,17 +407,7 @@ def add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check a site's table, credentials, connection, GPU and ledger before it joins",
         description="Read-only: trains nothing, sends no data and does not create a ledger.",
     )
-    p.add_argument("--data", type=Path, required=True, help="the site's CSV or Parquet table")
-    p.add_argument("--schema", type=Path, required=True, help="the consortium's schema JSON")
-    p.add_argument(
-        "--budget-epsilon", type=float, required=True, help="total ε this site will ever spend"
-    )
-    p.add_argument("--budget-delta", type=float, default=1e-5, help="δ of that guarantee")
-    p.add_argument("--state-dir", type=Path, help="privacy ledger folder (default: beside --data)")
-    p.add_argument("--site-name", help="name in reports (default: data file stem)")
-    p.add_argument("--superlink", default="127.0.0.1:9092", help="coordinator HOST:PORT")
-    p.add_argument("--ca", type=Path, help="the consortium's ca.crt")
-    p.add_argument("--key", type=Path, help="this site's identity key (fedsynth certs site)")
+    add_site_options(p)
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the server")
     p.set_defaults(handler=_run)
 
