@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.errors import LedgerError, SiteConfigError, TrainingError
+from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from client.site import RoundResult, run_site_round
 from shared import keys
@@ -97,8 +98,6 @@ def _spent(site: SiteSettings | None) -> float:
     """Cumulative ε to report on a decline (0.0 when the ledger cannot be read)."""
     if site is None:
         return 0.0
-    from client.ledger import PrivacyLedger
-
     try:
         return PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
             delta=site.budget_delta
