@@ -64,6 +64,9 @@ def build_reply_content(
             keys.REASON: result.reason,
             keys.ACCOUNTANT: train.accountant if train else "",
             keys.SECURE_MODE: bool(site.secure_mode) if site else False,
+            keys.NOISE_SEED: "secret"
+            if site is None or site.simulation_seed is None
+            else "simulation",
             keys.SCHEMA_FINGERPRINT: train.schema_fingerprint if train else "",
         }
     )

@@ -45,6 +45,10 @@ class SiteSettings:
     device: str = "auto"
     secure_mode: bool = False
     share_row_count: bool = False
+    # Simulation only: derive each site's noise seed from the run seed so a research
+    # run reproduces. Real sites leave it None and draw it from local OS randomness,
+    # which the coordinator never sees (a seed it knows would let it remove the noise).
+    simulation_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("data_path", "schema_path", "state_dir"):
@@ -116,4 +120,5 @@ class SiteSettings:
             budget_epsilon=budget if budget > 0 else run_eps,
             budget_delta=read_value(run_cfg, "delta", float, 1e-5),
             device=read_value(run_cfg, "device", str, "auto"),
+            simulation_seed=read_value(run_cfg, "seed", int, 0),
         )

@@ -13,7 +13,9 @@ The caller sends the reply only after step 3 has written the ledger.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,20 @@ def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     # The margin absorbs float32 rounding, so the result never exceeds the bound.
     scale = max_norm / float(norm) * (1.0 - 1e-6)
     return {k: v * scale for k, v in update.items()}, True
+
+
+def noise_seed(site: SiteSettings, server_round: int) -> int:
+    """Seed of this round's Poisson sampling and Gaussian noise at this site.
+
+    At a real site it is drawn from the operating system's secret randomness: a seed
+    the coordinator could know (e.g. one it sends) would let it regenerate the noise
+    and subtract it. In a simulation it is derived from the run seed, the site name
+    and the round, so research runs reproduce and no two sites share noise.
+    """
+    if site.simulation_seed is None:
+        return secrets.randbits(63)
+    text = f"{site.simulation_seed}:{site.site_name}:{server_round}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
 def run_site_round(
@@ -119,7 +135,7 @@ def run_site_round(
             sample_rate=train.sample_rate,
             learning_rate=train.learning_rate,
             device=device,
-            seed=train.seed * 100_003 + train.server_round,
+            seed=noise_seed(site, train.server_round),
             secure_mode=site.secure_mode,
         )
         led.record(

@@ -96,7 +96,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         update = agg.to_torch_state_dict()
         state = {k: state[k] + update[k].to(state[k].dtype) for k in state}
         for rep in strategy.last_replies:
-            sites[rep.site] = site_entry(rep.privacy, rep.site, rep.accountant, rep.secure_mode)
+            sites[rep.site] = site_entry(
+                rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed
+            )
         history.append(
             {
                 "round": rnd,

@@ -16,7 +16,7 @@ from shared.config import RunSettings
 
 
 def site_entry(
-    privacy: dict[str, float], site: str, accountant: str, secure_mode: bool
+    privacy: dict[str, float], site: str, accountant: str, secure_mode: bool, noise_seed: str
 ) -> dict[str, Any]:
     """One row of ``sites`` in the report, from a site's latest reply."""
     return {
@@ -29,6 +29,7 @@ def site_entry(
         "max_grad_norm": float(privacy.get(keys.MAX_GRAD_NORM, 0.0)),
         "accountant": accountant,
         "secure_mode": bool(secure_mode),
+        "noise_seed": noise_seed,
         **({"num_rows": int(privacy[keys.NUM_ROWS])} if keys.NUM_ROWS in privacy else {}),
     }
 
@@ -103,11 +104,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     insecure = [s["site"] for s in report["sites"] if not s["secure_mode"]]
     warn = (
         f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
-        "fast pseudo-random generator. Turn it on (`secure-mode = true`) for production "
-        "releases.\n"
+        "fast pseudo-random generator (seeded from the site's secret OS randomness). Turn it "
+        "on (`secure-mode = true`) for production releases.\n"
         if insecure
         else ""
     )
+    simulated = [s["site"] for s in report["sites"] if s.get("noise_seed") == "simulation"]
+    if simulated:
+        warn += (
+            f"\n> **Simulation:** the noise at {', '.join(simulated)} was seeded from the run's "
+            "seed so the run reproduces. Anyone with the seed can regenerate that noise: this "
+            "is for research on data that needs no protection, never for a real release.\n"
+        )
     return f"""# Privacy report
 
 Generator: **{report["generator"]}**, {report["rounds"]} aggregated round(s).

@@ -40,6 +40,7 @@ class SiteReply:
     privacy: dict[str, float]
     accountant: str
     secure_mode: bool
+    noise_seed: str
     update: StateDict | None
 
 
@@ -91,6 +92,7 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
         privacy={k: float(v) for k, v in metrics.items()},
         accountant=str(info.get(keys.ACCOUNTANT, "")),
         secure_mode=bool(info.get(keys.SECURE_MODE, False)),
+        noise_seed=str(info.get(keys.NOISE_SEED, "unknown")),
         update=update,
     )
 

@@ -34,6 +34,7 @@ STATUS = "status"  # "trained" or "declined"
 REASON = "reason"  # human-readable decline reason
 ACCOUNTANT = "accountant"
 SECURE_MODE = "secure-mode"
+NOISE_SEED = "noise-seed"  # "secret" (site's OS randomness) or "simulation" (derived from run seed)
 SCHEMA_FINGERPRINT = "schema-fingerprint"
 
 STATUS_TRAINED = "trained"
@@ -51,6 +52,6 @@ SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
         TOTAL_STEPS,
         UPDATE_NORM_CLIPPED,
     ),
-    SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, SCHEMA_FINGERPRINT),
+    SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, NOISE_SEED, SCHEMA_FINGERPRINT),
 }
 OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS,)}

@@ -197,3 +197,19 @@ def test_corrupt_ledger_declines_and_is_not_reset(site: dict[str, Any]) -> None:
     assert reply.content[keys.SITE_INFO][keys.STATUS] == keys.STATUS_DECLINED
     assert "ledger" in reply.content[keys.SITE_INFO][keys.REASON]
     assert '"steps": 1' in ledger.read_text()  # left as found for the operator to restore
+
+
+def test_noise_is_not_determined_by_anything_the_server_sends(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    # Two real sites with identical data receive the identical message.
+    other = {**site, "state-dir": str(tmp_path / "state-b"), "site-name": "hospital-b"}
+    msg = train_message()
+
+    a = reply_for(site, msg).content
+    b = reply_for(other, msg).content
+
+    assert a[keys.SITE_INFO][keys.NOISE_SEED] == "secret"
+    ua = a[keys.UPDATE_ARRAYS].to_torch_state_dict()
+    ub = b[keys.UPDATE_ARRAYS].to_torch_state_dict()
+    assert any(not torch.equal(ua[k], ub[k]) for k in ua)
