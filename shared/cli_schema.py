@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from shared.manifest import load_model
-from shared.schema import Schema, draft_schema
+from shared.schema import Schema
+from shared.schema_draft import draft_schema
 from shared.tables import load_table, read_raw
 
 log = logging.getLogger("fedsynth")

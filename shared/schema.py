@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -38,10 +37,6 @@ ROLES: tuple[str, ...] = ("target", "treatment", "outcome")
 _COLUMN_KEYS = {"name", "type", "categories", "min", "max", "nullable", "description"}
 _MAX_CATEGORIES = 1000
 _MAX_NAME = 200
-
-
-class DraftSchemaWarning(UserWarning):
-    """A schema was read from private rows and must be reviewed before use."""
 
 
 @dataclass(frozen=True)
@@ -321,70 +316,3 @@ def category_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return value if isinstance(value, str) else str(value)
-
-
-def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") -> Schema:
-    """Draft a schema from a local table, for the consortium to review and edit.
-
-    The draft is read from private rows: its category lists and bounds reveal
-    values that occur in the data. It is a starting point only. Never ship it
-    unreviewed; round bounds out to documented clinical ranges first.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        The local table.
-    name : str
-        Name recorded in the schema.
-    source : str
-        Where the table came from (shown in the warning).
-
-    Returns
-    -------
-    Schema
-        A valid schema covering every column of ``frame``.
-    """
-    import pandas as pd
-
-    from shared.tables import MISSING_TOKENS
-
-    warnings.warn(
-        f"the draft schema was read from the private rows of {source}: its category lists and "
-        "min/max reveal real values. Review it, replace bounds with documented public ranges, "
-        "and have the consortium agree on it before any training.",
-        DraftSchemaWarning,
-        stacklevel=2,
-    )
-    columns: list[Column] = []
-    for col_name in frame.columns:
-        series = frame[col_name]
-        missing = series.isna() | series.map(
-            lambda v: isinstance(v, str) and v.strip() in MISSING_TOKENS
-        )
-        nullable = bool(missing.any())
-        values = series[~missing]
-        numeric = pd.to_numeric(values, errors="coerce")
-        is_numeric = (
-            len(values) > 0
-            and not pd.api.types.is_bool_dtype(series)
-            and numeric.notna().all()
-            and values.astype(str).nunique() > 10
-        )
-        if is_numeric:
-            is_int = bool((numeric == numeric.round()).all())
-            lo, hi = float(numeric.min()), float(numeric.max())
-            if hi <= lo:
-                hi = lo + 1.0
-            columns.append(
-                Column(
-                    str(col_name),
-                    "integer" if is_int else "continuous",
-                    minimum=lo,
-                    maximum=hi,
-                    nullable=nullable,
-                )
-            )
-        else:
-            cats = sorted({category_text(v) for v in values}) or ["missing"]
-            columns.append(Column(str(col_name), "categorical", tuple(cats), nullable=nullable))
-    return Schema(name=name, columns=tuple(columns))

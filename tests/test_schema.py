@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from shared.cohort import generate_cohort
 from shared.errors import SchemaError
-from shared.schema import Column, DraftSchemaWarning, Schema, draft_schema
+from shared.schema import Column, Schema
+from shared.schema_draft import DraftSchemaWarning, draft_schema
 from shared.tables import validate_frame
 
 
