@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from client.cli import add_site_options
 from client.errors import LedgerError
-from client.ledger import PrivacyLedger
+from client.ledger import PrivacyLedger, anchor_path_for
 from client.settings import LEDGER_FILE
 from shared.errors import FedsynthError
 from shared.schema import Schema
@@ -259,7 +259,7 @@ def check_ledger(
 ) -> Finding:
     """Open the privacy ledger read-only and compare the spend with the budget."""
     ledger_path = state_dir / LEDGER_FILE
-    anchor = ledger_path.with_name(ledger_path.name + ".anchor")
+    anchor = anchor_path_for(ledger_path)
     if not ledger_path.exists() and not anchor.exists():
         existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
         if not os.access(existing, os.W_OK):

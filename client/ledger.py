@@ -84,6 +84,11 @@ def _write_durably(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+def anchor_path_for(ledger_path: Path) -> Path:
+    """The anchor sidecar of a ledger file (entry count; detects deletion and rollback)."""
+    return ledger_path.with_name(ledger_path.name + ".anchor")
+
+
 class PrivacyLedger:
     """Cumulative privacy spend of one site.
 
@@ -98,7 +103,7 @@ class PrivacyLedger:
     @property
     def anchor_path(self) -> Path:
         """Sidecar that remembers the entry count (rollback and deletion detection)."""
-        return self.path.with_name(self.path.name + ".anchor")
+        return anchor_path_for(self.path)
 
     @classmethod
     def open(cls, path: str | Path, *, site: str, accountant: str = "rdp") -> PrivacyLedger:

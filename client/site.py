@@ -52,6 +52,11 @@ class RoundResult:
     num_rows: int = 0
 
 
+def update_norm(update: StateDict) -> float:
+    """Global L2 norm of a model update (all parameters together)."""
+    return float(torch.sqrt(torch.stack([(v.double() ** 2).sum() for v in update.values()]).sum()))
+
+
 def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     """Scale ``update`` so its global L2 norm is at most ``max_norm``.
 
@@ -60,11 +65,11 @@ def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     (dict, bool)
         The (possibly scaled) update and whether scaling happened.
     """
-    norm = torch.sqrt(torch.stack([(v.double() ** 2).sum() for v in update.values()]).sum())
-    if float(norm) <= max_norm:
+    norm = update_norm(update)
+    if norm <= max_norm:
         return update, False
     # The margin absorbs float32 rounding, so the result never exceeds the bound.
-    scale = max_norm / float(norm) * (1.0 - 1e-6)
+    scale = max_norm / norm * (1.0 - 1e-6)
     return {k: v * scale for k, v in update.items()}, True
 
 

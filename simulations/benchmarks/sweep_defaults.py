@@ -44,8 +44,9 @@ import pandas as pd
 import torch
 
 from client.settings import SiteSettings
-from client.site import clip_update, noise_seed
+from client.site import clip_update, noise_seed, update_norm
 from client.training import train_dp, train_plain
+from server.strategy import mean_update
 from shared.accounting import calibrate_noise
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings
@@ -203,18 +204,12 @@ def train_config(
                 )
                 new = local.state_dict()
                 update = {k: new[k].cpu() - global_state[k].cpu() for k in global_state}
-                norm = float(
-                    torch.sqrt(
-                        torch.stack([(v.double() ** 2).sum() for v in update.values()]).sum()
-                    )
-                )
-                info["update_norms"].append(round(norm, 3))
+                info["update_norms"].append(round(update_norm(update), 3))
                 update, clipped = clip_update(update, cfg.update_clip_norm)
                 info["clipped_updates"] += int(clipped)
                 updates.append(update)
-            global_state = {
-                k: global_state[k] + sum(u[k] for u in updates) / len(updates) for k in global_state
-            }
+            mean = mean_update(updates)  # the server's aggregation
+            global_state = {k: global_state[k] + mean[k] for k in global_state}
         family.load_state_dict(global_state)
     info["train_seconds"] = round(time.perf_counter() - start, 2)
     if info["update_norms"]:
