@@ -214,7 +214,8 @@ def truncated_normal(
     result always lies in ``[lo, hi]``.
     """
     safe = np.where(scale > 0, scale, 1.0)
-    a, b = (lo - loc) / safe, (hi - loc) / safe
+    with np.errstate(over="ignore"):  # ±inf standardised bounds are handled below
+        a, b = (lo - loc) / safe, (hi - loc) / safe
     flip = a > 0
     a, b = np.where(flip, -b, a), np.where(flip, -a, b)
     pa, pb = ndtr(a), ndtr(b)
