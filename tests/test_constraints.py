@@ -311,3 +311,8 @@ def test_truncated_normal_has_the_half_normal_mean() -> None:
     n = 200_000
     x = truncated_normal(np.zeros(n), np.ones(n), np.zeros(n), np.full(n, 1e9), rng.random(n))
     assert abs(x.mean() - math.sqrt(2 / math.pi)) < 0.01  # E|Z| = sqrt(2/pi)
+
+
+def test_readme_example_rows_validate() -> None:
+    rows = load_table(SCHEMA_FILE.parent / "constrained_rows.csv", SCHEMA)
+    assert len(rows) == 3 and rows["diastolic"].isna().sum() == 1
