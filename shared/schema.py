@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from shared.constraint_parse import parse_constraints
 from shared.constraint_plan import build_plan
-from shared.constraints import Constraint, parse_constraints
+from shared.constraints import Constraint
 from shared.errors import SchemaError
 
 SCHEMA_VERSION = 1
