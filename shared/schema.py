@@ -233,7 +233,8 @@ def _parse_constraints(
     if version != CONSTRAINTS_VERSION:
         problems.append(
             f"'constraints' need \"fedsynth_schema_version\": {CONSTRAINTS_VERSION}; "
-            "change the version (older fedsynth releases would ignore the rules)"
+            "change the version (so a fedsynth that predates constraints refuses the schema "
+            "instead of ignoring the rules)"
         )
     before = len(problems)
     constraints = parse_constraints(doc["constraints"], {c.name: c for c in columns}, problems)

@@ -73,6 +73,7 @@ def test_constrained_schema_through_simulation_release_and_conditional_sample(
             "3000",
             "--epsilon",
             "3",
+            "--no-evaluate",
             "--out",
             str(out),
         ]
