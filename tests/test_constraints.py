@@ -316,3 +316,78 @@ def test_truncated_normal_has_the_half_normal_mean() -> None:
 def test_readme_example_rows_validate() -> None:
     rows = load_table(SCHEMA_FILE.parent / "constrained_rows.csv", SCHEMA)
     assert len(rows) == 3 and rows["diastolic"].isna().sum() == 1
+
+
+_OPS = ["<", "<=", ">", ">="]
+
+
+@st.composite
+def _numeric_schemas(draw: st.DrawFn) -> dict[str, Any]:
+    """Three numeric columns (integer or continuous, small random bounds) and 1-3 comparisons."""
+    columns = []
+    for i in range(3):
+        lo = draw(st.integers(-4, 4))
+        columns.append(
+            {
+                "name": f"x{i}",
+                "type": draw(st.sampled_from(["integer", "continuous"])),
+                "min": lo,
+                "max": lo + draw(st.integers(1, 5)),
+            }
+        )
+    pairs = draw(
+        st.lists(
+            st.sampled_from([(0, 1), (1, 2), (0, 2), (2, 0)]), min_size=1, max_size=3, unique=True
+        )
+    )
+    constraints = [
+        {"type": "compare", "left": f"x{a}", "op": draw(st.sampled_from(_OPS)), "right": f"x{b}"}
+        for a, b in pairs
+    ]
+    return {"fedsynth_schema_version": 2, "columns": columns, "constraints": constraints}
+
+
+def _has_cycle(constraints: list[dict[str, str]]) -> bool:
+    """Whether the comparisons, as edges small -> big, go round (refused by design)."""
+    edges = {
+        (c["left"], c["right"]) if c["op"] in ("<", "<=") else (c["right"], c["left"])
+        for c in constraints
+    }
+    closure = set(edges)
+    for _ in range(3):
+        closure |= {(a, d) for a, b in closure for c, d in closure if b == c}
+    return any(a == b for a, b in closure)
+
+
+@settings(max_examples=40, deadline=None)
+@given(doc=_numeric_schemas(), seed=st.integers(0, 1000))
+def test_comparison_chains_are_refused_exactly_when_impossible_and_otherwise_met(
+    doc: dict[str, Any], seed: int
+) -> None:
+    try:
+        schema = Schema.from_dict(doc)
+    except SchemaError as exc:
+        expected = "go round in a circle" if _has_cycle(doc["constraints"]) else "cannot satisfy"
+        assert expected in str(exc)
+        schema = None
+    if all(c["type"] == "integer" for c in doc["columns"]):
+        # Brute force over every integer row: is any row possible at all?
+        grids = [range(c["min"], c["max"] + 1) for c in doc["columns"]]
+        frame = pd.DataFrame(
+            [(a, b, c) for a in grids[0] for b in grids[1] for c in grids[2]],
+            columns=["x0", "x1", "x2"],
+            dtype="float64",
+        )
+        ok = np.ones(len(frame), dtype=bool)
+        for con in doc["constraints"]:
+            left, right = frame[con["left"]], frame[con["right"]]
+            ok &= {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[
+                con["op"]
+            ].to_numpy()
+        if not _has_cycle(doc["constraints"]):
+            assert (schema is not None) == bool(ok.any())
+    if schema is not None:
+        torch.manual_seed(seed)
+        rows = build_generator(schema, ModelSettings()).sample(300, seed=seed)
+        for rule in schema.constraints:
+            assert not rule.violations(rows).any(), rule.describe()
