@@ -44,6 +44,14 @@ def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--n", type=int, required=True, help="number of rows")
     p.add_argument("--out", default="synthetic.csv")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="COL=VALUE",
+        help="every row holds this category (repeatable; categorical columns)",
+    )
+    p.add_argument("--rebalance", metavar="COL", help="equal counts per category of COL")
     p.set_defaults(handler=cli_schema.sample)
 
 

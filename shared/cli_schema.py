@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from shared.errors import ConfigError
 from shared.manifest import load_model
 from shared.schema import Schema
 from shared.schema_draft import draft_schema
@@ -38,10 +39,27 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_conditions(items: list[str]) -> dict[str, str]:
+    """Turn ``["COL=VALUE", ...]`` into a mapping, refusing malformed or repeated columns."""
+    out: dict[str, str] = {}
+    for item in items:
+        col, sep, value = item.partition("=")
+        if not sep or not col or not value:
+            raise ConfigError(
+                f"--condition {item!r} must be COL=VALUE, e.g. --condition sex=female"
+            )
+        if col in out:
+            raise ConfigError(f"--condition names {col!r} twice; give one value per column")
+        out[col] = value
+    return out
+
+
 def sample(args: argparse.Namespace) -> int:
-    """Sample rows from a released model folder."""
+    """Sample rows from a released model folder (optionally conditioned or rebalanced)."""
     family, _ = load_model(args.model)
-    table = family.sample(args.n, seed=args.seed)
+    conditions = parse_conditions(getattr(args, "condition", None) or [])
+    rebalance = getattr(args, "rebalance", None)
+    table = family.sample(args.n, seed=args.seed, conditions=conditions, rebalance=rebalance)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(f"wrote {len(table)} synthetic rows to {args.out}")

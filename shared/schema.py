@@ -17,6 +17,11 @@ Document format (``fedsynth_schema_version`` 1)::
       ],
       "roles": {"target": "died", "treatment": "statin", "outcome": "ldl_change"}
     }
+
+Version 2 adds an optional ``"constraints"`` list (see :mod:`shared.constraints`).
+Version 1 documents stay valid and keep their fingerprint; a document that
+declares constraints must say version 2, so an older fedsynth refuses it
+instead of silently ignoring the rules.
 """
 
 from __future__ import annotations
@@ -28,9 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from shared.constraint_parse import parse_constraints
+from shared.constraint_plan import build_plan
+from shared.constraints import Constraint
 from shared.errors import SchemaError
 
 SCHEMA_VERSION = 1
+#: The version that introduced ``constraints``; both are read.
+CONSTRAINTS_VERSION = 2
+SUPPORTED_VERSIONS = (SCHEMA_VERSION, CONSTRAINTS_VERSION)
 ColumnKind = Literal["categorical", "integer", "continuous"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
 ROLES: tuple[str, ...] = ("target", "treatment", "outcome")
@@ -98,6 +109,7 @@ class Schema:
     columns: tuple[Column, ...]
     roles: dict[str, str] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    constraints: tuple[Constraint, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -120,6 +132,8 @@ class Schema:
         }
         if self.roles:
             doc["roles"] = dict(sorted(self.roles.items()))
+        if self.constraints:
+            doc["constraints"] = [c.to_dict() for c in self.constraints]
         return doc
 
     def canonical_json(self) -> str:
@@ -170,11 +184,12 @@ class Schema:
         if not isinstance(doc, dict):
             raise SchemaError(source, [f"top level must be a JSON object, got {_tname(doc)}"])
         version = doc.get("fedsynth_schema_version")
-        if type(version) is not int or version != SCHEMA_VERSION:
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
             problems.append(
-                f"'fedsynth_schema_version' must be {SCHEMA_VERSION} (got {version!r}); "
-                "add the field or convert the document"
+                f"'fedsynth_schema_version' must be {SCHEMA_VERSION} or {CONSTRAINTS_VERSION} "
+                f"(got {version!r}); add the field or convert the document"
             )
+            version = SCHEMA_VERSION
         name = doc.get("name", "table")
         if not isinstance(name, str) or not name:
             problems.append("'name' must be a non-empty string")
@@ -194,12 +209,38 @@ class Schema:
                 seen.add(col.name)
                 columns.append(col)
         roles = _parse_roles(doc.get("roles", {}), {c.name: c for c in columns}, problems)
-        unknown = set(doc) - {"fedsynth_schema_version", "name", "columns", "roles", "description"}
+        constraints = _parse_constraints(doc, version, columns, problems)
+        top = {"fedsynth_schema_version", "name", "columns", "roles", "description", "constraints"}
+        unknown = set(doc) - top
         if unknown:
             problems.append(f"unknown top-level field(s) {sorted(unknown)}; remove them")
         if problems:
             raise SchemaError(source, problems)
-        return cls(name=name, columns=tuple(columns), roles=roles, version=SCHEMA_VERSION)
+        return cls(
+            name=name,
+            columns=tuple(columns),
+            roles=roles,
+            version=version,
+            constraints=constraints,
+        )
+
+
+def _parse_constraints(
+    doc: dict[str, Any], version: int, columns: list[Column], problems: list[str]
+) -> tuple[Constraint, ...]:
+    if "constraints" not in doc:
+        return ()
+    if version != CONSTRAINTS_VERSION:
+        problems.append(
+            f"'constraints' need \"fedsynth_schema_version\": {CONSTRAINTS_VERSION}; "
+            "change the version (so a fedsynth that predates constraints refuses the schema "
+            "instead of ignoring the rules)"
+        )
+    before = len(problems)
+    constraints = parse_constraints(doc["constraints"], {c.name: c for c in columns}, problems)
+    if len(problems) == before:  # only a well-formed set can be checked for contradictions
+        build_plan(tuple(columns), constraints, problems)
+    return constraints
 
 
 def _tname(value: Any) -> str:

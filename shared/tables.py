@@ -151,7 +151,28 @@ def validate_frame(raw: pd.DataFrame, schema: Schema, *, source: str = "<table>"
             out[col.name] = _check_column(raw[col.name], col, problems)
     if problems:
         raise DataValidationError(source, problems)
-    return pd.DataFrame(out, columns=schema.names)
+    frame = pd.DataFrame(out, columns=schema.names)
+    _check_constraints(frame, schema, problems)
+    if problems:
+        raise DataValidationError(source, problems)
+    return frame
+
+
+def _check_constraints(frame: pd.DataFrame, schema: Schema, problems: list[str]) -> None:
+    """A row breaking a declared constraint is a data error (or a schema too strict)."""
+    for con in schema.constraints:
+        bad = con.violations(frame)
+        if not bad.any():
+            continue
+        shown = []
+        for i in np.flatnonzero(bad)[:_EXAMPLES]:
+            cells = ", ".join(f"{c}={frame[c].iloc[i]!r}" for c in dict.fromkeys(con.columns))
+            shown.append(f"line {i + 2}: {cells}")
+        problems.append(
+            f"{int(bad.sum())} row(s) break the schema constraint {con.describe()} "
+            f"({'; '.join(shown)}); correct those rows, or ask the consortium to correct the "
+            "constraint"
+        )
 
 
 def _lines(mask: np.ndarray, values: pd.Series) -> str:

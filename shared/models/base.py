@@ -6,15 +6,19 @@ of its weights, the part of it that sees real rows (trained with DP-SGD by the
 site), a per-row loss with a ``reduction`` attribute (so Opacus's ghost
 clipping can get per-row losses), and a sampler.
 
-:meth:`GeneratorFamily.sample` is a template method: the family draws encoded
-rows, and the base class decodes them with the schema-only transformer, so every
-family's output has the schema's dtypes and bounds.
+:meth:`GeneratorFamily.sample` is a template method: the family describes each
+row by its output distribution (:meth:`GeneratorFamily.sample_distribution`;
+by default point distributions at the rows of ``sample_encoded``), and the base
+class draws the values with :class:`shared.constrained.ConstrainedDecoder`, so
+every family's output has the schema's dtypes and bounds, meets the schema's
+constraints, and can be conditioned on column values
+(:mod:`shared.models.sampling`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -23,7 +27,9 @@ import torch
 from torch import nn
 
 from shared.config import ModelSettings
+from shared.constrained import ConstrainedDecoder, RowDistribution
 from shared.errors import ConfigError, ModelError
+from shared.models import sampling
 from shared.schema import Schema
 from shared.transforms import TableTransformer
 
@@ -47,6 +53,7 @@ class GeneratorFamily(ABC):
         self.schema = schema
         self.settings = settings
         self.transformer = TableTransformer(schema)
+        self.decoder = ConstrainedDecoder(self.transformer)
         self.module: nn.Module = self.build_module()
 
     @abstractmethod
@@ -69,26 +76,68 @@ class GeneratorFamily(ABC):
         """Encode a validated table with the schema-only transformer."""
         return self.transformer.encode(frame)
 
+    def sample_distribution(self, n: int, generator: torch.Generator) -> RowDistribution:
+        """Output distribution of ``n`` sampled rows (override to expose probabilities).
+
+        The default wraps :meth:`sample_encoded` in point distributions: valid
+        for any family, but then constraints and conditions can only be met by
+        redrawing rows (bounded). A family whose columns are independent given
+        some draw (the VAE's latent z) should return the per-span probabilities
+        and Gaussian parameters for that draw instead.
+        """
+        return RowDistribution.point(self.sample_encoded(n, generator).float().cpu().numpy())
+
     @torch.no_grad()
-    def sample(self, n: int, *, seed: int = 0, batch_size: int = 65_536) -> pd.DataFrame:
+    def sample(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        batch_size: int = 65_536,
+        conditions: Mapping[str, str] | None = None,
+        rebalance: str | None = None,
+    ) -> pd.DataFrame:
         """Sample ``n`` synthetic rows as a table valid against the schema.
 
         Sampling is post-processing of the released weights: it touches no data.
+
+        Parameters
+        ----------
+        n : int
+            Number of rows.
+        seed : int
+            Seed of every random draw; the same seed gives the same table.
+        batch_size : int
+            Rows drawn from the model at once.
+        conditions : mapping of str to str, optional
+            ``{column: category}``: every row holds these values, and the other
+            columns follow the model's conditional distribution given them.
+        rebalance : str, optional
+            A categorical column whose categories all get (near) equal counts.
+
+        Raises
+        ------
+        ConfigError
+            An unknown column or category, a numeric column, or conditions the
+            schema's constraints (or the model) give probability zero.
         """
         if n < 0:
             raise ConfigError(f"cannot sample a negative number of rows ({n})")
+        conds = sampling.check_conditions(self.schema, conditions, rebalance)
         device = next(self.module.parameters()).device
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
+        rng = np.random.default_rng(seed)
         self.module.eval()
-        parts = []
-        for start in range(0, n, batch_size):
-            k = min(batch_size, n - start)
-            parts.append(self.sample_encoded(k, gen).float().cpu().numpy())
-        encoded = (
-            np.concatenate(parts) if parts else np.zeros((0, self.transformer.width), np.float32)
-        )
-        return self.transformer.decode(encoded)
+
+        def draw(k: int) -> RowDistribution:
+            return self.sample_distribution(k, gen)
+
+        if rebalance:
+            return sampling.rebalanced(self.decoder, draw, n, rebalance, conds, rng, batch_size)
+        if conds:
+            return sampling.draw_conditioned(self.decoder, draw, n, conds, rng, batch_size)
+        return sampling.draw_rows(self.decoder, draw, n, rng, batch_size)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Weights as a plain state dict (Opacus's ``_module.`` prefix removed)."""

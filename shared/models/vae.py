@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.constrained import RowDistribution
 from shared.models.base import GeneratorFamily, register_family
 from shared.transforms import SpanInfo
 
@@ -136,3 +137,31 @@ class DPVAE(GeneratorFamily):
                 idx = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
                 out[:, span.start : span.stop].scatter_(1, idx, 1.0)
         return out
+
+    def sample_distribution(self, n: int, generator: torch.Generator) -> RowDistribution:
+        """Per-row decoder distributions for ``n`` latent draws ``z ~ N(0, I)``.
+
+        Given z the columns are independent: a softmax per one-hot span and a
+        Gaussian (tanh mean, learned std) per numeric value. Exposing these lets
+        the constrained decoder renormalise over allowed values and lets
+        conditional sampling weight each z by the probability of the condition.
+        """
+        vae = self.module
+        if not isinstance(vae, TabularVAE):  # pragma: no cover - guarded by build_module
+            raise TypeError("module is not a TabularVAE")
+        device = next(vae.parameters()).device
+        z = torch.randn(n, vae.latent, generator=generator, device=device)
+        dec = vae.decode(z)
+        params = torch.zeros(n, vae.data_dim, device=device, dtype=torch.float64)
+        scale = torch.zeros(n, vae.data_dim, device=device)
+        j = 0
+        for span in self.transformer.spans:
+            block = dec[:, span.start : span.stop]
+            if span.kind == "numeric":
+                ls = dec[:, vae.data_dim + j].clamp(_LOGSTD_MIN, _LOGSTD_MAX)
+                params[:, span.start] = torch.tanh(block[:, 0])
+                scale[:, span.start] = torch.exp(ls)
+                j += 1
+            else:
+                params[:, span.start : span.stop] = torch.softmax(block.double(), dim=1)
+        return RowDistribution(params.cpu().numpy(), scale.cpu().numpy())
