@@ -94,7 +94,8 @@ class FixedPointCodec:
         scaled = (np.clip(x, -self.clip, self.clip) + self.clip) / self.step
         low = np.floor(scaled)
         up = rng.random(x.shape) < (scaled - low)
-        return np.minimum(low + up, self.levels).astype(np.uint64)
+        out: IntVector = np.minimum(low + up, self.levels).astype(np.uint64)
+        return out
 
     def add(self, a: IntVector, b: IntVector) -> IntVector:
         """``(a + b) mod 2**k`` elementwise."""
