@@ -155,7 +155,7 @@ def handle_masked_train(msg: Message, context: Context, train: Callable[[], Reco
     except (FedsynthError, ValueError) as exc:
         # The ledger was charged; the update is withheld (a dropout for the protocol).
         return _refuse(msg, exc)
-    content[keys.MASKED_UPDATE] = ArrayRecord({keys.MASKED_VECTOR: Array(masked)})
+    content[keys.MASKED_UPDATE] = ArrayRecord({keys.MASKED_VECTOR: Array(codec.to_wire(masked))})
     return Message(content, reply_to=msg)
 
 

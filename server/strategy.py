@@ -90,8 +90,9 @@ def parse_reply(msg: Message, expected_keys: set[str], *, masked: bool = False) 
             if set(arrays) != {keys.MASKED_VECTOR}:
                 raise ProtocolError(f"node {node} sent a malformed masked update")
             vector = arrays[keys.MASKED_VECTOR].numpy()
-            if vector.dtype != np.uint64 or vector.ndim != 1:
-                raise ProtocolError(f"node {node} sent a masked update that is not uint64[n]")
+            if vector.dtype not in (np.uint32, np.uint64) or vector.ndim != 1:
+                raise ProtocolError(f"node {node} sent a masked update that is not uint32/64[n]")
+            vector = vector.astype(np.uint64)
         else:
             update = arrays.to_torch_state_dict()
             if set(update) != expected_keys:

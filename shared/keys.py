@@ -62,7 +62,7 @@ SECAGG_SHARE_KEYS = "secagg_share_keys"  # server -> site: roster; site -> serve
 SECAGG_TRAIN = "secagg_train"  # as a train message, plus the peers; reply masks the update
 SECAGG_UNMASK = "secagg_unmask"  # server -> site: survivors, dropped, inbox; site -> server: shares
 SECAGG = "secagg"  # ConfigRecord carrying the fields below, in every stage
-MASKED_UPDATE = "masked-update"  # ArrayRecord: one uint64 vector, the masked quantised update
+MASKED_UPDATE = "masked-update"  # ArrayRecord: one uint32/64 vector, the masked quantised update
 MASKED_VECTOR = "vector"  # the array's name inside MASKED_UPDATE
 
 SA_INDEX = "index"  # the site's protocol index (1..N)

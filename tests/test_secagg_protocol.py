@@ -191,3 +191,13 @@ def test_any_t_shares_rebuild_the_secret(t: int, extra: int, secret: bytes) -> N
     subset = {x: shares[x] for x in holders[extra:]}
 
     assert combine_shares(subset, threshold=t) == secret
+
+
+def test_cost_benchmark_runs_and_stays_within_its_error_bound() -> None:
+    from simulations.benchmarks.secagg_cost import measure
+
+    out = measure(sites=4, params=300, bits=16)
+
+    assert out["threshold"] == 3
+    assert out["site_upload_bytes"]["masked_update"] == 4 * 300  # k = 18 bits: sent as uint32
+    assert out["max_abs_error_of_sum"] < out["error_bound_of_sum"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -96,6 +97,10 @@ class FixedPointCodec:
         up = rng.random(x.shape) < (scaled - low)
         out: IntVector = np.minimum(low + up, self.levels).astype(np.uint64)
         return out
+
+    def to_wire(self, v: IntVector) -> npt.NDArray[np.unsignedinteger[Any]]:
+        """``v`` in the narrowest unsigned dtype that holds ``2**k`` (uint32 when k <= 32)."""
+        return v.astype(np.uint32) if self.modulus_bits <= 32 else v
 
     def add(self, a: IntVector, b: IntVector) -> IntVector:
         """``(a + b) mod 2**k`` elementwise."""
