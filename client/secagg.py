@@ -26,6 +26,7 @@ from shared.errors import FedsynthError
 from shared.secagg import (
     FixedPointCodec,
     PublicKeys,
+    SecAggAbortedError,
     SecAggProtocolError,
     SiteSecrets,
     site_mask,
@@ -131,6 +132,11 @@ def handle_masked_train(msg: Message, context: Context, train: Callable[[], Reco
         me = _secrets(state)
         if me.index not in peers:
             raise SecAggProtocolError("this site's shares were not relayed; it sits this round out")
+        if len(peers) < cast(int, state[keys.SA_THRESHOLD]):
+            raise SecAggAbortedError(
+                f"only {len(peers)} site(s) shared keys, fewer than the threshold; "
+                "this site does not train or send anything this round"
+            )
     except (FedsynthError, KeyError, ValueError) as exc:
         return _refuse(msg, exc)
     content = train()  # charges the ledger when the site trains

@@ -237,3 +237,27 @@ def test_two_dropouts_abort_and_release_nothing(
     out = Path(settings.out_dir)
     assert not (out / "model").exists() and not (out / "synthetic.csv").exists()
     assert not list(out.glob("checkpoints/*"))
+
+
+def test_site_without_protocol_state_refuses_before_charging_its_ledger(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    settings, cfg = make_run(sites_template, tmp_path / "run", **{"secure-aggregation": True})
+    _, state, config = round_inputs(settings)
+    grid = InProcessGrid(cfg)
+    msg = Message(
+        content=RecordDict(
+            {
+                keys.GLOBAL_ARRAYS: ArrayRecord(state),
+                keys.TRAIN_CONFIG: config,
+                keys.SECAGG: ConfigRecord({keys.SA_CONTEXT: b"x", keys.SA_PEERS: [1, 2]}),
+            }
+        ),
+        dst_node_id=101,
+        message_type=f"train.{keys.SECAGG_TRAIN}",
+    )
+
+    (reply,) = grid.send_and_receive([msg])
+
+    assert reply.has_error() and "no secure aggregation state" in reply.error.reason
+    assert not (tmp_path / "run" / "sites" / "site-0" / "state" / "privacy_ledger.json").exists()
