@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import secagg
 from client.errors import LedgerError, SiteConfigError, TrainingError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
@@ -78,6 +79,13 @@ def build_reply_content(
 
 def handle_train(msg: Message, context: Context) -> Message:
     """Validate, train under the ledger, and reply (or decline with a safe reason)."""
+    return Message(content=build_reply_content(*train_round(msg, context)), reply_to=msg)
+
+
+def train_round(
+    msg: Message, context: Context
+) -> tuple[SiteSettings | None, TrainSettings | None, RoundResult]:
+    """The site's round (errors become a declined result with a safe reason)."""
     site: SiteSettings | None = None
     train: TrainSettings | None = None
     try:
@@ -94,7 +102,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     except Exception as exc:  # a bug must not leak values in a traceback
         log.exception("round failed")
         result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
-    return Message(content=build_reply_content(site, train, result), reply_to=msg)
+    return site, train, result
 
 
 def _spent(site: SiteSettings | None) -> float:
@@ -114,3 +122,31 @@ def train(msg: Message, context: Context) -> Message:
     """Flower entry point for train messages."""
     setup_logging()
     return handle_train(msg, context)
+
+
+@app.train(keys.SECAGG_SETUP)
+def secagg_setup(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 1 (see :mod:`client.secagg`)."""
+    setup_logging()
+    return secagg.handle_setup(msg, context)
+
+
+@app.train(keys.SECAGG_SHARE_KEYS)
+def secagg_share_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 2."""
+    return secagg.handle_share_keys(msg, context)
+
+
+@app.train(keys.SECAGG_TRAIN)
+def secagg_train(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 3: train as in :func:`train`, send the masked update."""
+    setup_logging()
+    return secagg.handle_masked_train(
+        msg, context, lambda: build_reply_content(*train_round(msg, context))
+    )
+
+
+@app.train(keys.SECAGG_UNMASK)
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4."""
+    return secagg.handle_unmask(msg, context)

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.checkpoint import CheckpointStore
 from server.release import release
 from server.report import site_entry
+from server.secagg import secure_round
 from server.strategy import SiteAveraging
 from shared.config import RunSettings
 from shared.logs import setup_logging
@@ -88,12 +89,17 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             rnd, noise_multiplier=sigma, schema_fingerprint=schema.fingerprint()
         )
         config = ConfigRecord(cast("dict[str, ConfigRecordValues]", train.to_config()))
-        messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
-        replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
-        agg, _ = strategy.aggregate_train(rnd, replies)
-        if agg is None:  # pragma: no cover - aggregate_train raises instead
-            continue
-        update = agg.to_torch_state_dict()
+        secure: dict[str, Any] = {}
+        if settings.secure_aggregation:
+            update, info = secure_round(grid, strategy, rnd, state, config, settings)
+            secure = {"secure_aggregation": info.as_dict()}
+        else:
+            messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
+            replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+            agg, _ = strategy.aggregate_train(rnd, replies)
+            if agg is None:  # pragma: no cover - aggregate_train raises instead
+                continue
+            update = agg.to_torch_state_dict()
         state = {k: state[k] + update[k].to(state[k].dtype) for k in state}
         for rep in strategy.last_replies:
             sites[rep.site] = site_entry(
@@ -105,6 +111,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 "seconds": round(time.perf_counter() - t0, 3),
                 "trained": sorted(r.site for r in strategy.last_replies if r.trained),
                 "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
+                **secure,
             }
         )
         store.save(rnd, state, sites, history)

@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from server.deploy import ServerOptions, run_server
-from shared.cli_options import add_run_options, run_overrides
+from shared.cli_options import (
+    add_run_options,
+    add_secagg_options,
+    run_overrides,
+    secagg_overrides,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--synthetic-rows", type=int, default=10_000)
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait per round")
     add_run_options(p)
+    # Deployment: on by default (a cautious consortium requires it).
+    add_secagg_options(p, default=True)
     p.set_defaults(handler=_run)
 
 
@@ -52,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         "synthetic-rows": args.synthetic_rows,
         "round-timeout": args.round_timeout,
         **run_overrides(args),
+        **secagg_overrides(args),
     }
     out = run_server(opts, overrides)
     print(f"fedsynth: outputs in {out}")

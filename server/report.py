@@ -66,19 +66,101 @@ def build_report(
             "aggregation": "uniform mean of L2-clipped site updates (FedAvg)",
             "update_clip_norm": settings.update_clip_norm,
             "sampling": "Poisson (Opacus DPDataLoader)",
-            "secure_aggregation": False,
+            "secure_aggregation": settings.secure_aggregation,
         },
-        "sent_by_each_site": {rec: list(fields) for rec, fields in keys.SITE_REPLY_FIELDS.items()},
+        "secure_aggregation": secure_aggregation_facts(settings),
+        "sent_by_each_site": {
+            rec: list(fields)
+            for rec, fields in (
+                keys.SECAGG_REPLY_FIELDS if settings.secure_aggregation else keys.SITE_REPLY_FIELDS
+            ).items()
+        },
         "opt_in_fields_sent": ["num-rows"] if shared_counts else [],
         "not_protected": [
             "which sites took part in each round, and each site's name",
             "the schema (public by design: column types, category lists, bounds)",
             "the DP parameters (sigma, q, C, steps) and each site's cumulative epsilon",
-            "the coordinator sees each site's individual update (secure aggregation is not enabled "
-            "in this version); those updates are themselves DP",
+            *(
+                [
+                    "the coordinator sees the sum of the surviving sites' updates each round (and "
+                    "which sites survived); that sum is post-processing of DP updates"
+                ]
+                if settings.secure_aggregation
+                else [
+                    "the coordinator sees each site's individual update (secure aggregation was "
+                    "off for this run); those updates are themselves DP"
+                ]
+            ),
         ],
         "round_history": history,
     }
+
+
+def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
+    """What secure aggregation hid from the server, what it did not, and the trust assumed."""
+    if not settings.secure_aggregation:
+        return {"enabled": False}
+    threshold = settings.secagg_threshold or "a strict majority of the sampled sites (at least 2)"
+    return {
+        "enabled": True,
+        "protocol": (
+            "Bonawitz et al., CCS 2017 (pairwise X25519 masks + self masks, Shamir shares "
+            "relayed under AES-GCM), semi-honest server"
+        ),
+        "threshold": threshold,
+        "quantisation": (
+            f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
+            f"stochastically rounded to 2^{settings.secagg_bits} levels"
+        ),
+        "server_sees": [
+            "the sum (hence the mean) of the surviving sites' quantised updates, each round",
+            "which sites took part in each round and how many survived (round_history)",
+            "each site's name, cumulative ε, δ and the other public accounting fields",
+            "masked update vectors, uniformly random to the server on their own",
+        ],
+        "trust_assumption": (
+            f"an individual site's update stays hidden unless the server colludes with "
+            f"{threshold} or more sites, or the sites' secrets leak; a round with fewer "
+            "surviving sites than the threshold is aborted and reveals nothing"
+        ),
+        "aborted_rounds": (
+            "a site that trained in a round that later aborted keeps that round's ε charge "
+            "in its ledger (at most one round's spend); nothing from that round is released"
+        ),
+    }
+
+
+def _md_secagg(report: dict[str, Any]) -> str:
+    facts = report.get("secure_aggregation", {"enabled": False})
+    if not facts["enabled"]:
+        return (
+            "## Secure aggregation\n\nOff for this run: the coordinator saw each site's "
+            "(DP, clipped) update.\n"
+        )
+    sees = "\n".join(f"- {x}" for x in facts["server_sees"])
+    rounds = "\n".join(
+        f"- round {h['round']}: {', '.join(h['trained']) or 'none'} "
+        f"({h['secure_aggregation']['survivors']} survivor(s), threshold "
+        f"{h['secure_aggregation']['threshold']})"
+        for h in report["round_history"]
+        if "secure_aggregation" in h
+    )
+    return f"""## Secure aggregation
+
+On: {facts["protocol"]}. The server learns only the sum of the sites' updates.
+Quantisation: {facts["quantisation"]}.
+
+What the server still sees:
+
+{sees}
+
+Trust assumption: {facts["trust_assumption"]}.
+Aborted rounds: {facts["aborted_rounds"]}.
+
+Sites in each round:
+
+{rounds}
+"""
 
 
 def _md_table(sites: list[dict[str, Any]]) -> str:
@@ -136,6 +218,7 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
 - noise placement: {run["noise_placement"]} (each site runs DP-SGD on its own rows);
   aggregation: {run["aggregation"]}, update clip norm {run["update_clip_norm"]}
 
+{_md_secagg(report)}
 ## What each site sent
 
 {sent}

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
@@ -42,10 +44,14 @@ class SiteReply:
     secure_mode: bool
     noise_seed: str
     update: StateDict | None
+    masked: npt.NDArray[np.uint64] | None = None  # under secure aggregation, instead of update
 
 
-def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
+def parse_reply(msg: Message, expected_keys: set[str], *, masked: bool = False) -> SiteReply:
     """Check one reply against the agreed format and extract its content.
+
+    With ``masked`` (secure aggregation) the format is
+    :data:`shared.keys.SECAGG_REPLY_FIELDS`: a masked vector replaces the update.
 
     Raises
     ------
@@ -54,7 +60,8 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
     """
     node = msg.metadata.src_node_id
     content = msg.content
-    allowed_records = set(keys.SITE_REPLY_FIELDS)
+    allowed_records = set(keys.SECAGG_REPLY_FIELDS if masked else keys.SITE_REPLY_FIELDS)
+    update_key = keys.MASKED_UPDATE if masked else keys.UPDATE_ARRAYS
     extra = set(content.keys()) - allowed_records
     if extra:
         raise ProtocolError(f"node {node} sent unexpected record(s) {sorted(extra)}")
@@ -72,17 +79,25 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
     if set(info) - set(keys.SITE_REPLY_FIELDS[keys.SITE_INFO]):
         raise ProtocolError(f"node {node} sent unexpected site field(s)")
     trained = info.get(keys.STATUS) == keys.STATUS_TRAINED
-    update = None
+    update, vector = None, None
     if trained:
-        if keys.UPDATE_ARRAYS not in content:
+        if update_key not in content:
             raise ProtocolError(f"node {node} reported 'trained' without an update")
-        arrays = content[keys.UPDATE_ARRAYS]
+        arrays = content[update_key]
         if not isinstance(arrays, ArrayRecord):
             raise ProtocolError(f"node {node} sent an update that is not an ArrayRecord")
-        update = arrays.to_torch_state_dict()
-        if set(update) != expected_keys:
-            raise ProtocolError(f"node {node} sent an update for a different model")
-    elif keys.UPDATE_ARRAYS in content:
+        if masked:
+            if set(arrays) != {keys.MASKED_VECTOR}:
+                raise ProtocolError(f"node {node} sent a malformed masked update")
+            vector = arrays[keys.MASKED_VECTOR].numpy()
+            if vector.dtype not in (np.uint32, np.uint64) or vector.ndim != 1:
+                raise ProtocolError(f"node {node} sent a masked update that is not uint32/64[n]")
+            vector = vector.astype(np.uint64)
+        else:
+            update = arrays.to_torch_state_dict()
+            if set(update) != expected_keys:
+                raise ProtocolError(f"node {node} sent an update for a different model")
+    elif update_key in content:
         raise ProtocolError(f"node {node} declined but still sent an update")
     return SiteReply(
         node_id=node,
@@ -94,6 +109,7 @@ def parse_reply(msg: Message, expected_keys: set[str]) -> SiteReply:
         secure_mode=bool(info.get(keys.SECURE_MODE, False)),
         noise_seed=str(info.get(keys.NOISE_SEED, "unknown")),
         update=update,
+        masked=vector,
     )
 
 
@@ -130,6 +146,20 @@ class SiteAveraging(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the valid updates; raise if fewer than ``min_sites`` arrived."""
+        parsed = self.parse_replies(server_round, replies)
+        # Sorted by site so the float sum, and hence a seeded run, is independent of
+        # the order in which replies arrived.
+        ordered = sorted(parsed, key=lambda r: (r.site, r.node_id))
+        updates = [r.update for r in ordered if r.trained and r.update is not None]
+        self.check_quorum(server_round, parsed, len(updates))
+        agg = mean_update(updates)
+        metrics: dict[str, Any] = {"sites-trained": len(updates), "sites-replied": len(parsed)}
+        return ArrayRecord(agg), MetricRecord(metrics)
+
+    def parse_replies(
+        self, server_round: int, replies: Iterable[Message], *, masked: bool = False
+    ) -> list[SiteReply]:
+        """The valid replies (see :func:`parse_reply`); the others are logged and dropped."""
         parsed: list[SiteReply] = []
         for msg in replies:
             if msg.has_error():
@@ -141,27 +171,24 @@ class SiteAveraging(FedAvg):
                 )
                 continue
             try:
-                parsed.append(parse_reply(msg, self.expected_keys))
+                parsed.append(parse_reply(msg, self.expected_keys, masked=masked))
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 log.warning("round %d: reply discarded: %s", server_round, exc)
         self.last_replies = parsed
         for rep in parsed:
             if not rep.trained:
                 log.warning("round %d: site %s declined: %s", server_round, rep.site, rep.reason)
-        # Sorted by site so the float sum, and hence a seeded run, is independent of
-        # the order in which replies arrived.
-        ordered = sorted(parsed, key=lambda r: (r.site, r.node_id))
-        updates = [r.update for r in ordered if r.trained and r.update is not None]
-        if len(updates) < self.min_sites:
+        return parsed
+
+    def check_quorum(self, server_round: int, parsed: list[SiteReply], n_updates: int) -> None:
+        """Raise :class:`RoundFailedError` if fewer than ``min_sites`` updates are usable."""
+        if n_updates < self.min_sites:
             declined = "; ".join(f"{r.site}: {r.reason}" for r in parsed if not r.trained)
             raise RoundFailedError(
-                f"round {server_round}: only {len(updates)} valid site update(s), fewer than the "
+                f"round {server_round}: only {n_updates} valid site update(s), fewer than the "
                 f"minimum of {self.min_sites}; nothing was aggregated for this round."
                 + (f" Declines: {declined}" if declined else " Missing sites timed out or failed.")
                 + " Fix the sites and rerun with the same --out to resume from the last checkpoint."
             )
-        if len(updates) < len(parsed) or len(updates) == 1:
-            log.warning("round %d: aggregating %d site update(s)", server_round, len(updates))
-        agg = mean_update(updates)
-        metrics: dict[str, Any] = {"sites-trained": len(updates), "sites-replied": len(parsed)}
-        return ArrayRecord(agg), MetricRecord(metrics)
+        if n_updates < len(parsed) or n_updates == 1:
+            log.warning("round %d: aggregating %d site update(s)", server_round, n_updates)

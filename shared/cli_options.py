@@ -62,3 +62,35 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "generator": args.generator,
         "seed": args.seed,
     }
+
+
+def add_secagg_options(p: argparse.ArgumentParser, *, default: bool) -> None:
+    """Add the secure aggregation options; ``default`` differs by command."""
+    g = p.add_argument_group("secure aggregation (the server learns only the sum of updates)")
+    g.add_argument(
+        "--secure-aggregation",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help=f"mask each site's update so the server sees only their sum (default {default})",
+    )
+    g.add_argument(
+        "--secagg-threshold",
+        type=int,
+        default=_D.secagg_threshold,
+        help="sites needed at every stage; fewer abort the round (default 0: a strict majority)",
+    )
+    g.add_argument(
+        "--secagg-bits",
+        type=int,
+        default=_D.secagg_bits,
+        help=f"quantisation bits per update coordinate (default {_D.secagg_bits})",
+    )
+
+
+def secagg_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Run-config overrides from :func:`add_secagg_options`."""
+    return {
+        "secure-aggregation": bool(args.secure_aggregation),
+        "secagg-threshold": args.secagg_threshold,
+        "secagg-bits": args.secagg_bits,
+    }

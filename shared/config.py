@@ -182,6 +182,15 @@ class RunSettings:
         ``rounds × local_steps`` steps at rate q land on it (RDP, δ = ``delta``).
     delta : float
         δ used for calibration; should be well below 1 / (rows at the smallest site).
+    secure_aggregation : bool
+        Sites send masked, quantised updates; the server learns only their sum
+        (:mod:`shared.secagg`). ``fedsynth server`` turns it on by default.
+    secagg_threshold : int
+        Sites needed at every stage of a secure round (0: a strict majority, at least 2).
+        The sum stays hidden unless this many parties collude with the server.
+    secagg_bits : int
+        Quantisation levels ``2**bits`` per coordinate of the update in ``[-C, C]``
+        (C = ``update_clip_norm``); the mean's error is below ``2C / (2**bits - 1)``.
     """
 
     rounds: int = 10
@@ -201,6 +210,9 @@ class RunSettings:
     device: str = "auto"
     min_sites: int = 1
     round_timeout: float = 600.0
+    secure_aggregation: bool = False
+    secagg_threshold: int = 0
+    secagg_bits: int = 24
     model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
@@ -252,6 +264,18 @@ class RunSettings:
             min_sites=read_value(config, "min-sites", int, d.min_sites, lambda v: v >= 1, ">= 1"),
             round_timeout=read_value(
                 config, "round-timeout", float, d.round_timeout, _positive, "> 0"
+            ),
+            secure_aggregation=read_value(config, "secure-aggregation", bool, d.secure_aggregation),
+            secagg_threshold=read_value(
+                config,
+                "secagg-threshold",
+                int,
+                d.secagg_threshold,
+                lambda v: v == 0 or v >= 2,
+                "0 (strict majority) or >= 2 (a sum of one site would be that site's update)",
+            ),
+            secagg_bits=read_value(
+                config, "secagg-bits", int, d.secagg_bits, lambda v: 8 <= v <= 40, "8..40"
             ),
             model=ModelSettings.from_config(config),
         )
@@ -324,6 +348,9 @@ def app_config_defaults() -> dict[str, Any]:
         "device": d.device,
         "min-sites": d.min_sites,
         "round-timeout": d.round_timeout,
+        "secure-aggregation": d.secure_aggregation,
+        "secagg-threshold": d.secagg_threshold,
+        "secagg-bits": d.secagg_bits,
         "site-budget-epsilon": 0.0,
         **ModelSettings().to_config(),
     }

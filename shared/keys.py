@@ -55,3 +55,38 @@ SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, NOISE_SEED, SCHEMA_FINGERPRINT),
 }
 OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS,)}
+
+# --- secure aggregation (shared.secagg): message types "train.<action>" ---
+SECAGG_SETUP = "secagg_setup"  # server -> site: index, threshold; site -> server: public keys
+SECAGG_SHARE_KEYS = "secagg_share_keys"  # server -> site: roster; site -> server: ciphertexts
+SECAGG_TRAIN = "secagg_train"  # as a train message, plus the peers; reply masks the update
+SECAGG_UNMASK = "secagg_unmask"  # server -> site: survivors, dropped, inbox; site -> server: shares
+SECAGG = "secagg"  # ConfigRecord carrying the fields below, in every stage
+MASKED_UPDATE = "masked-update"  # ArrayRecord: one uint32/64 vector, the masked quantised update
+MASKED_VECTOR = "vector"  # the array's name inside MASKED_UPDATE
+
+SA_INDEX = "index"  # the site's protocol index (1..N)
+SA_THRESHOLD = "threshold"
+SA_NUM_SITES = "num-sites"
+SA_BITS = "bits"
+SA_CLIP = "clip"
+SA_CONTEXT = "context"  # bytes binding keys and ciphertexts to this round
+SA_C_PK = "c-pk"
+SA_S_PK = "s-pk"
+SA_PEERS = "peers"  # list of indices; parallel lists below
+SA_C_PKS = "c-pks"
+SA_S_PKS = "s-pks"
+SA_CIPHERTEXTS = "ciphertexts"
+SA_SURVIVORS = "survivors"
+SA_DROPPED = "dropped"
+SA_SEED_OWNERS = "seed-owners"
+SA_SEED_SHARES = "seed-shares"
+SA_KEY_OWNERS = "key-owners"
+SA_KEY_SHARES = "key-shares"
+
+# Under secure aggregation the train reply carries MASKED_UPDATE instead of UPDATE_ARRAYS.
+SECAGG_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    MASKED_UPDATE: (MASKED_VECTOR,),
+    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.cli_options import add_run_options, run_overrides
+from shared.cli_options import (
+    add_run_options,
+    add_secagg_options,
+    run_overrides,
+    secagg_overrides,
+)
 from simulations.simulate import SimulationPlan, run_simulation
 
 
@@ -46,11 +51,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--keep-runtime", action="store_true", help="keep Flower/Ray temp files (debugging)"
     )
     add_run_options(p)
+    add_secagg_options(p, default=False)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = {**run_overrides(args), "device": args.device}
+    settings = {**run_overrides(args), **secagg_overrides(args), "device": args.device}
     if args.synthetic_rows is not None:
         settings["synthetic-rows"] = args.synthetic_rows
     plan = SimulationPlan(

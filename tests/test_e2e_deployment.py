@@ -57,6 +57,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "500",
             "--round-timeout",
             "180",
+            # This test is about TLS and authentication. Secure aggregation (the server's
+            # default) starts a ClientApp process per protocol stage, 4 per round, which
+            # would double this test's time; it is covered by tests/test_e2e_secagg.py.
+            "--no-secure-aggregation",
             "--port",
             str(port),
         ],

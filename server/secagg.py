@@ -1,0 +1,254 @@
+"""One federation round under secure aggregation: four stages of Flower messages.
+
+The server side of :mod:`shared.secagg` (Bonawitz et al., CCS 2017). Per round:
+
+1. ``train.secagg_setup``: each sampled site gets its index and the round's
+   parameters, and answers with two public keys (roster ``U1``);
+2. ``train.secagg_share_keys``: each site gets the roster and answers with one
+   AES-GCM ciphertext per peer; the server regroups them per recipient (``U2``);
+3. ``train.secagg_train``: the usual train message plus ``U2``; each site trains,
+   charges its ledger, and answers with its public accounting and its *masked*
+   quantised update (``U3``);
+4. ``train.secagg_unmask``: survivors get ``U3``, the dropped list and their inbox,
+   and answer with shares; the server rebuilds the masks and decodes the sum.
+
+Each stage waits at most ``round_timeout``; a site that does not answer drops out.
+Fewer than ``t`` sites at any stage abort the round with :class:`RoundFailedError`:
+the server then holds only masked vectors and nothing is aggregated or released.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from server.errors import ProtocolError, RoundFailedError
+from server.strategy import SiteAveraging, StateDict
+from shared import keys
+from shared.config import RunSettings
+from shared.secagg import (
+    FixedPointCodec,
+    PublicKeys,
+    SecAggAbortedError,
+    SecAggError,
+    ServerRound,
+    UnmaskShares,
+    required_threshold,
+)
+from shared.secagg.vectors import unflatten_state
+
+log = logging.getLogger("fedsynth.server")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SecureRoundInfo:
+    """What the server learnt about the protocol in one round (goes into the report)."""
+
+    threshold: int
+    sampled: int
+    survivors: int
+    dropped_after_key_sharing: int
+    quantisation_step: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """For the round history of the report."""
+        return {
+            "threshold": self.threshold,
+            "sites_sampled": self.sampled,
+            "survivors": self.survivors,
+            "dropped_after_key_sharing": self.dropped_after_key_sharing,
+            "quantisation_step": self.quantisation_step,
+        }
+
+
+def _stage(
+    grid: Grid, action: str, contents: dict[int, RecordDict], timeout: float
+) -> dict[int, Message]:
+    """Send one message per node and return the error-free replies by node id."""
+    msgs = [
+        Message(content=c, dst_node_id=nid, message_type=f"train.{action}")
+        for nid, c in contents.items()
+    ]
+    out: dict[int, Message] = {}
+    for rep in grid.send_and_receive(msgs, timeout=timeout):
+        if rep.has_error():
+            log.warning(
+                "%s: node %d failed: %s", action, rep.metadata.src_node_id, rep.error.reason
+            )
+        else:
+            out[rep.metadata.src_node_id] = rep
+    return out
+
+
+def _sa(msg: Message) -> ConfigRecord:
+    rec = msg.content[keys.SECAGG]
+    if not isinstance(rec, ConfigRecord):
+        raise ProtocolError(f"node {msg.metadata.src_node_id} sent no secure aggregation record")
+    return rec
+
+
+def _roster_record(base: dict[str, object], roster: dict[int, PublicKeys]) -> ConfigRecord:
+    peers = sorted(roster)
+    return ConfigRecord(
+        {
+            **base,  # type: ignore[dict-item]
+            keys.SA_PEERS: peers,
+            keys.SA_C_PKS: [roster[p].c_pk for p in peers],
+            keys.SA_S_PKS: [roster[p].s_pk for p in peers],
+        }
+    )
+
+
+def secure_round(
+    grid: Grid,
+    strategy: SiteAveraging,
+    server_round: int,
+    state: StateDict,
+    train_config: ConfigRecord,
+    settings: RunSettings,
+) -> tuple[StateDict, SecureRoundInfo]:
+    """Run one round under secure aggregation; returns the mean update and the round's facts.
+
+    ``strategy.last_replies`` holds the sites' public accounting afterwards.
+
+    Raises
+    ------
+    RoundFailedError
+        Too few sites at some stage (or fewer than ``min_sites`` updates):
+        nothing was aggregated.
+    """
+    n_all = len(list(grid.get_node_ids()))
+    node_ids, _ = sample_nodes(grid, strategy.min_sites, max(n_all, strategy.min_sites))
+    index = {nid: i + 1 for i, nid in enumerate(sorted(node_ids))}
+    timeout = settings.round_timeout
+    try:
+        t = required_threshold(len(index), settings.secagg_threshold)
+        codec = FixedPointCodec(
+            clip=settings.update_clip_norm, bits=settings.secagg_bits, max_sites=len(index)
+        )
+        context = f"fedsynth|round={server_round}|{secrets.token_hex(16)}".encode()
+        proto = ServerRound(threshold=t, codec=codec, context=context)
+        base: dict[str, object] = {keys.SA_CONTEXT: context}
+        params = {
+            keys.SA_THRESHOLD: t,
+            keys.SA_NUM_SITES: len(index),
+            keys.SA_BITS: codec.bits,
+            keys.SA_CLIP: codec.clip,
+            keys.SA_CONTEXT: context,
+        }
+        # Stage 1: advertise keys.
+        setup = {
+            nid: RecordDict({keys.SECAGG: ConfigRecord({**params, keys.SA_INDEX: i})})  # type: ignore[dict-item]
+            for nid, i in index.items()
+        }
+        replies = _stage(grid, keys.SECAGG_SETUP, setup, timeout)
+        adverts = _read(replies, index, _keys)
+        roster = proto.register_keys(adverts)
+        node_of = {i: n for n, i in index.items()}
+        # Stage 2: share keys (the server relays ciphertexts it cannot read).
+        rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
+        replies = _stage(grid, keys.SECAGG_SHARE_KEYS, {node_of[i]: rec for i in roster}, timeout)
+        sent = _read(replies, index, _ciphertexts)
+        inboxes = proto.route_shares(sent)
+        # Stage 3: train and send the masked update.
+        u2 = _roster_record(base, proto.share_senders)
+        train = RecordDict(
+            {
+                keys.GLOBAL_ARRAYS: ArrayRecord(state),
+                keys.TRAIN_CONFIG: train_config,
+                keys.SECAGG: u2,
+            }
+        )
+        replies = _stage(grid, keys.SECAGG_TRAIN, {node_of[i]: train for i in inboxes}, timeout)
+        parsed = strategy.parse_replies(server_round, replies.values(), masked=True)
+        masked = {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
+        survivors = proto.collect_masked(masked)
+        strategy.check_quorum(server_round, parsed, len(survivors))
+        # Stage 4: unmask.
+        dropped = sorted(set(inboxes) - survivors)
+        unmask = {}
+        for i in survivors:
+            senders = sorted(inboxes[i])
+            fields = {
+                **base,
+                keys.SA_SURVIVORS: sorted(survivors),
+                keys.SA_DROPPED: dropped,
+                keys.SA_PEERS: senders,
+                keys.SA_CIPHERTEXTS: [inboxes[i][s] for s in senders],
+            }
+            unmask[node_of[i]] = RecordDict({keys.SECAGG: ConfigRecord(fields)})  # type: ignore[arg-type]
+        replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
+        total = proto.unmask(_read(replies, index, _shares))
+        mean = codec.decode_sum(total, len(survivors)) / len(survivors)
+    except SecAggAbortedError as exc:
+        raise RoundFailedError(
+            f"round {server_round} aborted under secure aggregation: {exc}. Nothing was "
+            "aggregated or released; sites that trained keep this round's ε charge in their "
+            "ledgers. Bring the sites back and rerun with the same --out to resume."
+        ) from exc
+    except SecAggError as exc:
+        raise RoundFailedError(f"round {server_round}: secure aggregation failed: {exc}") from exc
+    info = SecureRoundInfo(t, len(index), len(survivors), len(dropped), codec.step)
+    log.info(
+        "round %d: secure sum of %d site(s) (threshold %d, %d dropped after key sharing)",
+        server_round,
+        len(survivors),
+        t,
+        len(dropped),
+    )
+    return unflatten_state(mean, state), info
+
+
+def _read(
+    replies: dict[int, Message], index: dict[int, int], parse: Callable[[Message], T]
+) -> dict[int, T]:
+    """Parse each reply by protocol index; a malformed one is logged and counts as a drop."""
+    out: dict[int, T] = {}
+    for node, msg in replies.items():
+        try:
+            out[index[node]] = parse(msg)
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            log.warning("secure aggregation: reply of node %d discarded: %s", node, exc)
+    return out
+
+
+def _keys(msg: Message) -> PublicKeys:
+    cfg = _sa(msg)
+    c_pk, s_pk = cfg[keys.SA_C_PK], cfg[keys.SA_S_PK]
+    if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)):
+        raise ProtocolError("public keys must be bytes")
+    return PublicKeys(c_pk, s_pk)
+
+
+def _ciphertexts(msg: Message) -> dict[int, bytes]:
+    cfg = _sa(msg)
+    to, cts = cast(list[int], cfg[keys.SA_PEERS]), cast(list[bytes], cfg[keys.SA_CIPHERTEXTS])
+    return dict(zip(to, cts, strict=True))
+
+
+def _shares(msg: Message) -> UnmaskShares:
+    cfg = _sa(msg)
+    return UnmaskShares(
+        seed_shares=dict(
+            zip(
+                cast(list[int], cfg[keys.SA_SEED_OWNERS]),
+                cast(list[bytes], cfg[keys.SA_SEED_SHARES]),
+                strict=True,
+            )
+        ),
+        key_shares=dict(
+            zip(
+                cast(list[int], cfg[keys.SA_KEY_OWNERS]),
+                cast(list[bytes], cfg[keys.SA_KEY_SHARES]),
+                strict=True,
+            )
+        ),
+    )
