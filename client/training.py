@@ -2,8 +2,8 @@
 
 One call of :func:`train_dp` runs exactly ``steps`` steps of DP-SGD:
 
-* rows are drawn by Poisson sampling at rate q (``DPDataLoader``), which is the
-  sampling the RDP/PRV accountants assume;
+* rows are drawn by Poisson sampling at rate q (:class:`client.sampling.PoissonBatches`,
+  vectorised), which is the sampling the RDP/PRV accountants assume;
 * each row's gradient is clipped to C and Gaussian noise N(0, σ²C²) is added to
   the sum (Opacus ``DPOptimizer``), using ghost clipping when the family allows;
 * an empty Poisson batch still performs a noise-only step: skipping it would
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.errors import TrainingError
+from client.sampling import PoissonBatches, Rows
 from shared.models.base import GeneratorFamily
 
 GRAD_SAMPLE_MODE = "ghost"
@@ -63,15 +64,20 @@ def _check_module(module: nn.Module) -> None:
         )
 
 
-def _cycle(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[torch.Tensor]:
-    while True:
-        for (batch,) in loader:
-            yield batch
+def _batch_size(sample_rate: float, n: int) -> int:
+    """Expected Poisson batch size q·n: the denominator of the averaged noisy gradient."""
+    return max(1, round(sample_rate * n))
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
 
 
 def train_dp(
     family: GeneratorFamily,
-    data: torch.Tensor,
+    data: Rows,
     *,
     steps: int,
     noise_multiplier: float,
@@ -81,6 +87,8 @@ def train_dp(
     device: torch.device,
     seed: int,
     secure_mode: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+    progress_every: int = 50,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -88,8 +96,9 @@ def train_dp(
     ----------
     family : GeneratorFamily
         Model to train; its weights are updated in place.
-    data : torch.Tensor
-        Encoded rows of the site's table (float32, CPU).
+    data : torch.Tensor or numpy.ndarray
+        Encoded rows of the site's table (float32, CPU); a NumPy memmap keeps a
+        large table on disk.
     steps : int
         Number of DP-SGD steps (each one Poisson-sampled batch).
     noise_multiplier : float
@@ -105,7 +114,12 @@ def train_dp(
     seed : int
         Seeds sampling and noise (ignored for noise when ``secure_mode``).
     secure_mode : bool
-        Use Opacus's cryptographically secure noise (slower; recommended in deployment).
+        Use Opacus's cryptographically secure noise and sampling (needs ``torchcsprng``).
+    progress : callable, optional
+        Called as ``progress(step, steps, loss)`` every ``progress_every`` steps and
+        after the last (for site logs; the loss stays at the site).
+    progress_every : int
+        Steps between progress calls.
 
     Returns
     -------
@@ -117,31 +131,33 @@ def train_dp(
         raise TrainingError("the site's table has no rows; nothing to train on")
     module = family.private_module()
     _check_module(module)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the model's own randomness (the VAE's reparameterisation)
     module.to(device).train()
-    criterion = family.criterion()
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    loader = DataLoader(TensorDataset(data), batch_size=max(1, round(sample_rate * len(data))))
+    n = int(data.shape[0])
     engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-    private, dp_opt, dp_crit, dp_loader = engine.make_private(
+    # Opacus needs a loader only to read n; batches come from PoissonBatches below,
+    # which samples at exactly q (Opacus would round q to 1 / len(loader)).
+    shape_only = DataLoader(
+        TensorDataset(torch.empty(n, 0)), batch_size=_batch_size(sample_rate, n)
+    )
+    private, dp_opt, dp_crit, _ = engine.make_private(
         module=module,
-        optimizer=optimizer,
-        data_loader=loader,
-        criterion=criterion,
+        optimizer=torch.optim.Adam(module.parameters(), lr=learning_rate),
+        data_loader=shape_only,
+        criterion=family.criterion(),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,
         grad_sample_mode=GRAD_SAMPLE_MODE,
+        noise_generator=None if secure_mode else _generator(seed + 1, device),
     )
-    if abs(dp_loader.sample_rate - sample_rate) > 1e-9 * max(1.0, sample_rate):
-        # Opacus derives q from batch_size / len(data); force the planned q exactly.
-        dp_loader.batch_sampler.sample_rate = sample_rate
-        dp_loader.sample_rate = sample_rate
+    dp_opt.expected_batch_size = _batch_size(sample_rate, n)
+    sampling_rng = engine.secure_rng if secure_mode else _generator(seed, torch.device("cpu"))
+    batches = PoissonBatches(data, sample_rate=sample_rate, generator=sampling_rng)
     dummy = torch.zeros(1, data.shape[1], device=device)
     start, empty, rows, loss_value = time.perf_counter(), 0, 0, float("nan")
-    batches = _cycle(dp_loader)
-    for _ in range(steps):
-        batch = next(batches).to(device, non_blocking=True)
+    for step in range(steps):
+        batch = batches.next_batch().to(device, non_blocking=True)
         dp_opt.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:
             # Noise-only step: a zero-weighted dummy row gives zero clipped gradients.
@@ -152,7 +168,10 @@ def train_dp(
             loss = dp_crit(private(batch), batch)
         loss.backward()
         dp_opt.step()
-        loss_value = float(loss.item())
+        if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
+            loss_value = float(loss.item())
+            progress(step + 1, steps, loss_value)
+    loss_value = float(loss.item())
     seconds = time.perf_counter() - start
     _unwrap(private)
     return TrainStats(steps, empty, rows / steps, loss_value, seconds)
@@ -167,7 +186,7 @@ def _unwrap(private: nn.Module) -> None:
 
 def train_plain(
     family: GeneratorFamily,
-    data: torch.Tensor,
+    data: Rows,
     *,
     steps: int,
     sample_rate: float,
@@ -175,7 +194,7 @@ def train_plain(
     device: torch.device,
     seed: int,
 ) -> TrainStats:
-    """Non-private baseline: same model, batch size and optimiser, no clipping or noise.
+    """Non-private baseline: same model, Poisson batches and optimiser, no clipping or noise.
 
     For benchmarks and pooled baselines only. Never used on a site's data in a run.
     """
@@ -183,15 +202,19 @@ def train_plain(
     module = family.private_module().to(device).train()
     criterion = family.criterion()
     optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    batch_size = max(1, round(sample_rate * len(data)))
-    gen = torch.Generator().manual_seed(seed)
-    start, loss_value = time.perf_counter(), float("nan")
+    batches = PoissonBatches(
+        data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
+    )
+    start, rows = time.perf_counter(), 0
+    loss = torch.zeros(())
     for _ in range(steps):
-        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
-        batch = data[idx].to(device, non_blocking=True)
+        batch = batches.next_batch().to(device, non_blocking=True)
+        if batch.shape[0] == 0:
+            continue
+        rows += batch.shape[0]
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(module(batch), batch)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss.item())
-    return TrainStats(steps, 0, float(batch_size), loss_value, time.perf_counter() - start)
+    loss_value = float(loss.item())
+    return TrainStats(steps, 0, rows / steps, loss_value, time.perf_counter() - start)
