@@ -54,6 +54,7 @@ class RoundResult:
     update: StateDict | None = None
     update_clipped: bool = False
     num_rows: int = 0
+    seconds: float = 0.0
 
 
 def update_norm(update: StateDict) -> float:
@@ -187,4 +188,6 @@ def _train_round(
         stats.seconds,
         epsilon,
     )
-    return RoundResult(True, "", epsilon, stats.steps, total, update, clipped, len(data))
+    return RoundResult(
+        True, "", epsilon, stats.steps, total, update, clipped, len(data), stats.seconds
+    )

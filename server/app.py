@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
+from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
 from server.strategy import SiteAveraging
@@ -108,7 +109,19 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             }
         )
         store.save(rnd, state, sites, history)
-        log.info("round %d aggregated in %.1fs", rnd, time.perf_counter() - t0)
+        for line in site_status_lines(rnd, strategy.last_replies):
+            log.info("%s", line)
+        log.info(
+            "%s",
+            round_summary(
+                rnd,
+                settings.rounds,
+                time.perf_counter() - t0,
+                len(history[-1]["trained"]),
+                len(strategy.last_replies),
+                max((float(e["epsilon"]) for e in sites.values()), default=0.0),
+            ),
+        )
     family.load_state_dict(state)
     return release(out, family, settings, sites, history, sigma)
 
