@@ -20,6 +20,7 @@ from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
 from server.strategy import SiteAveraging
+from shared import keys
 from shared.config import RunSettings
 from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
@@ -106,6 +107,10 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 "seconds": round(time.perf_counter() - t0, 3),
                 "trained": sorted(r.site for r in strategy.last_replies if r.trained),
                 "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
+                # Sum of the sites' reported training seconds (public; see shared.keys).
+                "local_seconds": round(
+                    sum(r.privacy.get(keys.TRAIN_SECONDS, 0.0) for r in strategy.last_replies), 2
+                ),
             }
         )
         store.save(rnd, state, sites, history)
