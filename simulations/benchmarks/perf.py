@@ -197,7 +197,13 @@ def section_streaming(args: argparse.Namespace) -> Result:
         r = _child(["stream", str(path), "--sample-rate", str(2000 / args.stream_rows)])
         whole = _child(["whole", str(path)]) if args.stream_compare else None
     float64 = r["rows"] * r["width"] * 8
-    r.update(csv_bytes=size, float64_bytes=float64, peak_over_float64=r["peak_rss"] / float64)
+    growth = r["peak_rss"] - r["rss_after_imports"]
+    r.update(
+        csv_bytes=size,
+        float64_bytes=float64,
+        peak_over_float64=r["peak_rss"] / float64,
+        growth_over_float64=growth / float64,
+    )
     mib = 1024**2
     print(
         f"  {r['rows']:,} rows ({size / mib:.0f} MiB CSV): encoded in chunks in {r['encode_s']:.1f} s, "
@@ -205,7 +211,8 @@ def section_streaming(args: argparse.Namespace) -> Result:
     )
     print(
         f"  peak RSS {r['peak_rss'] / mib:.0f} MiB (imports alone {r['rss_after_imports'] / mib:.0f} "
-        f"MiB) vs the table as float64 {float64 / mib:.0f} MiB → {r['peak_over_float64']:.2f}×"
+        f"MiB) vs the table as float64 {float64 / mib:.0f} MiB → {r['peak_over_float64']:.2f}×; "
+        f"growth over imports {growth / mib:.0f} MiB → {r['growth_over_float64']:.2f}×"
     )
     if whole is not None:
         r["whole_table_peak_rss"] = whole["peak_rss"]
