@@ -170,17 +170,23 @@ def section_evaluation(args: argparse.Namespace) -> Result:
         for name, seed in (("train", 1), ("holdout", 2), ("synthetic", 3)):
             paths[name] = Path(tmp) / f"{name}.csv"
             generate_cohort(args.eval_rows, seed=seed).to_csv(paths[name], index=False)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = evaluate(
             paths["holdout"], paths["synthetic"], SCHEMA_PATH, train=paths["train"], seed=0
         )
         write_report(result, Path(tmp) / "report")
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # CPU seconds (all threads) show how much of the wall time was waiting for the CPU.
     print(
         f"  evaluate {args.eval_rows:,} × 15 (train, holdout, synthetic) + report: {seconds:.1f} s "
-        f"→ {seconds / EVALUATION_BOUND_S:.2f}× the 60 s bound"
+        f"wall, {cpu:.1f} CPU-seconds → {seconds / EVALUATION_BOUND_S:.2f}× the 60 s bound"
     )
-    return {"rows": args.eval_rows, "seconds": seconds, "over_bound": seconds / EVALUATION_BOUND_S}
+    return {
+        "rows": args.eval_rows,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "over_bound": seconds / EVALUATION_BOUND_S,
+    }
 
 
 def _child(args: list[str]) -> Result:
