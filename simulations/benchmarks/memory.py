@@ -101,8 +101,15 @@ class TreeMemory:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set since it started its program.
+
+    ``VmHWM`` belongs to the address space, which ``exec`` replaces; ``ru_maxrss``
+    would instead carry over the parent's peak from before the fork.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
 
 
 def _stream(args: argparse.Namespace) -> None:
