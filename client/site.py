@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from client.errors import BudgetExhaustedError, SiteConfigError
@@ -26,12 +29,13 @@ from client.settings import SiteSettings
 from client.training import train_dp
 from shared.config import TrainSettings
 from shared.device import select_device
-from shared.models import build_generator
+from shared.models import GeneratorFamily, build_generator
 from shared.schema import Schema
-from shared.tables import load_table
+from shared.streaming import encode_table
 
 log = logging.getLogger("fedsynth.client")
 StateDict = dict[str, torch.Tensor]
+PROGRESS_EVERY = 25  # DP steps between progress lines in the site log
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RoundResult:
     update: StateDict | None = None
     update_clipped: bool = False
     num_rows: int = 0
+    seconds: float = 0.0
 
 
 def update_norm(update: StateDict) -> float:
@@ -106,15 +111,31 @@ def run_site_round(
         )
     family = build_generator(schema, train.model)
     family.load_state_dict(global_state)
-    frame = load_table(site.data_path, schema)
-    if site.budget_delta >= 1.0 / len(frame):
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    # The encoded rows are the site's data: they live in its private state folder,
+    # only for this round.
+    with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
+        data = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
+        return _train_round(site, train, family, global_state, data, run=run)
+
+
+def _train_round(
+    site: SiteSettings,
+    train: TrainSettings,
+    family: GeneratorFamily,
+    global_state: StateDict,
+    data: np.ndarray,
+    *,
+    run: str,
+) -> RoundResult:
+    """Steps 3 and 4 of :func:`run_site_round` on the encoded rows."""
+    if site.budget_delta >= 1.0 / len(data):
         log.warning(
             "site %s: δ=%g is not well below 1/n=%g; the guarantee is weak. Lower budget-delta.",
             site.site_name,
             site.budget_delta,
-            1.0 / len(frame),
+            1.0 / len(data),
         )
-    data = torch.from_numpy(family.encode(frame))
     device = select_device(site.device)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
     with ledger.locked() as led:
@@ -142,6 +163,10 @@ def run_site_round(
             device=device,
             seed=noise_seed(site, train.server_round),
             secure_mode=site.secure_mode,
+            progress=lambda step, steps, _loss: log.info(
+                "site %s round %d: DP step %d/%d", site.site_name, train.server_round, step, steps
+            ),
+            progress_every=PROGRESS_EVERY,
         )
         led.record(
             run=run,
@@ -163,4 +188,6 @@ def run_site_round(
         stats.seconds,
         epsilon,
     )
-    return RoundResult(True, "", epsilon, stats.steps, total, update, clipped, len(frame))
+    return RoundResult(
+        True, "", epsilon, stats.steps, total, update, clipped, len(data), stats.seconds
+    )

@@ -2,10 +2,11 @@
 
 One call of :func:`train_dp` runs exactly ``steps`` steps of DP-SGD:
 
-* rows are drawn by Poisson sampling at rate q (``DPDataLoader``), which is the
-  sampling the RDP/PRV accountants assume;
+* rows are drawn by Poisson sampling at rate q (:class:`client.sampling.PoissonBatches`,
+  vectorised), which is the sampling the RDP/PRV accountants assume;
 * each row's gradient is clipped to C and Gaussian noise N(0, σ²C²) is added to
-  the sum (Opacus ``DPOptimizer``), using ghost clipping when the family allows;
+  the sum: by fused clipping (:mod:`client.fused`, one backward pass) when every
+  trainable layer is ``nn.Linear``, else by Opacus ghost clipping;
 * an empty Poisson batch still performs a noise-only step: skipping it would
   reveal that the batch was empty, and the accountant already counts it.
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from opacus import PrivacyEngine
@@ -27,10 +29,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from client import fused
 from client.errors import TrainingError
+from client.sampling import PoissonBatches, Rows
 from shared.models.base import GeneratorFamily
-
-GRAD_SAMPLE_MODE = "ghost"
 
 # Opacus/PyTorch warnings that carry no information for a site operator: ghost
 # clipping's backward hooks fire on module outputs by design, and secure_mode
@@ -63,15 +65,20 @@ def _check_module(module: nn.Module) -> None:
         )
 
 
-def _cycle(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[torch.Tensor]:
-    while True:
-        for (batch,) in loader:
-            yield batch
+def _batch_size(sample_rate: float, n: int) -> int:
+    """Expected Poisson batch size q·n: the denominator of the averaged noisy gradient."""
+    return max(1, round(sample_rate * n))
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
 
 
 def train_dp(
     family: GeneratorFamily,
-    data: torch.Tensor,
+    data: Rows,
     *,
     steps: int,
     noise_multiplier: float,
@@ -81,6 +88,9 @@ def train_dp(
     device: torch.device,
     seed: int,
     secure_mode: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+    progress_every: int = 50,
+    clipping: str = "auto",
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -88,8 +98,9 @@ def train_dp(
     ----------
     family : GeneratorFamily
         Model to train; its weights are updated in place.
-    data : torch.Tensor
-        Encoded rows of the site's table (float32, CPU).
+    data : torch.Tensor or numpy.ndarray
+        Encoded rows of the site's table (float32, CPU); a NumPy memmap keeps a
+        large table on disk.
     steps : int
         Number of DP-SGD steps (each one Poisson-sampled batch).
     noise_multiplier : float
@@ -105,7 +116,16 @@ def train_dp(
     seed : int
         Seeds sampling and noise (ignored for noise when ``secure_mode``).
     secure_mode : bool
-        Use Opacus's cryptographically secure noise (slower; recommended in deployment).
+        Use Opacus's cryptographically secure noise and sampling (needs ``torchcsprng``).
+    progress : callable, optional
+        Called as ``progress(step, steps, loss)`` every ``progress_every`` steps and
+        after the last (for site logs; the loss stays at the site).
+    progress_every : int
+        Steps between progress calls.
+    clipping : {"auto", "fused", "ghost"}
+        Per-row clipping implementation; both give the same clipped sum. "auto"
+        takes fused clipping (one backward pass) when every trainable layer is
+        ``nn.Linear``, else Opacus ghost clipping (two backward passes).
 
     Returns
     -------
@@ -117,45 +137,149 @@ def train_dp(
         raise TrainingError("the site's table has no rows; nothing to train on")
     module = family.private_module()
     _check_module(module)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the model's own randomness (the VAE's reparameterisation)
     module.to(device).train()
-    criterion = family.criterion()
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    loader = DataLoader(TensorDataset(data), batch_size=max(1, round(sample_rate * len(data))))
-    engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-    private, dp_opt, dp_crit, dp_loader = engine.make_private(
-        module=module,
-        optimizer=optimizer,
-        data_loader=loader,
-        criterion=criterion,
+    n = int(data.shape[0])
+    # Secure mode needs Opacus's CSPRNG (torchcsprng) for sampling and noise alike.
+    secure_rng = PrivacyEngine(secure_mode=True).secure_rng if secure_mode else None
+    mode = _clipping_mode(clipping, module)
+    step_fn: _Stepper = (_FusedStepper if mode == "fused" else _GhostStepper)(
+        family,
+        n=n,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode=GRAD_SAMPLE_MODE,
+        expected_batch_size=_batch_size(sample_rate, n),
+        learning_rate=learning_rate,
+        noise_generator=secure_rng or _generator(seed + 1, device),
+        secure_mode=secure_mode,
     )
-    if abs(dp_loader.sample_rate - sample_rate) > 1e-9 * max(1.0, sample_rate):
-        # Opacus derives q from batch_size / len(data); force the planned q exactly.
-        dp_loader.batch_sampler.sample_rate = sample_rate
-        dp_loader.sample_rate = sample_rate
-    dummy = torch.zeros(1, data.shape[1], device=device)
-    start, empty, rows, loss_value = time.perf_counter(), 0, 0, float("nan")
-    batches = _cycle(dp_loader)
-    for _ in range(steps):
-        batch = next(batches).to(device, non_blocking=True)
-        dp_opt.zero_grad(set_to_none=True)
+    batches = PoissonBatches(
+        data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
+    )
+    start, empty, rows = time.perf_counter(), 0, 0
+    loss = torch.zeros(())
+    try:
+        for step in range(steps):
+            batch = batches.next_batch().to(device, non_blocking=True)
+            empty += int(batch.shape[0] == 0)
+            rows += batch.shape[0]
+            loss = step_fn.step(batch)
+            if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
+                progress(step + 1, steps, float(loss.item()))
+    finally:
+        step_fn.close()
+    loss_value = float(loss.item())
+    seconds = time.perf_counter() - start
+    return TrainStats(steps, empty, rows / steps, loss_value, seconds)
+
+
+def _clipping_mode(clipping: str, module: nn.Module) -> str:
+    if clipping not in ("auto", "fused", "ghost"):
+        raise TrainingError(f"clipping must be 'auto', 'fused' or 'ghost', got {clipping!r}")
+    if clipping == "auto":
+        return "fused" if fused.supports(module) else "ghost"
+    return clipping
+
+
+class _Stepper(Protocol):
+    def step(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class _FusedStepper:
+    """One backward pass: fused per-row clipping (:mod:`client.fused`), Opacus noise."""
+
+    def __init__(
+        self,
+        family: GeneratorFamily,
+        *,
+        n: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        learning_rate: float,
+        noise_generator: torch.Generator,
+        secure_mode: bool,
+    ) -> None:
+        self.module = family.private_module()
+        self.criterion = family.criterion()
+        setattr(self.criterion, "reduction", "none")  # noqa: B010 - per-row losses
+        self.clipper = fused.FusedClipper(self.module, max_grad_norm=max_grad_norm)
+        self.optimizer = torch.optim.Adam(self.clipper.params, lr=learning_rate)
+        self.noise = {
+            "noise_multiplier": noise_multiplier,
+            "expected_batch_size": expected_batch_size,
+            "generator": noise_generator,
+            "secure_mode": secure_mode,
+        }
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[0] == 0:
+            # Noise-only step: the clipped sum of no rows is zero; the noise is not.
+            self.clipper.zero_sum()
+            loss = torch.zeros(())
+        else:
+            rows_loss = self.criterion(self.module(batch), batch)
+            self.clipper.clipped_sum(rows_loss)
+            loss = rows_loss.detach().mean()
+        self.clipper.add_noise_and_average(**self.noise)  # type: ignore[arg-type]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def close(self) -> None:
+        self.clipper.close()
+
+
+class _GhostStepper:
+    """Opacus ghost clipping (two backward passes) for models fused clipping cannot take."""
+
+    def __init__(
+        self,
+        family: GeneratorFamily,
+        *,
+        n: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        learning_rate: float,
+        noise_generator: torch.Generator,
+        secure_mode: bool,
+    ) -> None:
+        module = family.private_module()
+        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
+        # Opacus needs a loader only to read n; batches come from PoissonBatches,
+        # which samples at exactly q (Opacus would round q to 1 / len(loader)).
+        shape_only = DataLoader(TensorDataset(torch.empty(n, 0)), batch_size=expected_batch_size)
+        self.private, self.opt, self.crit, _ = engine.make_private(
+            module=module,
+            optimizer=torch.optim.Adam(module.parameters(), lr=learning_rate),
+            data_loader=shape_only,
+            criterion=family.criterion(),
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=False,
+            grad_sample_mode="ghost",
+            noise_generator=None if secure_mode else noise_generator,
+        )
+        self.opt.expected_batch_size = expected_batch_size
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:
             # Noise-only step: a zero-weighted dummy row gives zero clipped gradients.
-            empty += 1
-            loss = dp_crit(private(dummy), dummy) * 0.0
+            dummy = torch.zeros(1, batch.shape[1], device=batch.device)
+            loss = self.crit(self.private(dummy), dummy) * 0.0
         else:
-            rows += batch.shape[0]
-            loss = dp_crit(private(batch), batch)
+            loss = self.crit(self.private(batch), batch)
         loss.backward()
-        dp_opt.step()
-        loss_value = float(loss.item())
-    seconds = time.perf_counter() - start
-    _unwrap(private)
-    return TrainStats(steps, empty, rows / steps, loss_value, seconds)
+        self.opt.step()
+        out: torch.Tensor = loss.detach()
+        return out
+
+    def close(self) -> None:
+        _unwrap(self.private)
 
 
 def _unwrap(private: nn.Module) -> None:
@@ -167,7 +291,7 @@ def _unwrap(private: nn.Module) -> None:
 
 def train_plain(
     family: GeneratorFamily,
-    data: torch.Tensor,
+    data: Rows,
     *,
     steps: int,
     sample_rate: float,
@@ -175,7 +299,7 @@ def train_plain(
     device: torch.device,
     seed: int,
 ) -> TrainStats:
-    """Non-private baseline: same model, batch size and optimiser, no clipping or noise.
+    """Non-private baseline: same model, Poisson batches and optimiser, no clipping or noise.
 
     For benchmarks and pooled baselines only. Never used on a site's data in a run.
     """
@@ -183,15 +307,19 @@ def train_plain(
     module = family.private_module().to(device).train()
     criterion = family.criterion()
     optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    batch_size = max(1, round(sample_rate * len(data)))
-    gen = torch.Generator().manual_seed(seed)
-    start, loss_value = time.perf_counter(), float("nan")
+    batches = PoissonBatches(
+        data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
+    )
+    start, rows = time.perf_counter(), 0
+    loss = torch.zeros(())
     for _ in range(steps):
-        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
-        batch = data[idx].to(device, non_blocking=True)
+        batch = batches.next_batch().to(device, non_blocking=True)
+        if batch.shape[0] == 0:
+            continue
+        rows += batch.shape[0]
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(module(batch), batch)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss.item())
-    return TrainStats(steps, 0, float(batch_size), loss_value, time.perf_counter() - start)
+    loss_value = float(loss.item())
+    return TrainStats(steps, 0, rows / steps, loss_value, time.perf_counter() - start)

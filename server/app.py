@@ -16,10 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
+from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
 from server.secagg import secure_round
 from server.strategy import SiteAveraging
+from shared import keys
 from shared.config import RunSettings
 from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
@@ -112,10 +114,26 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 "trained": sorted(r.site for r in strategy.last_replies if r.trained),
                 "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
                 **secure,
+                # Sum of the sites' reported training seconds (public; see shared.keys).
+                "local_seconds": round(
+                    sum(r.privacy.get(keys.TRAIN_SECONDS, 0.0) for r in strategy.last_replies), 2
+                ),
             }
         )
         store.save(rnd, state, sites, history)
-        log.info("round %d aggregated in %.1fs", rnd, time.perf_counter() - t0)
+        for line in site_status_lines(rnd, strategy.last_replies):
+            log.info("%s", line)
+        log.info(
+            "%s",
+            round_summary(
+                rnd,
+                settings.rounds,
+                time.perf_counter() - t0,
+                len(history[-1]["trained"]),
+                len(strategy.last_replies),
+                max((float(e["epsilon"]) for e in sites.values()), default=0.0),
+            ),
+        )
     family.load_state_dict(state)
     return release(out, family, settings, sites, history, sigma)
 

@@ -7,6 +7,7 @@ as a deployment; only the SuperLink mode (``--simulation``) differs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import DeploymentError
+from server.progress import RoundProgress
 from shared.runtime import FlowerRuntime, flower_bin, write_toml_table
 
 log = logging.getLogger("fedsynth.server")
@@ -170,10 +172,16 @@ def _stream_log(
             env=runtime.env(),
         ) as proc,
     ):
-        for line in proc.stdout or ():
-            fh.write(line)
-            if echo:
-                sys.stdout.write(line)
+        # A progress bar only on a terminal; piped output stays the plain log.
+        bar = RoundProgress(sys.stdout) if echo and sys.stdout.isatty() else None
+        with bar or contextlib.nullcontext():
+            for line in proc.stdout or ():
+                fh.write(line)
+                if bar is not None:
+                    bar.echo(line)
+                    bar.feed(line)
+                elif echo:
+                    sys.stdout.write(line)
 
 
 def run_status(runtime: FlowerRuntime, run_id: int, connection: str) -> str:

@@ -25,6 +25,10 @@ MAX_GRAD_NORM = "max-grad-norm"  # per-sample clip norm C of this round
 STEPS = "steps"  # DP-SGD steps run this round
 TOTAL_STEPS = "total-steps"  # DP-SGD steps over the site's whole ledger
 UPDATE_NORM_CLIPPED = "update-clipped"  # 1.0 when the update was scaled down to the bound
+# Wall-clock seconds of the round's local DP training (0.1 s resolution), for progress
+# and overhead figures. Public metadata: it grows with the expected batch q·n, but the
+# server already observes it as the reply's latency, so sending it reveals nothing new.
+TRAIN_SECONDS = "train-seconds"
 # Opt-in only (site option share-row-count): the site's row count is private.
 NUM_ROWS = "num-rows"
 
@@ -51,6 +55,7 @@ SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
         STEPS,
         TOTAL_STEPS,
         UPDATE_NORM_CLIPPED,
+        TRAIN_SECONDS,
     ),
     SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, NOISE_SEED, SCHEMA_FINGERPRINT),
 }

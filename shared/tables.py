@@ -178,10 +178,13 @@ def _check_constraints(frame: pd.DataFrame, schema: Schema, problems: list[str])
 def _lines(mask: np.ndarray, values: pd.Series) -> str:
     """Format up to three offending cells as 'line N: value' (line 1 is the header)."""
     idx = np.flatnonzero(mask)[:_EXAMPLES]
+    # A chunk of a larger file (shared.streaming) keeps the file's row numbers.
+    index = values.index
+    first = int(index.start) if isinstance(index, pd.RangeIndex) and index.step == 1 else 0
     shown = []
     for i in idx:
         text = str(values.iloc[i])
-        shown.append(f"line {i + 2}: {text[:40]!r}" + ("…" if len(text) > 40 else ""))
+        shown.append(f"line {first + i + 2}: {text[:40]!r}" + ("…" if len(text) > 40 else ""))
     return ", ".join(shown)
 
 

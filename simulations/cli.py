@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--keep-runtime", action="store_true", help="keep Flower/Ray temp files (debugging)"
     )
+    p.add_argument(
+        "--ray-address",
+        help="run the sites on an existing Ray cluster (HOST:PORT of its head, see README)",
+    )
     add_run_options(p)
     add_secagg_options(p, default=False)
     p.set_defaults(handler=_run)
@@ -71,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         restart=args.restart,
         keep_runtime=args.keep_runtime,
         evaluate=not args.no_evaluate,
+        ray_address=args.ray_address,
     )
     out = run_simulation(plan)
     if not args.no_evaluate:

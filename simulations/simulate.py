@@ -53,6 +53,7 @@ class SimulationPlan:
     keep_runtime: bool = False
     echo: bool = True
     evaluate: bool = True
+    ray_address: str | None = None
 
 
 def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
@@ -141,10 +142,15 @@ def run_simulation(plan: SimulationPlan) -> Path:
                 ":flwr-in-memory:",
             ],
             link_log,
+            # Flower's Ray backend calls ray.init() without an address, and Ray then
+            # joins the cluster named by RAY_ADDRESS instead of starting its own.
+            extra_env={"RAY_ADDRESS": plan.ray_address} if plan.ray_address else None,
         )
         wait_healthy(proc, port, link_log)
         add_connection(rt, "local-sim", f"127.0.0.1:{port}")
         federation = {"num-supernodes": len(sizes), "client-resources-num-cpus": 1}
+        if plan.ray_address:
+            log.info("simulation workers run on the Ray cluster at %s", plan.ray_address)
         submit_and_wait(
             rt,
             app_dir,

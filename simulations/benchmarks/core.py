@@ -1,6 +1,6 @@
 """Core speed figures, as ratios measured in the same run.
 
-1. DP-SGD (Opacus, Poisson sampling, ghost clipping) steps/s against plain
+1. DP-SGD (Poisson sampling, fused per-row clipping, Opacus noise) steps/s against plain
    Adam steps/s for the same model, the same batch size and the same data.
 2. Seconds per round of a 3-site ``fedsynth simulate`` on the built-in cohort,
    with the local compute inside those rounds for comparison.
@@ -128,7 +128,7 @@ def main() -> None:
     )
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     print(f"DP-SGD training, batch {train['batch']} (Poisson expected), same model and batch:")
-    print(f"  DP (ghost clipping)  {train['dp_steps_per_s']:8.1f} steps/s")
+    print(f"  DP (fused clipping)  {train['dp_steps_per_s']:8.1f} steps/s")
     print(f"  non-DP               {train['plain_steps_per_s']:8.1f} steps/s")
     print(f"  DP / non-DP ratio    {train['dp_over_plain']:8.2f}")
     result: dict[str, object] = {"device": str(device), "training": train}
