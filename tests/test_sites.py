@@ -1,0 +1,118 @@
+"""``fedsynth server sites add|remove|list``: the coordinator's registry of admitted sites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.certs import create_site_key
+from fedsynth.cli import main
+from server.deploy import ServerOptions
+from server.errors import DeploymentError, SiteRegistryError
+from server.sites import SiteRegistry
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    for name in ("hospital-a", "hospital-b"):
+        create_site_key(tmp_path / "keys", name)
+    return tmp_path / "keys"
+
+
+def sites_cli(state: Path, *args: str) -> int:
+    return main(["server", "sites", *args, "--state-dir", str(state)])
+
+
+def test_add_list_remove_round_trip(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+
+    assert sites_cli(state, "add", "hospital-b", "--key", str(keys / "hospital-b.pub")) == 0
+    assert sites_cli(state, "add", "hospital-a", "--key", str(keys / "hospital-a.pub")) == 0
+    capsys.readouterr()
+    assert sites_cli(state, "list") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in listed[:2]] == ["hospital-a", "hospital-b"]
+    assert all(line.split("\t")[1].startswith("SHA256:") for line in listed[:2])
+    assert "2 site(s)" in listed[2]
+
+    assert sites_cli(state, "remove", "hospital-a") == 0
+    assert [s.name for s in SiteRegistry(state).sites()] == ["hospital-b"]
+    assert not list(state.glob(".*.tmp")), "atomic write left a temporary file"
+
+
+def test_registry_feeds_the_server_with_exactly_the_listed_keys(tmp_path: Path, keys: Path) -> None:
+    state = tmp_path / "state"
+    SiteRegistry(state).add("hospital-a", keys / "hospital-a.pub")
+    opts = ServerOptions(certs=None, state_dir=state)
+
+    admitted = opts.admitted()
+
+    assert list(admitted) == ["hospital-a"]
+    assert admitted["hospital-a"] == (keys / "hospital-a.pub").read_text().strip()
+    with pytest.raises(DeploymentError, match="given twice"):
+        ServerOptions(certs=None, state_dir=state, site_keys=[keys / "hospital-a.pub"]).admitted()
+
+
+@pytest.mark.parametrize("name", ["", "-lead", "a b", "x" * 64, "../etc", "é"])
+def test_bad_names_are_refused_with_the_rule(tmp_path: Path, keys: Path, name: str) -> None:
+    with pytest.raises(SiteRegistryError, match="invalid: use 1-63 letters"):
+        SiteRegistry(tmp_path).add(name, keys / "hospital-a.pub")
+    assert not (tmp_path / "sites.json").exists()
+
+
+def test_duplicate_name_and_duplicate_key_are_refused(tmp_path: Path, keys: Path) -> None:
+    reg = SiteRegistry(tmp_path)
+    reg.add("hospital-a", keys / "hospital-a.pub")
+
+    with pytest.raises(SiteRegistryError, match="'hospital-a' is already registered"):
+        reg.add("hospital-a", keys / "hospital-b.pub")
+    with pytest.raises(SiteRegistryError, match="already registered as site 'hospital-a'"):
+        reg.add("hospital-c", keys / "hospital-a.pub")
+    assert [s.name for s in reg.sites()] == ["hospital-a"]
+
+
+def test_bad_key_files_are_refused(tmp_path: Path, keys: Path) -> None:
+    reg = SiteRegistry(tmp_path)
+    (tmp_path / "junk.pub").write_text("ssh-ed25519 AAAA not-a-key\n")
+    private = keys / "hospital-a.key"
+
+    with pytest.raises(SiteRegistryError, match="not an OpenSSH public key"):
+        reg.add("a", tmp_path / "junk.pub")
+    with pytest.raises(SiteRegistryError, match="not an OpenSSH public key"):
+        reg.add("a", private)
+    with pytest.raises(SiteRegistryError, match="cannot read the key file"):
+        reg.add("a", tmp_path / "missing.pub")
+
+
+def test_remove_unknown_site_names_the_registered_ones(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    SiteRegistry(tmp_path).add("hospital-a", keys / "hospital-a.pub")
+
+    assert sites_cli(tmp_path, "remove", "hospital-z") == 2
+    err = capsys.readouterr().err
+    assert "no site named 'hospital-z'" in err and "registered: hospital-a" in err
+    assert "Traceback" not in err
+
+
+def test_edited_registry_is_refused_not_emptied(tmp_path: Path, keys: Path) -> None:
+    reg = SiteRegistry(tmp_path)
+    reg.add("hospital-a", keys / "hospital-a.pub")
+    doc = json.loads(reg.path.read_text())
+    doc["sites"][0]["name"] = "mallory"
+    reg.path.write_text(json.dumps(doc))
+
+    with pytest.raises(SiteRegistryError, match="checksum mismatch"):
+        reg.sites()
+    reg.path.write_text("{not json")
+    with pytest.raises(SiteRegistryError, match="is damaged"):
+        reg.add("hospital-b", keys / "hospital-b.pub")
+
+
+def test_server_without_schema_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "--insecure"]) == 2
+    assert "needs --schema FILE and --out DIR" in capsys.readouterr().err
