@@ -79,7 +79,10 @@ def key_fingerprint(text: str, *, source: str) -> str:
             f"{source} is not an EC key on a NIST curve (P-256/384/521), which Flower's "
             "node authentication requires; create one with `fedsynth certs site`"
         )
-    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    # The same digest `fedsynth certs site` prints, so both sides can compare it by phone.
+    raw = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return "SHA256:" + hashlib.sha256(raw).hexdigest()
 
 

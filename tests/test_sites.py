@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from deploy.certs import create_site_key
+from deploy.certs import create_site_key, public_key_fingerprint
 from fedsynth.cli import main
-from server.deploy import ServerOptions
+from server.deploy import RegistryFollower, ServerOptions
 from server.errors import DeploymentError, SiteRegistryError
 from server.sites import SiteRegistry
 
@@ -36,7 +37,8 @@ def test_add_list_remove_round_trip(
     assert sites_cli(state, "list") == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in listed[:2]] == ["hospital-a", "hospital-b"]
-    assert all(line.split("\t")[1].startswith("SHA256:") for line in listed[:2])
+    # The fingerprint the site saw from `fedsynth certs site`, to compare out of band.
+    assert listed[0].split("\t")[1] == public_key_fingerprint(keys / "hospital-a.pub")
     assert "2 site(s)" in listed[2]
 
     assert sites_cli(state, "remove", "hospital-a") == 0
@@ -116,3 +118,39 @@ def test_edited_registry_is_refused_not_emptied(tmp_path: Path, keys: Path) -> N
 def test_server_without_schema_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["server", "--insecure"]) == 2
     assert "needs --schema FILE and --out DIR" in capsys.readouterr().err
+
+
+class RecordingRuntime:
+    """Stands in for the Flower CLI runtime: records commands, answers like `flwr`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.next_id = root, 100
+        self.commands: list[list[str]] = []
+
+    def run(self, args: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        self.commands.append([Path(args[0]).name, *args[1:]])
+        self.next_id += 1
+        out = json.dumps({"success": True, "node-id": self.next_id})
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+
+def test_a_running_server_follows_removals_and_additions(tmp_path: Path, keys: Path) -> None:
+    # Prepare: hospital-a registered at start-up as node 7.
+    state = tmp_path / "state"
+    reg = SiteRegistry(state)
+    reg.add("hospital-a", keys / "hospital-a.pub")
+    rt = RecordingRuntime(tmp_path)
+    follower = RegistryFollower(rt, ServerOptions(certs=None, state_dir=state), {"hospital-a": 7})  # type: ignore[arg-type]
+
+    # Execute: the coordinator swaps hospital-a for hospital-b while the run goes on.
+    reg.remove("hospital-a")
+    reg.add("hospital-b", keys / "hospital-b.pub")
+    follower.sync()
+    follower.sync()  # nothing left to do
+
+    # Assert
+    verbs = [c[:3] for c in rt.commands]
+    assert verbs == [["flwr", "supernode", "unregister"], ["flwr", "supernode", "register"]]
+    assert rt.commands[0][3] == "7"
+    assert rt.commands[1][rt.commands[1].index("--name") + 1] == "hospital-b"
+    assert follower.nodes == {"hospital-b": 102}  # the unregister call took 101
