@@ -132,35 +132,44 @@ class RegistryFollower(threading.Thread):
     """Keep the running SuperLink's registrations equal to the registry file.
 
     A site removed with ``fedsynth server sites remove`` is unregistered (it can
-    no longer pull messages); a site added is registered. Polls every
-    ``interval`` seconds until :meth:`stop`.
+    no longer pull messages); a site added is registered; a site whose key
+    changed is unregistered and registered again. Polls every ``interval``
+    seconds until :meth:`stop`.
     """
 
     def __init__(
-        self, rt: FlowerRuntime, opts: ServerOptions, nodes: dict[str, int], interval: float = 2.0
+        self,
+        rt: FlowerRuntime,
+        opts: ServerOptions,
+        registered: dict[str, str],
+        nodes: dict[str, int],
+        interval: float = 2.0,
     ) -> None:
         super().__init__(daemon=True)
-        self.rt, self.opts, self.nodes, self.interval = rt, opts, dict(nodes), interval
-        self._stop = threading.Event()
+        self.rt, self.opts, self.interval = rt, opts, interval
+        self.keys, self.nodes = dict(registered), dict(nodes)
+        self._halt = threading.Event()  # not `_stop`: Thread uses that name itself
 
     def sync(self) -> None:
-        """Apply one difference between the registry and the SuperLink."""
+        """Apply the differences between the registry and the SuperLink."""
         try:
             wanted = self.opts.admitted()
         except Exception as exc:  # a damaged file must not stop the run: keep the last state
             log.error("site registry not applied: %s", exc)
             return
-        for name in sorted(set(self.nodes) - set(wanted)):
-            self.rt.run(
-                [flower_bin("flwr"), "supernode", "unregister", str(self.nodes[name]), CONNECTION]
-            )
-            log.warning("site %s was removed from the registry: unregistered", name)
-            del self.nodes[name]
+        for name in sorted(self.nodes):
+            if wanted.get(name) != self.keys[name]:
+                cmd = [flower_bin("flwr"), "supernode", "unregister", str(self.nodes[name])]
+                self.rt.run([*cmd, CONNECTION])
+                log.warning("site %s was removed from the registry: unregistered", name)
+                del self.nodes[name], self.keys[name]
         for name in sorted(set(wanted) - set(self.nodes)):
             self.nodes[name] = register_site(self.rt, name, wanted[name])
+            self.keys[name] = wanted[name]
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """Poll until stopped."""
+        while not self._halt.wait(self.interval):
             try:
                 self.sync()
             except Exception as exc:  # keep following; the next poll retries
@@ -168,7 +177,7 @@ class RegistryFollower(threading.Thread):
 
     def stop(self) -> None:
         """Stop following (the run is over)."""
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -196,7 +205,8 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         add_connection(rt, CONNECTION, address, root_certificates=ca)
         follower = None
         if not opts.insecure:
-            follower = RegistryFollower(rt, opts, register_sites(rt, opts.admitted()))
+            admitted = opts.admitted()
+            follower = RegistryFollower(rt, opts, admitted, register_sites(rt, admitted))
             follower.start()
         log.info(
             "SuperLink up on %s:%d; waiting for %d site(s) to connect",

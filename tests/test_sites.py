@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -134,23 +135,34 @@ class RecordingRuntime:
         return subprocess.CompletedProcess(args, 0, out, "")
 
 
-def test_a_running_server_follows_removals_and_additions(tmp_path: Path, keys: Path) -> None:
-    # Prepare: hospital-a registered at start-up as node 7.
+def test_a_running_server_follows_removals_additions_and_key_changes(
+    tmp_path: Path, keys: Path
+) -> None:
+    # Prepare: hospital-a and hospital-b registered at start-up as nodes 7 and 8.
     state = tmp_path / "state"
     reg = SiteRegistry(state)
     reg.add("hospital-a", keys / "hospital-a.pub")
-    rt = RecordingRuntime(tmp_path)
-    follower = RegistryFollower(rt, ServerOptions(certs=None, state_dir=state), {"hospital-a": 7})  # type: ignore[arg-type]
-
-    # Execute: the coordinator swaps hospital-a for hospital-b while the run goes on.
-    reg.remove("hospital-a")
     reg.add("hospital-b", keys / "hospital-b.pub")
-    follower.sync()
-    follower.sync()  # nothing left to do
+    create_site_key(tmp_path / "new", "hospital-b")
+    opts = ServerOptions(certs=None, state_dir=state)
+    rt = RecordingRuntime(tmp_path)
+    nodes = {"hospital-a": 7, "hospital-b": 8}
+    follower = RegistryFollower(rt, opts, opts.admitted(), nodes, interval=0.2)  # type: ignore[arg-type]
+
+    # Execute: hospital-a leaves, hospital-b gets a new key, while the run goes on.
+    reg.remove("hospital-a")
+    reg.remove("hospital-b")
+    reg.add("hospital-b", tmp_path / "new" / "hospital-b.pub")
+    follower.start()
+    wait = time.monotonic() + 10
+    while len(rt.commands) < 3 and time.monotonic() < wait:
+        time.sleep(0.1)
+    follower.stop()
 
     # Assert
-    verbs = [c[:3] for c in rt.commands]
-    assert verbs == [["flwr", "supernode", "unregister"], ["flwr", "supernode", "register"]]
-    assert rt.commands[0][3] == "7"
-    assert rt.commands[1][rt.commands[1].index("--name") + 1] == "hospital-b"
-    assert follower.nodes == {"hospital-b": 102}  # the unregister call took 101
+    verbs = [(c[2], c[3]) for c in rt.commands]
+    assert verbs[:2] == [("unregister", "7"), ("unregister", "8")]
+    assert verbs[2][0] == "register"
+    assert rt.commands[2][rt.commands[2].index("--name") + 1] == "hospital-b"
+    assert follower.nodes == {"hospital-b": 103}  # ids 101, 102 went to the unregister calls
+    assert not follower.is_alive()
