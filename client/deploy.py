@@ -128,8 +128,8 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
 
     Flower gives up quickly when the coordinator refuses to activate a node
     (exit code 305): the SuperLink may not be up yet, or this site's key is not
-    registered. The SuperNode is then restarted after a pause, up to
-    ``opts.max_retries`` times (0 = keep waiting).
+    registered. It also stops when the coordinator restarts. The SuperNode is then
+    restarted after a pause, up to ``opts.max_retries`` times (0 = keep waiting).
     """
     print(preflight(site), flush=True)
     site.state_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
             code = proc.wait()
             refused = relay.finish()
             stop_process(proc)  # reap the SuperExec Flower detached from it
-            if stopping or not refused:
+            if stopping:
                 return code
             if opts.max_retries and attempt >= opts.max_retries:
                 log.error(
@@ -170,12 +170,23 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
                     opts.private_key.with_suffix(".pub") if opts.private_key else "this site's key",
                 )
                 return code
-            log.warning(
-                "the coordinator is not reachable yet or has not registered this site's key; "
-                "retrying in %.0f s (attempt %d)",
-                RETRY_SECONDS,
-                attempt,
-            )
+            if refused:
+                log.warning(
+                    "the coordinator is not reachable yet or has not registered this site's "
+                    "key; retrying in %.0f s (attempt %d)",
+                    RETRY_SECONDS,
+                    attempt,
+                )
+            else:
+                # Flower's SuperNode gives up when the coordinator restarts (it forgets
+                # the node): reconnect, so a restarted coordinator finds its sites again.
+                log.warning(
+                    "the SuperNode stopped (exit code %s): the coordinator went away or "
+                    "restarted; reconnecting in %.0f s (attempt %d)",
+                    code,
+                    RETRY_SECONDS,
+                    attempt,
+                )
             time.sleep(RETRY_SECONDS)
 
 
