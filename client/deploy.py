@@ -29,6 +29,7 @@ from shared.tables import load_table
 
 log = logging.getLogger("fedsynth.client")
 ACTIVATION_FAILED = b"Exit Code: 305"  # flower-supernode: the SuperLink refused activation
+TLS_UNTRUSTED = b"CERTIFICATE_VERIFY_FAILED"  # the coordinator's certificate is not our CA's
 RETRY_SECONDS = 5.0
 
 
@@ -170,7 +171,16 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
                     opts.private_key.with_suffix(".pub") if opts.private_key else "this site's key",
                 )
                 return code
-            if refused:
+            if relay.untrusted:
+                log.error(
+                    "the coordinator's TLS certificate is not signed by --ca %s: check that "
+                    "it is the consortium's ca.crt (and --superlink the right host); "
+                    "retrying in %.0f s (attempt %d)",
+                    opts.ca_cert,
+                    RETRY_SECONDS,
+                    attempt,
+                )
+            elif refused:
                 log.warning(
                     "the coordinator is not reachable yet or has not registered this site's "
                     "key; retrying in %.0f s (attempt %d)",
@@ -199,7 +209,7 @@ class _Relay(threading.Thread):
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         super().__init__(daemon=True)
-        self.proc, self.refused = proc, False
+        self.proc, self.refused, self.untrusted = proc, False, False
         self.start()
 
     def run(self) -> None:
@@ -207,6 +217,7 @@ class _Relay(threading.Thread):
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
             self.refused = self.refused or ACTIVATION_FAILED in line
+            self.untrusted = self.untrusted or TLS_UNTRUSTED in line
 
     def finish(self) -> bool:
         """Wait briefly for the last lines; return whether activation was refused."""
