@@ -30,7 +30,11 @@ from shared.tables import load_table
 log = logging.getLogger("fedsynth.client")
 ACTIVATION_FAILED = b"Exit Code: 305"  # flower-supernode: the SuperLink refused activation
 TLS_UNTRUSTED = b"CERTIFICATE_VERIFY_FAILED"  # the coordinator's certificate is not our CA's
+CONNECTED = b"SuperNode ID"  # flower-supernode: activated at the SuperLink
 RETRY_SECONDS = 5.0
+# How long a site that was connected waits for a coordinator that went away to come
+# back (a restart) before it exits, e.g. at the end of a run.
+RECONNECT_WINDOW = 600.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,9 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
     Flower gives up quickly when the coordinator refuses to activate a node
     (exit code 305): the SuperLink may not be up yet, or this site's key is not
     registered. It also stops when the coordinator restarts. The SuperNode is then
-    restarted after a pause, up to ``opts.max_retries`` times (0 = keep waiting).
+    restarted after a pause, up to ``opts.max_retries`` times (0 = keep waiting);
+    once connected, a site waits :data:`RECONNECT_WINDOW` seconds for a coordinator
+    that went away, then exits (the run is over).
     """
     print(preflight(site), flush=True)
     site.state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +144,7 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
     config_file.write_text(write_toml_table(node_config(site)), encoding="utf-8")
     stopping = False
     attempt = 0
+    gone_since: float | None = None
     with FlowerRuntime.create() as rt:
         while True:
             attempt += 1
@@ -163,6 +170,15 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
             stop_process(proc)  # reap the SuperExec Flower detached from it
             if stopping:
                 return code
+            if not refused:
+                if relay.connected:
+                    gone_since = time.monotonic()
+                elif gone_since is not None and (time.monotonic() - gone_since > RECONNECT_WINDOW):
+                    log.warning(
+                        "the coordinator has been gone for %.0f s; stopping (the run is over)",
+                        time.monotonic() - gone_since,
+                    )
+                    return code
             if opts.max_retries and attempt >= opts.max_retries:
                 log.error(
                     "the coordinator did not accept this site after %d attempt(s). Check that "
@@ -209,7 +225,7 @@ class _Relay(threading.Thread):
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         super().__init__(daemon=True)
-        self.proc, self.refused, self.untrusted = proc, False, False
+        self.proc, self.refused, self.untrusted, self.connected = proc, False, False, False
         self.start()
 
     def run(self) -> None:
@@ -218,6 +234,7 @@ class _Relay(threading.Thread):
             sys.stdout.flush()
             self.refused = self.refused or ACTIVATION_FAILED in line
             self.untrusted = self.untrusted or TLS_UNTRUSTED in line
+            self.connected = self.connected or CONNECTED in line
 
     def finish(self) -> bool:
         """Wait briefly for the last lines; return whether activation was refused."""

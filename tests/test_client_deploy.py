@@ -21,20 +21,23 @@ def relay_of(text: str) -> _Relay:
 
 
 @pytest.mark.parametrize(
-    ("line", "refused", "untrusted"),
+    ("line", "expected"),
     [
         (
             "ERROR : Exit Code: 305\n[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed",
-            True,
-            True,
+            (True, True, False),
         ),
-        ("ERROR : Exit Code: 305\nFailed to activate SuperNode", True, False),
-        ("WARNING : Connection attempt failed, retrying in 1.2 seconds", False, False),
+        ("ERROR : Exit Code: 305\nFailed to activate SuperNode", (True, False, False)),
+        ("WARNING : Connection attempt failed, retrying in 1.2 seconds", (False, False, False)),
+        (
+            "INFO : SuperNode ID: 1234\nINFO : SuperNode terminated gracefully.",
+            (False, False, True),
+        ),
     ],
 )
-def test_relay_tells_a_foreign_certificate_from_an_unregistered_key(
-    line: str, refused: bool, untrusted: bool
+def test_relay_tells_a_foreign_certificate_an_unregistered_key_and_a_lost_coordinator(
+    line: str, expected: tuple[bool, bool, bool]
 ) -> None:
     relay = relay_of(line)
 
-    assert (relay.refused, relay.untrusted) == (refused, untrusted)
+    assert (relay.refused, relay.untrusted, relay.connected) == expected
