@@ -29,7 +29,12 @@ from shared.tables import load_table
 
 log = logging.getLogger("fedsynth.client")
 ACTIVATION_FAILED = b"Exit Code: 305"  # flower-supernode: the SuperLink refused activation
+TLS_UNTRUSTED = b"CERTIFICATE_VERIFY_FAILED"  # the coordinator's certificate is not our CA's
+CONNECTED = b"SuperNode ID"  # flower-supernode: activated at the SuperLink
 RETRY_SECONDS = 5.0
+# How long a site that was connected waits for a coordinator that went away to come
+# back (a restart) before it exits, e.g. at the end of a run.
+RECONNECT_WINDOW = 600.0
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,10 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
 
     Flower gives up quickly when the coordinator refuses to activate a node
     (exit code 305): the SuperLink may not be up yet, or this site's key is not
-    registered. The SuperNode is then restarted after a pause, up to
-    ``opts.max_retries`` times (0 = keep waiting).
+    registered. It also stops when the coordinator restarts. The SuperNode is then
+    restarted after a pause, up to ``opts.max_retries`` times (0 = keep waiting);
+    once connected, a site waits :data:`RECONNECT_WINDOW` seconds for a coordinator
+    that went away, then exits (the run is over).
     """
     print(preflight(site), flush=True)
     site.state_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +144,7 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
     config_file.write_text(write_toml_table(node_config(site)), encoding="utf-8")
     stopping = False
     attempt = 0
+    gone_since: float | None = None
     with FlowerRuntime.create() as rt:
         while True:
             attempt += 1
@@ -160,8 +168,17 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
             code = proc.wait()
             refused = relay.finish()
             stop_process(proc)  # reap the SuperExec Flower detached from it
-            if stopping or not refused:
+            if stopping:
                 return code
+            if not refused:
+                if relay.connected:
+                    gone_since = time.monotonic()
+                elif gone_since is not None and (time.monotonic() - gone_since > RECONNECT_WINDOW):
+                    log.warning(
+                        "the coordinator has been gone for %.0f s; stopping (the run is over)",
+                        time.monotonic() - gone_since,
+                    )
+                    return code
             if opts.max_retries and attempt >= opts.max_retries:
                 log.error(
                     "the coordinator did not accept this site after %d attempt(s). Check that "
@@ -170,12 +187,32 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
                     opts.private_key.with_suffix(".pub") if opts.private_key else "this site's key",
                 )
                 return code
-            log.warning(
-                "the coordinator is not reachable yet or has not registered this site's key; "
-                "retrying in %.0f s (attempt %d)",
-                RETRY_SECONDS,
-                attempt,
-            )
+            if relay.untrusted:
+                log.error(
+                    "the coordinator's TLS certificate is not signed by --ca %s: check that "
+                    "it is the consortium's ca.crt (and --superlink the right host); "
+                    "retrying in %.0f s (attempt %d)",
+                    opts.ca_cert,
+                    RETRY_SECONDS,
+                    attempt,
+                )
+            elif refused:
+                log.warning(
+                    "the coordinator is not reachable yet or has not registered this site's "
+                    "key; retrying in %.0f s (attempt %d)",
+                    RETRY_SECONDS,
+                    attempt,
+                )
+            else:
+                # Flower's SuperNode gives up when the coordinator restarts (it forgets
+                # the node): reconnect, so a restarted coordinator finds its sites again.
+                log.warning(
+                    "the SuperNode stopped (exit code %s): the coordinator went away or "
+                    "restarted; reconnecting in %.0f s (attempt %d)",
+                    code,
+                    RETRY_SECONDS,
+                    attempt,
+                )
             time.sleep(RETRY_SECONDS)
 
 
@@ -188,7 +225,7 @@ class _Relay(threading.Thread):
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         super().__init__(daemon=True)
-        self.proc, self.refused = proc, False
+        self.proc, self.refused, self.untrusted, self.connected = proc, False, False, False
         self.start()
 
     def run(self) -> None:
@@ -196,6 +233,8 @@ class _Relay(threading.Thread):
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
             self.refused = self.refused or ACTIVATION_FAILED in line
+            self.untrusted = self.untrusted or TLS_UNTRUSTED in line
+            self.connected = self.connected or CONNECTED in line
 
     def finish(self) -> bool:
         """Wait briefly for the last lines; return whether activation was refused."""

@@ -6,7 +6,11 @@ Order of operations, each step failing closed:
 2. load and validate the table (a bad table stops here: nothing charged or sent);
 3. under the ledger lock: check that the planned steps fit the remaining budget,
    run DP-SGD, record the steps durably;
-4. compute the update (new − global) and clip its L2 norm.
+4. compute the update (new − global) and clip its L2 norm, and remember it.
+
+A request identical to the last one answered (same round config, same global
+weights: a restarted coordinator asking again) gets the stored update back
+without a new charge (see :mod:`client.replay`).
 
 The caller sends the reply only after step 3 has written the ledger.
 """
@@ -25,6 +29,7 @@ import torch
 
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
+from client.replay import ReplayStore, SentUpdate, request_digest
 from client.settings import SiteSettings
 from client.training import train_dp
 from shared.config import TrainSettings
@@ -138,7 +143,27 @@ def _train_round(
         )
     device = select_device(site.device)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
+    replay = ReplayStore(site.state_dir)
+    digest = request_digest(train, global_state)
     with ledger.locked() as led:
+        sent = replay.find(digest)
+        if sent is not None:
+            log.warning(
+                "site %s round %d: the coordinator asked again for a round this site already "
+                "answered (it restarted); re-sending the same update, no new charge",
+                site.site_name,
+                train.server_round,
+            )
+            return RoundResult(
+                True,
+                "",
+                led.epsilon(delta=site.budget_delta),
+                sent.steps,
+                led.total_steps,
+                sent.update,
+                sent.clipped,
+                len(data),
+            )
         try:
             led.check_budget(
                 noise_multiplier=train.noise_multiplier,
@@ -180,6 +205,7 @@ def _train_round(
     new_state = family.state_dict()
     update = {k: (new_state[k].cpu() - global_state[k].cpu()) for k in global_state}
     update, clipped = clip_update(update, train.update_clip_norm)
+    replay.save(SentUpdate(digest, update, clipped, stats.steps))
     log.info(
         "site %s round %d: %d DP steps in %.1fs, cumulative ε=%.4f",
         site.site_name,

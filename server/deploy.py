@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.errors import DeploymentError
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
+from server.sites import SiteRegistry, key_fingerprint
 from shared.config import RunSettings, app_config_defaults
 from shared.runtime import FlowerRuntime, flower_bin
 from shared.schema import Schema
@@ -33,6 +35,31 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 9092
     insecure: bool = False
+    state_dir: Path | None = None
+
+    def admitted(self) -> dict[str, str]:
+        """Site name → OpenSSH public key: the registry in ``state_dir`` plus ``site_keys``.
+
+        Raises
+        ------
+        DeploymentError
+            If a key file is missing or two entries share a name or a key.
+        """
+        registry = SiteRegistry(self.state_dir).sites() if self.state_dir else []
+        sites = {s.name: s.public_key for s in registry}
+        for key in self.site_keys:
+            if not key.is_file():
+                raise DeploymentError(f"site key {key} not found")
+            if key.stem in sites:
+                raise DeploymentError(
+                    f"site {key.stem!r} is given twice (--site-key {key} and the registry); "
+                    "drop the --site-key"
+                )
+            sites[key.stem] = key.read_text(encoding="utf-8").strip()
+        prints = [key_fingerprint(k, source=f"the key of site {n}") for n, k in sites.items()]
+        if len(set(prints)) != len(prints):
+            raise DeploymentError("two sites share one public key; each site needs its own")
+        return sites
 
 
 def superlink_command(opts: ServerOptions) -> list[str]:
@@ -64,8 +91,11 @@ def superlink_command(opts: ServerOptions) -> list[str]:
         raise DeploymentError(
             f"missing TLS file(s) {missing}; create them with `fedsynth certs server`"
         )
-    if not opts.site_keys:
-        raise DeploymentError("no --site-key given: register at least one site's public key")
+    if not opts.admitted():
+        raise DeploymentError(
+            "no site is registered: `fedsynth server sites add NAME --key NAME.pub "
+            "--state-dir DIR` (then pass --state-dir DIR), or give --site-key"
+        )
     return [
         *cmd,
         "--ssl-ca-certfile",
@@ -78,29 +108,77 @@ def superlink_command(opts: ServerOptions) -> list[str]:
     ]
 
 
-def register_sites(rt: FlowerRuntime, keys: list[Path]) -> list[str]:
-    """Register each site's public key with the SuperLink; returns the site names."""
-    names = []
-    for key in keys:
-        if not key.is_file():
-            raise DeploymentError(f"site key {key} not found")
-        name = key.stem
-        rt.run(
-            [
-                flower_bin("flwr"),
-                "supernode",
-                "register",
-                str(key),
-                CONNECTION,
-                "--name",
-                name,
-                "--format",
-                "json",
-            ]
-        )
-        names.append(name)
-        log.info("registered site %s (%s)", name, key)
-    return names
+def register_site(rt: FlowerRuntime, name: str, public_key: str) -> int:
+    """Register one site's public key with the SuperLink; returns its node id."""
+    key_file = rt.root / "site-keys" / f"{name}.pub"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(public_key + "\n", encoding="utf-8")
+    cmd = [flower_bin("flwr"), "supernode", "register", str(key_file), CONNECTION]
+    res = rt.run([*cmd, "--name", name, "--format", "json"])
+    try:
+        node_id = int(json.loads(res.stdout)["node-id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeploymentError(f"registering site {name} gave no node id ({exc})") from None
+    log.info("registered site %s (node %d)", name, node_id)
+    return node_id
+
+
+def register_sites(rt: FlowerRuntime, sites: dict[str, str]) -> dict[str, int]:
+    """Register each site (name → public key); returns name → node id."""
+    return {name: register_site(rt, name, key) for name, key in sorted(sites.items())}
+
+
+class RegistryFollower(threading.Thread):
+    """Keep the running SuperLink's registrations equal to the registry file.
+
+    A site removed with ``fedsynth server sites remove`` is unregistered (it can
+    no longer pull messages); a site added is registered; a site whose key
+    changed is unregistered and registered again. Polls every ``interval``
+    seconds until :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        rt: FlowerRuntime,
+        opts: ServerOptions,
+        registered: dict[str, str],
+        nodes: dict[str, int],
+        interval: float = 2.0,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.rt, self.opts, self.interval = rt, opts, interval
+        self.keys, self.nodes = dict(registered), dict(nodes)
+        self._halt = threading.Event()  # not `_stop`: Thread uses that name itself
+
+    def sync(self) -> None:
+        """Apply the differences between the registry and the SuperLink."""
+        try:
+            wanted = self.opts.admitted()
+        except Exception as exc:  # a damaged file must not stop the run: keep the last state
+            log.error("site registry not applied: %s", exc)
+            return
+        for name in sorted(self.nodes):
+            if wanted.get(name) != self.keys[name]:
+                cmd = [flower_bin("flwr"), "supernode", "unregister", str(self.nodes[name])]
+                self.rt.run([*cmd, CONNECTION])
+                log.warning("site %s was removed from the registry: unregistered", name)
+                del self.nodes[name], self.keys[name]
+        for name in sorted(set(wanted) - set(self.nodes)):
+            self.nodes[name] = register_site(self.rt, name, wanted[name])
+            self.keys[name] = wanted[name]
+
+    def run(self) -> None:
+        """Poll until stopped."""
+        while not self._halt.wait(self.interval):
+            try:
+                self.sync()
+            except Exception as exc:  # keep following; the next poll retries
+                log.error("site registry sync failed: %s", exc)
+
+    def stop(self) -> None:
+        """Stop following (the run is over)."""
+        self._halt.set()
+        self.join(timeout=10)
 
 
 def list_sites(rt: FlowerRuntime) -> list[dict[str, Any]]:
@@ -125,8 +203,11 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         wait_healthy(proc, opts.port, link_log, ca_cert=ca)
         address = f"{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
         add_connection(rt, CONNECTION, address, root_certificates=ca)
+        follower = None
         if not opts.insecure:
-            register_sites(rt, opts.site_keys)
+            admitted = opts.admitted()
+            follower = RegistryFollower(rt, opts, admitted, register_sites(rt, admitted))
+            follower.start()
         log.info(
             "SuperLink up on %s:%d; waiting for %d site(s) to connect",
             opts.host,
@@ -134,5 +215,9 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
             settings.min_sites,
         )
         app_dir = build_app(rt.root / "app", app_config_defaults())
-        submit_and_wait(rt, app_dir, CONNECTION, overrides, out / "logs" / "run.log")
+        try:
+            submit_and_wait(rt, app_dir, CONNECTION, overrides, out / "logs" / "run.log")
+        finally:
+            if follower is not None:
+                follower.stop()
     return out

@@ -23,3 +23,7 @@ class CheckpointError(ServerError):
 
 class DeploymentError(ServerError):
     """A SuperLink, SuperNode or run could not be started or completed."""
+
+
+class SiteRegistryError(ServerError):
+    """The site registry is damaged, or an add/remove request is invalid."""

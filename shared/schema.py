@@ -172,6 +172,10 @@ class Schema:
             raise SchemaError(
                 str(p), [f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"]
             ) from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, deep nesting
+            raise SchemaError(
+                str(p), [f"is not a usable JSON document ({str(exc)[:120]})"]
+            ) from None
         return cls.from_dict(doc, source=str(p))
 
     @classmethod

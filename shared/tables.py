@@ -147,8 +147,15 @@ def validate_frame(raw: pd.DataFrame, schema: Schema, *, source: str = "<table>"
         )
     out: dict[str, Any] = {}
     for col in schema.columns:
-        if col.name in present:
+        if col.name not in present:
+            continue
+        try:
             out[col.name] = _check_column(raw[col.name], col, problems)
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. raw bytes in Parquet
+            problems.append(
+                f"column {col.name!r} holds values that cannot be read as {col.kind} "
+                f"({type(exc).__name__}); export it as plain text or numbers"
+            )
     if problems:
         raise DataValidationError(source, problems)
     frame = pd.DataFrame(out, columns=schema.names)

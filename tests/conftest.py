@@ -56,3 +56,16 @@ def small_schema() -> Schema:
 def cohort() -> Schema:
     """The built-in cohort's public schema."""
     return cohort_schema()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print how many hostile inputs the fuzz tests generated (none: print nothing)."""
+    from tests.fuzzing import ACCEPTED, GENERATED
+
+    if GENERATED:
+        total, valid = sum(GENERATED.values()), sum(ACCEPTED.values())
+        parts = ", ".join(f"{n} {target}" for target, n in sorted(GENERATED.items()))
+        terminalreporter.write_line(
+            f"fuzzing: {total} generated hostile inputs ({parts}): {total - valid} refused with "
+            f"a fedsynth error, {valid} turned out valid (any other exception fails its test)"
+        )

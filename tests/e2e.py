@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,3 +71,42 @@ def independent_epsilon(history: Sequence[tuple[float, float, int]], delta: floa
     )
     eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
     return max(0.0, float(eps))
+
+
+def _process_table() -> dict[int, tuple[int, list[bytes]]]:
+    """pid → (parent pid, command line) for every process we can read."""
+    table = {}
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc_dir / "stat").read_text()
+            args = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        table[int(proc_dir.name)] = (ppid, args)
+    return table
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid``, its descendants and the helpers Flower detached from any of them.
+
+    This is how a machine dies (power loss, OOM killer): nothing gets to clean up.
+    Returns the killed PIDs.
+    """
+    table = _process_table()
+    doomed = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for other, (ppid, args) in table.items():
+            detached = any(
+                a == b"--parent-pid" and args[i + 1].decode(errors="replace") in map(str, doomed)
+                for i, a in enumerate(args[:-1])
+            )
+            if other not in doomed and (ppid in doomed or detached):
+                doomed.add(other)
+                grew = True
+    for victim in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    return sorted(doomed)

@@ -50,7 +50,7 @@ def site(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def train_message(*, steps: int = 4, epsilon: float = 2.0) -> Message:
+def train_message(*, steps: int = 4, epsilon: float = 2.0, rnd: int = 1) -> Message:
     schema = cohort_schema()
     torch.manual_seed(0)
     model = build_generator(schema, ModelSettings())
@@ -58,7 +58,7 @@ def train_message(*, steps: int = 4, epsilon: float = 2.0) -> Message:
         rounds=1, local_steps=steps, epsilon=epsilon, schema_path="x", out_dir="y"
     )
     train = settings.train_settings(
-        1, noise_multiplier=settings.noise_multiplier(), schema_fingerprint=schema.fingerprint()
+        rnd, noise_multiplier=settings.noise_multiplier(), schema_fingerprint=schema.fingerprint()
     )
     content = RecordDict(
         {
@@ -96,7 +96,7 @@ def test_reply_contains_only_the_agreed_fields(site: dict[str, Any]) -> None:
 
 def test_reply_reports_cumulative_epsilon_and_steps(site: dict[str, Any]) -> None:
     first = reply_for(site).content[keys.PRIVACY_METRICS]
-    second = reply_for(site).content[keys.PRIVACY_METRICS]
+    second = reply_for(site, train_message(rnd=2)).content[keys.PRIVACY_METRICS]
 
     assert first[keys.STEPS] == 4 and first[keys.TOTAL_STEPS] == 4
     assert second[keys.TOTAL_STEPS] == 8
@@ -116,6 +116,39 @@ def test_update_is_clipped_to_the_bound(site: dict[str, Any]) -> None:
     assert reply_for(site, msg).content[keys.PRIVACY_METRICS][keys.UPDATE_NORM_CLIPPED] == 1.0
 
 
+def test_a_repeated_request_resends_the_same_update_without_a_new_charge(
+    site: dict[str, Any],
+) -> None:
+    # A coordinator that crashed before aggregating resumes from its checkpoint and
+    # asks again for the same round with the same global weights.
+    first = reply_for(site, train_message()).content
+    entries = ledger_entries(site["state-dir"])
+
+    again = reply_for(site, train_message()).content
+
+    ua, ub = (r[keys.UPDATE_ARRAYS].to_torch_state_dict() for r in (first, again))
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
+    assert again[keys.PRIVACY_METRICS][keys.EPSILON] == first[keys.PRIVACY_METRICS][keys.EPSILON]
+    assert again[keys.PRIVACY_METRICS][keys.TOTAL_STEPS] == 4
+    assert ledger_entries(site["state-dir"]) == entries == 1
+    # Any other request (here the next round) trains and is charged.
+    changed = reply_for(site, train_message(rnd=2)).content
+    assert changed[keys.PRIVACY_METRICS][keys.TOTAL_STEPS] == 8
+    assert ledger_entries(site["state-dir"]) == 2
+
+
+def test_a_damaged_replay_record_charges_again_rather_than_sending_unaccounted(
+    site: dict[str, Any],
+) -> None:
+    reply_for(site, train_message())
+    (Path(site["state-dir"]) / "last_update.pt").write_bytes(b"damaged")
+
+    again = reply_for(site, train_message()).content
+
+    assert again[keys.SITE_INFO][keys.STATUS] == keys.STATUS_TRAINED
+    assert ledger_entries(site["state-dir"]) == 2
+
+
 def test_row_count_is_sent_only_when_the_site_opts_in(site: dict[str, Any]) -> None:
     assert keys.NUM_ROWS not in reply_for(site).content[keys.PRIVACY_METRICS]
 
@@ -128,7 +161,7 @@ def test_budget_exhaustion_declines_without_update_or_charge(site: dict[str, Any
     reply_for(site, train_message(epsilon=2.9))  # spends 2.9 of 3.0; twice would be 3.40
     before = ledger_entries(site["state-dir"])
 
-    reply = reply_for(site, train_message(epsilon=2.9))
+    reply = reply_for(site, train_message(epsilon=2.9, rnd=2))
 
     info = reply.content[keys.SITE_INFO]
     assert info[keys.STATUS] == keys.STATUS_DECLINED

@@ -1,8 +1,10 @@
-"""A real deployment on 127.0.0.1: one coordinator, three hospitals, one stranger.
+"""A real deployment on 127.0.0.1: one coordinator, three hospitals, three refused nodes.
 
 The coordinator runs a SuperLink with TLS and SuperNode authentication; three
-sites with registered keys train for two rounds; a fourth site whose key was
-never registered is refused and never trains.
+sites with registered keys (two through ``fedsynth server sites add``, one
+through ``--site-key``) train for two rounds. Three nodes are refused and never
+train: site-3, whose key was never registered; site-4, registered but trusting
+another CA; site-5, registered but connecting without TLS (no CA at all).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from shared.tables import load_table
 from tests.e2e import independent_epsilon, ledger, run_cli, start_cli, stop, wait_for
 
 pytestmark = pytest.mark.slow
-SITES = 4  # site-3 is never registered
+SITES = 6  # site-3 is never registered; site-4 has the wrong CA; site-5 has no CA
+CA = {4: "other-ca", 5: None}
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,30 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     table = generate_cohort(400 * SITES, seed=11)[schema.names]
     for i in range(SITES):
         table.iloc[i * 400 : (i + 1) * 400].to_csv(root / f"site-{i}.csv", index=False)
+    assert (
+        run_cli(["certs", "demo", "--out", str(root / "other-ca"), "--sites", "1"]).returncode == 0
+    )
     port = free_port()
+    for i in (0, 1, 4, 5):
+        pub = str(root / "certs" / "sites" / f"site-{i}.pub")
+        added = run_cli(
+            [
+                "server",
+                "sites",
+                "add",
+                f"site-{i}",
+                "--key",
+                pub,
+                "--state-dir",
+                str(root / "coordinator"),
+            ]
+        )
+        assert added.returncode == 0, added.stderr
     keys = [
-        a for i in range(3) for a in ("--site-key", str(root / "certs" / "sites" / f"site-{i}.pub"))
+        "--state-dir",
+        str(root / "coordinator"),
+        "--site-key",
+        str(root / "certs" / "sites" / "site-2.pub"),
     ]
     server = start_cli(
         [
@@ -72,6 +96,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         120,
         "the coordinator to register the sites",
     )
+
+    def trust(i: int) -> list[str]:
+        if i not in CA:
+            return ["--ca", str(root / "certs" / "ca.crt")]
+        other = CA[i]
+        return ["--insecure"] if other is None else ["--ca", str(root / other / "ca.crt")]
+
     clients = [
         start_cli(
             [
@@ -84,8 +115,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "5",
                 "--superlink",
                 f"127.0.0.1:{port}",
-                "--ca",
-                str(root / "certs" / "ca.crt"),
+                *trust(i),
                 "--key",
                 str(root / "certs" / "sites" / f"site-{i}.key"),
                 "--state-dir",
@@ -103,10 +133,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     try:
         server_rc = server.wait(timeout=420)
         stranger_rc = clients[3].wait(timeout=120)
+        # Nodes without the right CA keep retrying the handshake; the run is over.
+        untrusted = [clients[i].poll() for i in CA]
     finally:
         for proc in [server, *clients]:
             stop(proc)
-    (root / "rc.json").write_text(json.dumps({"server": server_rc, "stranger": stranger_rc}))
+    (root / "rc.json").write_text(
+        json.dumps({"server": server_rc, "stranger": stranger_rc, "untrusted": untrusted})
+    )
     return {"root": root, "out": root / "out"}
 
 
@@ -142,3 +176,21 @@ def test_unregistered_site_is_refused_and_never_trains(deployment: dict[str, Pat
     assert rc["stranger"] != 0
     assert "Failed to activate SuperNode" in log or "2004" in log, log[-2000:]
     assert not (deployment["root"] / "state-3" / "privacy_ledger.json").exists()
+
+
+# What each refused node's own log shows: the handshake failed, so nothing was sent.
+REFUSAL = {4: "CERTIFICATE_VERIFY_FAILED", 5: "Connection attempt failed"}
+
+
+@pytest.mark.parametrize("i", sorted(CA))
+def test_node_without_the_ca_certificate_is_refused_and_never_trains(
+    deployment: dict[str, Path], i: int
+) -> None:
+    log = (deployment["root"] / f"client-{i}.log").read_text(errors="replace")
+    report = json.loads((deployment["out"] / "privacy_report.json").read_text())
+
+    assert f"site-{i}" not in [s["site"] for s in report["sites"]]
+    assert not (deployment["root"] / f"state-{i}" / "privacy_ledger.json").exists()
+    # Its key was registered: the refusal is the TLS handshake.
+    assert REFUSAL[i] in log, log[-2000:]
+    assert "Receiving: train message" not in log

@@ -1,0 +1,14 @@
+"""A count of the hostile inputs the fuzz tests generated, printed at the end of a run."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+GENERATED: Counter[str] = Counter()
+ACCEPTED: Counter[str] = Counter()
+
+
+def count(target: str, *, accepted: bool = False) -> None:
+    """Record one generated input for ``target``; ``accepted`` if it turned out valid."""
+    GENERATED[target] += 1
+    ACCEPTED[target] += accepted
