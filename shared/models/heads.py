@@ -1,0 +1,115 @@
+"""Conditional heads: a few schema columns given a conditioning vector.
+
+The staged generator (:mod:`shared.models.staged`) models the treatment given
+the covariates, the outcome given the covariates and the treatment, and
+post-treatment columns given everything before them, each with one
+:class:`ConditionalHead`. A head predicts the schema-only encoding of its
+columns (:class:`shared.transforms.SpanInfo` spans): a softmax per categorical
+or missing-indicator span and a heteroscedastic Gaussian (mean, log-std) per
+numeric value, the same output families as the VAE's decoder.
+
+With ``arms > 1`` the head is a T-learner (Künzel et al., PNAS 2019): one
+network per treatment arm, selected by the treatment's one-hot code, so the
+outcome surface of each arm is fitted separately and treatment-effect
+heterogeneity (``t × x`` interactions) is representable by construction.
+
+Each arm is a linear map plus a one-hidden-layer MLP (a residual pair): under
+DP-SGD's noise the linear part picks up the dominant linear signal quickly and
+the MLP adds curvature where the data support it. Only ``nn.Linear`` layers, so
+Opacus ghost clipping applies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.transforms import SpanInfo
+
+LOGSTD_MIN, LOGSTD_MAX = -5.0, 1.0
+
+
+def head_width(spans: tuple[SpanInfo, ...]) -> int:
+    """Output width for ``spans``: logits per one-hot slot, (mean, log-std) per numeric."""
+    return sum(2 if s.kind == "numeric" else s.width for s in spans)
+
+
+class ConditionalHead(nn.Module):
+    """Per-arm ``linear(x) + mlp(x)`` producing the parameters of :func:`head_width`."""
+
+    def __init__(self, in_dim: int, spans: tuple[SpanInfo, ...], hidden: int, arms: int) -> None:
+        super().__init__()
+        self.spans, self.arms = spans, arms
+        out = head_width(spans)
+        self.linear = nn.ModuleList(nn.Linear(in_dim, out) for _ in range(arms))
+        self.hidden = nn.ModuleList(nn.Linear(in_dim, hidden) for _ in range(arms))
+        self.out = nn.ModuleList(nn.Linear(hidden, out, bias=False) for _ in range(arms))
+
+    def forward(self, x: torch.Tensor, arm: torch.Tensor | None = None) -> torch.Tensor:
+        """Head parameters for conditioning rows ``x``.
+
+        ``arm`` is the one-hot (n, arms) treatment code selecting each row's arm;
+        it may be omitted when ``arms == 1``.
+        """
+        outs = [
+            lin(x) + o(F.relu(h(x)))
+            for lin, h, o in zip(self.linear, self.hidden, self.out, strict=True)
+        ]
+        if self.arms == 1:
+            single: torch.Tensor = outs[0]
+            return single
+        if arm is None:
+            raise ValueError("a head with several arms needs the one-hot arm of each row")
+        stacked = torch.stack(outs, dim=1)  # (n, arms, out)
+        return (stacked * arm.unsqueeze(2)).sum(dim=1)
+
+
+def span_nll(
+    spans: tuple[SpanInfo, ...], params: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Per-row negative log-likelihood of ``target`` (the spans' encoding) under ``params``.
+
+    A free function (not a head method) so that the loss holds no parameters.
+    """
+    loss = torch.zeros(target.shape[0], device=target.device, dtype=params.dtype)
+    # Slot 0 of a missing-indicator span means "value present".
+    present = {s.column: target[:, s.start] for s in spans if s.kind == "missing"}
+    pos = 0
+    for span in spans:
+        if span.kind == "numeric":
+            mean = params[:, pos]
+            ls = params[:, pos + 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
+            nll = 0.5 * ((target[:, span.start] - mean) / torch.exp(ls)) ** 2 + ls
+            if span.column in present:  # no target for a missing value
+                nll = nll * present[span.column]
+            loss = loss + nll
+            pos += 2
+        else:
+            logits = params[:, pos : pos + span.width]
+            labels = target[:, span.start : span.stop].argmax(1)
+            loss = loss + F.cross_entropy(logits, labels, reduction="none")
+            pos += span.width
+    return loss
+
+
+@torch.no_grad()
+def span_draw(
+    spans: tuple[SpanInfo, ...], params: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Sample the spans' encoding from head parameters, one row per row of ``params``."""
+    n = params.shape[0]
+    out = torch.zeros(n, max((s.stop for s in spans), default=0), device=params.device)
+    pos = 0
+    for span in spans:
+        if span.kind == "numeric":
+            ls = params[:, pos + 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
+            noise = torch.randn(n, generator=generator, device=params.device)
+            out[:, span.start] = (params[:, pos] + torch.exp(ls) * noise).clamp(-1.0, 1.0)
+            pos += 2
+        else:
+            probs = torch.softmax(params[:, pos : pos + span.width], dim=1)
+            idx = torch.multinomial(probs, 1, generator=generator)
+            out[:, span.start : span.stop].scatter_(1, idx, 1.0)
+            pos += span.width
+    return out
