@@ -91,7 +91,7 @@ def test_staged_is_registered_and_holds_three_stages_and_the_target(
     assert len(staged.cov_family.schema.names) == 12
     prefixes = {k.split(".")[0] for k in staged.state_dict()}
     assert prefixes == {"covariates", "propensity", "outcome", "post"}
-    assert module.outcome.arms == 2  # one network per statin arm (T-learner)
+    assert module.outcome.arms == 2  # shared surface + the statin arm's offset
 
 
 def test_schema_without_treatment_and_outcome_roles_is_refused(small_schema: Schema) -> None:
@@ -166,14 +166,14 @@ def test_treatment_is_drawn_from_the_propensity_model(staged: StagedGenerator) -
 def test_outcome_is_drawn_from_the_arm_of_the_sampled_treatment(
     staged: StagedGenerator, cohort: Schema
 ) -> None:
-    # Prepare: arm "no" has scaled mean -0.5, arm "yes" +0.5, tiny spread.
+    # Prepare: arm "no" has scaled mean -0.5, arm "yes" an offset of +1 (so +0.5).
     module = staged.module
     assert isinstance(module, StagedModule)
     with torch.no_grad():
         for p in module.outcome.parameters():
             p.zero_()
-        for arm, mean in ((0, -0.5), (1, 0.5)):
-            module.outcome.linear[arm].bias.copy_(torch.tensor([mean, -5.0]))
+        module.outcome.linear[0].bias.copy_(torch.tensor([-0.5, -5.0]))
+        module.outcome.linear[1].bias.copy_(torch.tensor([1.0, 0.0]))
     # Execute
     sample = staged.sample(2000, seed=5)
     # Assert: scaled ±0.5 on [20, 300] is 90 and 230 mg/dL.

@@ -8,10 +8,13 @@ columns (:class:`shared.transforms.SpanInfo` spans): a softmax per categorical
 or missing-indicator span and a heteroscedastic Gaussian (mean, log-std) per
 numeric value, the same output families as the VAE's decoder.
 
-With ``arms > 1`` the head is a T-learner (Künzel et al., PNAS 2019): one
-network per treatment arm, selected by the treatment's one-hot code, so the
-outcome surface of each arm is fitted separately and treatment-effect
-heterogeneity (``t × x`` interactions) is representable by construction.
+With ``arms > 1`` the head is ``f(x) + Σ_a t_a · g_a(x)``: a surface shared by
+every arm plus an offset network per non-reference arm, selected by the
+treatment's one-hot code. It represents exactly what a T-learner (one network
+per arm; Künzel et al., PNAS 2019) represents, so treatment-effect heterogeneity
+(``t × x`` interactions) is there by construction, but the common structure is
+learned once from every row, and the effect ``g_a(x)`` is a parameter of its
+own rather than the difference of two noisy DP fits.
 
 Each arm is a linear map plus a one-hidden-layer MLP (a residual pair): under
 DP-SGD's noise the linear part picks up the dominant linear signal quickly and
@@ -36,12 +39,16 @@ def head_width(spans: tuple[SpanInfo, ...]) -> int:
 
 
 class ConditionalHead(nn.Module):
-    """Per-arm ``linear(x) + mlp(x)`` producing the parameters of :func:`head_width`."""
+    """``f(x) + Σ_a t_a · g_a(x)``: a shared surface plus one offset network per treated arm.
+
+    Each network is ``linear(x) + mlp(x)``. With ``arms == 1`` only ``f`` exists.
+    """
 
     def __init__(self, in_dim: int, spans: tuple[SpanInfo, ...], hidden: int, arms: int) -> None:
         super().__init__()
         self.spans, self.arms = spans, arms
         out = head_width(spans)
+        # Index 0 is the shared surface f; index a >= 1 is arm a's offset g_a.
         self.linear = nn.ModuleList(nn.Linear(in_dim, out) for _ in range(arms))
         self.hidden = nn.ModuleList(nn.Linear(in_dim, hidden) for _ in range(arms))
         self.out = nn.ModuleList(nn.Linear(hidden, out, bias=False) for _ in range(arms))
@@ -49,20 +56,20 @@ class ConditionalHead(nn.Module):
     def forward(self, x: torch.Tensor, arm: torch.Tensor | None = None) -> torch.Tensor:
         """Head parameters for conditioning rows ``x``.
 
-        ``arm`` is the one-hot (n, arms) treatment code selecting each row's arm;
-        it may be omitted when ``arms == 1``.
+        ``arm`` is the one-hot (n, arms) treatment code of each row (its first
+        slot is the reference arm); it may be omitted when ``arms == 1``.
         """
         outs = [
             lin(x) + o(F.relu(h(x)))
             for lin, h, o in zip(self.linear, self.hidden, self.out, strict=True)
         ]
+        base: torch.Tensor = outs[0]
         if self.arms == 1:
-            single: torch.Tensor = outs[0]
-            return single
+            return base
         if arm is None:
             raise ValueError("a head with several arms needs the one-hot arm of each row")
-        stacked = torch.stack(outs, dim=1)  # (n, arms, out)
-        return (stacked * arm.unsqueeze(2)).sum(dim=1)
+        offsets = torch.stack(outs[1:], dim=1)  # (n, arms - 1, out)
+        return base + (offsets * arm[:, 1:].unsqueeze(2)).sum(dim=1)
 
 
 def span_nll(
