@@ -44,8 +44,6 @@ from shared.transforms import SpanInfo, TableTransformer
 #: Hidden width of the conditional heads: small, because DP-SGD noise grows with
 #: the parameter count while the clipped signal does not.
 HEAD_HIDDEN = 16
-#: Weight of the propensity, outcome and post-treatment losses in the joint per-row loss.
-HEAD_WEIGHT = 1.0
 
 
 def _sub_schema(schema: Schema, names: list[str], suffix: str) -> Schema:
@@ -110,12 +108,10 @@ class StagedLoss(nn.Module):
         widths: list[int],
         spans: list[tuple[SpanInfo, ...]],
         index: dict[str, list[int]],
-        head_weight: float = 1.0,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.covariate_loss, self.widths, self.spans = covariate_loss, widths, spans
-        self.head_weight = head_weight
         per_row: Any = covariate_loss  # nn.Module's typed __setattr__ refuses a str
         per_row.reduction = "none"  # per-row losses; reduced below
         self.names = ["cov", "treatment", "outcome", "post"][: len(widths)]
@@ -127,8 +123,7 @@ class StagedLoss(nn.Module):
         idx = {n: i.to(target.device) for n, i in self.index.items()}
         loss: torch.Tensor = self.covariate_loss(parts[0], target.index_select(1, idx["cov"]))
         for name, params, spans in zip(self.names[1:], parts[1:], self.spans, strict=True):
-            nll = span_nll(spans, params, target.index_select(1, idx[name]))
-            loss = loss + self.head_weight * nll
+            loss = loss + span_nll(spans, params, target.index_select(1, idx[name]))
         if self.reduction == "none":
             return loss
         return loss.sum() if self.reduction == "sum" else loss.mean()
@@ -214,9 +209,7 @@ class StagedGenerator(GeneratorFamily):
 
     def criterion(self) -> nn.Module:
         widths = [self._covariate_width(), *(head_width(s) for s in self.stage_spans)]
-        return StagedLoss(
-            self.cov_family.criterion(), widths, self.stage_spans, self.index, HEAD_WEIGHT
-        )
+        return StagedLoss(self.cov_family.criterion(), widths, self.stage_spans, self.index)
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         staged = self.module

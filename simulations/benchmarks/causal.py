@@ -44,8 +44,11 @@ from client.site import run_site_round
 from server.strategy import mean_update
 from shared.cohort import TRUE_ATE, cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
+from shared.evaluation.association import associations
 from shared.evaluation.causal import causal
+from shared.evaluation.fidelity import marginals
 from shared.evaluation.inputs import Limits
+from shared.evaluation.utility import utility
 from shared.models import GeneratorFamily, build_generator
 from shared.schema import Schema
 from shared.tables import validate_frame
@@ -175,8 +178,32 @@ def run_dataset(data: Dataset, args: argparse.Namespace, seed: int) -> dict[str,
             "sigma": run.noise_multiplier(),
             "site_epsilon_max": max(spent),
             **verdict(real, syn, reference),
+            **quality(data, synthetic, limits, seed),
         }
     return doc
+
+
+def quality(
+    data: Dataset, synthetic: pd.DataFrame, limits: Limits, seed: int
+) -> dict[str, float | None]:
+    """Fidelity and utility next to causal validity (real rows as the reference).
+
+    Utility is train-on-synthetic, test-on-real (gradient boosting, AUC) for the
+    schema's target, tested on the real rows themselves (the benchmark keeps no
+    holdout); it compares the generators with each other, not with TRTR.
+    """
+    fid = marginals(data.frame, synthetic, data.schema)
+    out: dict[str, float | None] = {
+        "ks_mean": fid["ks_mean"],
+        "tvd_mean": fid["tvd_mean"],
+        "assoc_diff_mean": associations(data.frame, synthetic, data.schema)["abs_diff_mean"],
+        "tstr_auc": None,
+    }
+    target = data.schema.roles.get("target")
+    if target:
+        res = utility(data.frame, data.frame, synthetic, data.schema, target, limits, seed)
+        out["tstr_auc"] = res["models"]["gradient_boosting"]["tstr"]["auc"]
+    return out
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -200,6 +227,11 @@ def report(doc: dict[str, Any], generators: list[str]) -> None:
             f"(treated {d.get('treated_share') or 0:.2f}, propensity KS "
             f"{d['propensity_ks'] or float('nan'):.3f}, σ {d['sigma']:.2f}, "
             f"max site ε {d['site_epsilon_max']:.2f})"
+        )
+        tstr = "—" if d["tstr_auc"] is None else f"{d['tstr_auc']:.3f}"
+        print(
+            f"  {gen:<8} fidelity: KS mean {d['ks_mean']:.3f}, TVD mean {d['tvd_mean']:.3f}, "
+            f"association diff {d['assoc_diff_mean']:.3f}; TSTR AUC {tstr}"
         )
 
 
