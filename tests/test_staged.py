@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from client.training import train_dp, train_plain
 from shared.cohort import generate_cohort
 from shared.config import ModelSettings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ModelError
 from shared.manifest import MANIFEST, load_model, save_model
 from shared.models import available_families, build_generator
 from shared.models.heads import ConditionalHead, span_nll
@@ -253,5 +253,5 @@ def test_missing_outcome_values_carry_no_gaussian_loss() -> None:
 
 def test_a_multi_arm_head_needs_the_arm() -> None:
     head = ConditionalHead(3, (SpanInfo("y", "numeric", 0, 1),), hidden=4, arms=2)
-    with pytest.raises(ValueError, match="needs the one-hot arm"):
+    with pytest.raises(ModelError, match="needs the one-hot arm"):
         head(torch.zeros(2, 3))

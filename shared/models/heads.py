@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.errors import ModelError
 from shared.transforms import SpanInfo
 
 LOGSTD_MIN, LOGSTD_MAX = -5.0, 1.0
@@ -67,7 +68,7 @@ class ConditionalHead(nn.Module):
         if self.arms == 1:
             return base
         if arm is None:
-            raise ValueError("a head with several arms needs the one-hot arm of each row")
+            raise ModelError("a head with several arms needs the one-hot arm of each row")
         offsets = torch.stack(outs[1:], dim=1)  # (n, arms - 1, out)
         return base + (offsets * arm[:, 1:].unsqueeze(2)).sum(dim=1)
 
