@@ -76,16 +76,21 @@ class ModelSettings:
     hidden: int = 64
     latent: int = 8
     kl_weight: float = 0.5
+    #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
+    covariate_generator: str = "dp-vae"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
-        """Read ``generator``, ``hidden``, ``latent`` and ``kl-weight``."""
+        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
             hidden=read_value(config, "hidden", int, d.hidden, lambda v: 4 <= v <= 4096, "4..4096"),
             latent=read_value(config, "latent", int, d.latent, lambda v: 1 <= v <= 512, "1..512"),
             kl_weight=read_value(config, "kl-weight", float, d.kl_weight, _positive, "> 0"),
+            covariate_generator=read_value(
+                config, "covariate-generator", str, d.covariate_generator
+            ),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -95,6 +100,7 @@ class ModelSettings:
             "hidden": self.hidden,
             "latent": self.latent,
             "kl-weight": self.kl_weight,
+            "covariate-generator": self.covariate_generator,
         }
 
 
