@@ -55,8 +55,9 @@ def build_reply_content(
         keys.STEPS: int(result.steps),
         keys.TOTAL_STEPS: int(result.total_steps),
         keys.UPDATE_NORM_CLIPPED: 1.0 if result.update_clipped else 0.0,
-        keys.TRAIN_SECONDS: round(float(result.seconds), 1),
     }
+    if site is not None and site.share_timing and result.trained:
+        metrics[keys.TRAIN_SECONDS] = round(float(result.seconds), 1)
     if site is not None and site.share_row_count and result.trained:
         metrics[keys.NUM_ROWS] = int(result.num_rows)
     info = ConfigRecord(

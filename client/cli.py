@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="send this site's row count (private; off by default)",
     )
+    p.add_argument(
+        "--share-timing",
+        action="store_true",
+        help="send each round's training seconds (hints at the row count; off by default)",
+    )
     p.add_argument("--port", type=int, default=0, help="local ClientApp API port (default: free)")
     p.add_argument("--max-retries", type=int, default=0, help="give up connecting after N tries")
     p.add_argument("--check", action="store_true", help="run the preflight only and exit")
@@ -45,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         secure_mode=args.secure_mode,
         share_row_count=args.share_row_count,
+        share_timing=args.share_timing,
     )
     if args.check:
         print(preflight(site))

@@ -87,6 +87,7 @@ def node_config(site: SiteSettings) -> dict[str, str | float | bool]:
         "device": site.device,
         "secure-mode": site.secure_mode,
         "share-row-count": site.share_row_count,
+        "share-timing": site.share_timing,
     }
 
 

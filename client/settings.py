@@ -45,6 +45,8 @@ class SiteSettings:
     device: str = "auto"
     secure_mode: bool = False
     share_row_count: bool = False
+    # Opt-in: send the round's training seconds (hints at the row count; see shared.keys).
+    share_timing: bool = False
     # Simulation only: derive each site's noise seed from the run seed so a research
     # run reproduces. Real sites leave it None and draw it from local OS randomness,
     # which the coordinator never sees (a seed it knows would let it remove the noise).
@@ -96,6 +98,7 @@ class SiteSettings:
             device=read_value(cfg, "device", str, "auto"),
             secure_mode=read_value(cfg, "secure-mode", bool, False),
             share_row_count=read_value(cfg, "share-row-count", bool, False),
+            share_timing=read_value(cfg, "share-timing", bool, False),
         )
 
     @classmethod
@@ -121,4 +124,7 @@ class SiteSettings:
             budget_delta=read_value(run_cfg, "delta", float, 1e-5),
             device=read_value(run_cfg, "device", str, "auto"),
             simulation_seed=read_value(run_cfg, "seed", int, 0),
+            # Simulated sites share one machine and one operator: timing is not private
+            # there, and it gives the federation-overhead figure.
+            share_timing=True,
         )

@@ -33,10 +33,11 @@ def site_status_lines(server_round: int, replies: Iterable[Any]) -> list[str]:
     for rep in sorted(replies, key=lambda r: r.site):
         eps = rep.privacy.get(keys.EPSILON, 0.0)
         if rep.trained:
+            secs = rep.privacy.get(keys.TRAIN_SECONDS)
+            took = f" in {secs:.1f}s" if secs is not None else ""
             lines.append(
                 f"round {server_round}: site {rep.site} trained "
-                f"{int(rep.privacy.get(keys.STEPS, 0))} DP steps in "
-                f"{rep.privacy.get(keys.TRAIN_SECONDS, 0.0):.1f}s, cumulative ε={eps:.4f}"
+                f"{int(rep.privacy.get(keys.STEPS, 0))} DP steps{took}, cumulative ε={eps:.4f}"
             )
         else:
             lines.append(

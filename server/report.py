@@ -31,6 +31,11 @@ def site_entry(
         "secure_mode": bool(secure_mode),
         "noise_seed": noise_seed,
         **({"num_rows": int(privacy[keys.NUM_ROWS])} if keys.NUM_ROWS in privacy else {}),
+        **(
+            {"train_seconds": float(privacy[keys.TRAIN_SECONDS])}
+            if keys.TRAIN_SECONDS in privacy
+            else {}
+        ),
     }
 
 
@@ -43,7 +48,11 @@ def build_report(
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Assemble ``privacy_report.json``."""
-    shared_counts = any("num_rows" in s for s in sites.values())
+    opt_in = [
+        key
+        for key, field in ((keys.NUM_ROWS, "num_rows"), (keys.TRAIN_SECONDS, "train_seconds"))
+        if any(field in s for s in sites.values())
+    ]
     return {
         "generator": generator,
         "rounds": rounds,
@@ -65,7 +74,7 @@ def build_report(
             "noise_placement": "local",
             "aggregation": "uniform mean of L2-clipped site updates (FedAvg)",
             "update_clip_norm": settings.update_clip_norm,
-            "sampling": "Poisson (Opacus DPDataLoader)",
+            "sampling": "Poisson, exact rate q per row and step (client.sampling)",
             "secure_aggregation": settings.secure_aggregation,
         },
         "secure_aggregation": secure_aggregation_facts(settings),
@@ -75,7 +84,7 @@ def build_report(
                 keys.SECAGG_REPLY_FIELDS if settings.secure_aggregation else keys.SITE_REPLY_FIELDS
             ).items()
         },
-        "opt_in_fields_sent": ["num-rows"] if shared_counts else [],
+        "opt_in_fields_sent": opt_in,
         "not_protected": [
             "which sites took part in each round, and each site's name",
             "the schema (public by design: column types, category lists, bounds)",

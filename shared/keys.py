@@ -25,9 +25,11 @@ MAX_GRAD_NORM = "max-grad-norm"  # per-sample clip norm C of this round
 STEPS = "steps"  # DP-SGD steps run this round
 TOTAL_STEPS = "total-steps"  # DP-SGD steps over the site's whole ledger
 UPDATE_NORM_CLIPPED = "update-clipped"  # 1.0 when the update was scaled down to the bound
-# Wall-clock seconds of the round's local DP training (0.1 s resolution), for progress
-# and overhead figures. Public metadata: it grows with the expected batch q·n, but the
-# server already observes it as the reply's latency, so sending it reveals nothing new.
+# Opt-in only (site option share-timing; simulated sites opt in): wall-clock seconds of
+# the round's local DP training (0.1 s resolution), for progress and overhead figures.
+# Not DP-accounted: it grows with the expected batch q·n and so hints at the row count.
+# The reply's latency hints at the same thing, but less sharply, so real sites keep it
+# off unless the consortium agrees.
 TRAIN_SECONDS = "train-seconds"
 # Opt-in only (site option share-row-count): the site's row count is private.
 NUM_ROWS = "num-rows"
@@ -55,11 +57,10 @@ SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
         STEPS,
         TOTAL_STEPS,
         UPDATE_NORM_CLIPPED,
-        TRAIN_SECONDS,
     ),
     SITE_INFO: (SITE_NAME, STATUS, REASON, ACCOUNTANT, SECURE_MODE, NOISE_SEED, SCHEMA_FINGERPRINT),
 }
-OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS,)}
+OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS, TRAIN_SECONDS)}
 
 # --- secure aggregation (shared.secagg): message types "train.<action>" ---
 SECAGG_SETUP = "secagg_setup"  # server -> site: index, threshold; site -> server: public keys

@@ -157,6 +157,15 @@ def test_row_count_is_sent_only_when_the_site_opts_in(site: dict[str, Any]) -> N
     assert opted[keys.NUM_ROWS] == ROWS
 
 
+def test_training_seconds_are_sent_only_when_the_site_opts_in(site: dict[str, Any]) -> None:
+    assert keys.TRAIN_SECONDS not in reply_for(site).content[keys.PRIVACY_METRICS]
+
+    opted = reply_for({**site, "share-timing": True}, train_message(rnd=2))
+    seconds = opted.content[keys.PRIVACY_METRICS][keys.TRAIN_SECONDS]
+
+    assert isinstance(seconds, float) and seconds >= 0.0
+
+
 def test_budget_exhaustion_declines_without_update_or_charge(site: dict[str, Any]) -> None:
     reply_for(site, train_message(epsilon=2.9))  # spends 2.9 of 3.0; twice would be 3.40
     before = ledger_entries(site["state-dir"])
