@@ -16,9 +16,8 @@ from flwr.clientapp import ClientApp
 
 from client import secagg
 from client.errors import LedgerError, SiteConfigError, TrainingError
-from client.ledger import PrivacyLedger
+from client.result import RoundResult
 from client.settings import SiteSettings
-from client.site import RoundResult, run_site_round
 from shared import keys
 from shared.config import TrainSettings
 from shared.errors import ConfigError, DataValidationError, FedsynthError, ModelError, SchemaError
@@ -97,6 +96,9 @@ def train_round(
         if not isinstance(arrays, ArrayRecord):
             raise SiteConfigError("the server's message holds no global weights")
         global_state = arrays.to_torch_state_dict()
+        # Imported here: torch and Opacus load only for messages that train.
+        from client.site import run_site_round
+
         result = run_site_round(site, train, global_state, run=str(context.run_id))
     except FedsynthError as exc:
         log.error("round declined: %s", exc)
@@ -111,6 +113,8 @@ def _spent(site: SiteSettings | None) -> float:
     """Cumulative ε to report on a decline (0.0 when the ledger cannot be read)."""
     if site is None:
         return 0.0
+    from client.ledger import PrivacyLedger
+
     try:
         return PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
             delta=site.budget_delta

@@ -34,7 +34,6 @@ from shared.secagg import (
     site_share_keys,
     site_unmask,
 )
-from shared.secagg.vectors import flatten_state
 
 log = logging.getLogger("fedsynth.client")
 STATE = "secagg-state"  # key in context.state; never sent
@@ -149,6 +148,8 @@ def handle_masked_train(msg: Message, context: Context, train: Callable[[], Reco
             bits=cast(int, state[keys.SA_BITS]),
             max_sites=cast(int, state[keys.SA_NUM_SITES]),
         )
+        from shared.secagg.vectors import flatten_state  # torch: only when training
+
         vector = flatten_state(cast(ArrayRecord, arrays).to_torch_state_dict())
         rng = np.random.default_rng(secrets.randbits(128))
         masked = site_mask(

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import secrets
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
 from client.replay import ReplayStore, SentUpdate, request_digest
+from client.result import RoundResult
 from client.settings import SiteSettings
 from client.training import train_dp
 from shared.config import TrainSettings
@@ -41,25 +41,6 @@ from shared.streaming import encode_table
 log = logging.getLogger("fedsynth.client")
 StateDict = dict[str, torch.Tensor]
 PROGRESS_EVERY = 25  # DP steps between progress lines in the site log
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """Outcome of one round at a site.
-
-    ``epsilon`` is the site's cumulative ε over its whole ledger (all runs).
-    ``update`` is ``None`` when the site declined.
-    """
-
-    trained: bool
-    reason: str
-    epsilon: float
-    steps: int
-    total_steps: int
-    update: StateDict | None = None
-    update_clipped: bool = False
-    num_rows: int = 0
-    seconds: float = 0.0
 
 
 def update_norm(update: StateDict) -> float:

@@ -194,3 +194,11 @@ def test_composition_of_same_mechanism_is_additive_in_steps(
 
     # Assert
     assert split == pytest.approx(whole, rel=1e-9)
+
+
+def test_the_written_out_orders_are_opacus_defaults() -> None:
+    from opacus.accountants import RDPAccountant
+
+    from shared.accounting import OPACUS_DEFAULT_ORDERS
+
+    assert list(OPACUS_DEFAULT_ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)
