@@ -11,7 +11,7 @@ import pytest
 from fedsynth.cli import main
 from shared.audit_bound import epsilon_lower_bound
 from shared.cohort import SCHEMA_PATH, cohort_schema, generate_cohort
-from shared.errors import AuditError
+from shared.errors import AuditError, ConfigError
 from shared.tables import validate_frame
 from simulations.audit.audit import (
     GUESS_MARGIN,
@@ -20,7 +20,7 @@ from simulations.audit.audit import (
     guesses_per_side,
 )
 from simulations.audit.canaries import draw_inclusion, make_canaries
-from simulations.audit.report import verdict
+from simulations.audit.report import AuditPlan, run_audit, verdict
 
 
 # ------------------------------------------------------------------ canaries
@@ -96,6 +96,23 @@ def test_verdict_flags_a_violation_only_with_a_strong_control() -> None:
     assert "strong enough" in verdict(1.0, _outcome(0.3), _outcome(2.0))
     assert "EXCEEDS" in verdict(1.0, _outcome(1.5), _outcome(2.0))
     assert "NOT checked" in verdict(1.0, _outcome(0.3), None)
+
+
+# ------------------------------------------------------------------ command line
+def test_help_warns_against_forbidden_datasets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+
+    text = " ".join(capsys.readouterr().out.split())
+    assert "forbid re-identification attempts" in text
+    assert "No privacy ledger is opened or charged" in text
+
+
+def test_data_without_schema_is_refused(tmp_path: Path) -> None:
+    plan = AuditPlan(out=tmp_path, data=tmp_path / "site.csv", schema=None, overrides={})
+
+    with pytest.raises(ConfigError, match="needs --schema"):
+        run_audit(plan)
 
 
 # ------------------------------------------------------------------ a real run

@@ -54,7 +54,8 @@ def main() -> None:
     canaries = args.canaries or (100 if args.small_site else 1000)
     r = audit_figures(small_site=args.small_site, canaries=canaries, seed=args.seed)
     s = r["settings"]
-    print(f"site: {r['site']}, {r['site_rows']} rows; {canaries} canaries, k+ = k- = {r['k_plus']}")
+    site = "built-in cohort, a generated 60-row site" if args.small_site else r["site"]
+    print(f"site: {site}, {r['site_rows']} rows; {canaries} canaries, k+ = k- = {r['k_plus']}")
     print(
         f"training: {s['rounds']} rounds × {s['local_steps']} steps, q = {s['sample_rate']}, "
         f"C = {s['max_grad_norm']}, σ = {s['noise_multiplier']:.4f}"
