@@ -5,13 +5,13 @@ with One (1) Training Run" (NeurIPS 2023). m canaries are each included in the
 training set independently with probability 1/2; an auditor makes r guesses
 ("in"/"out", abstaining on the rest) and v of them are correct. Under an
 (ε, δ)-DP mechanism the number of correct guesses is stochastically dominated by
-Binomial(r, e^ε / (1 + e^ε)) up to a δ term (their Theorem 5.2 and Algorithm 2,
-"p-value for an (ε, δ)-DP audit"):
+Binomial(r, e^ε / (1 + e^ε)) up to a δ term; their p-value for an (ε, δ)-DP
+null hypothesis is
 
     p(ε) = P[Bin(r, q) ≥ v] + 2·m·δ · max_{1≤i≤v} (1/i)·P[v − i ≤ Bin(r, q) < v],
     q = e^ε / (1 + e^ε).
 
-The ε lower bound at confidence 1 − β is the largest ε with p(ε) ≤ β: every
+The ε lower bound at confidence 1 − β is the largest ε with p(ε) < β: every
 smaller ε is rejected, so the mechanism is not (ε, δ)-DP, except with
 probability β over the canaries' coin flips.
 """
@@ -28,7 +28,7 @@ from shared.errors import AuditError
 #: Citation printed in every audit report.
 CITATION = (
     'T. Steinke, M. Nasr, M. Jagielski, "Privacy Auditing with One (1) Training Run", '
-    "NeurIPS 2023 (Theorem 5.2 / Algorithm 2, (ε, δ)-DP)"
+    "NeurIPS 2023 (their p-value for an (ε, δ)-DP null hypothesis, δ included)"
 )
 _EPS_MAX = 50.0
 
@@ -103,7 +103,7 @@ def epsilon_lower_bound(
     beta = 1.0 - confidence
 
     def rejected(eps: float) -> bool:
-        return p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) <= beta
+        return p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) < beta
 
     if not rejected(0.0):
         return 0.0

@@ -1,6 +1,6 @@
 """One audit: canaries in, one training run, guesses, an ε lower bound.
 
-Steps (Steinke, Nasr & Jagielski, NeurIPS 2023, Algorithm 1 with input-space canaries):
+Steps (Steinke, Nasr & Jagielski, NeurIPS 2023, their one-run game with input-space canaries):
 
 1. draw m canaries from the public schema and a secret fair coin per canary;
 2. train the site's real contribution (:mod:`simulations.audit.mechanism`) on its
