@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,13 @@ from shared.device import select_device
 from shared.errors import ConfigError
 from shared.schema import Schema
 from shared.tables import load_table, validate_frame
-from simulations.audit.audit import AuditInputs, AuditOutcome, audit_run, guesses_per_side
+from simulations.audit.audit import (
+    GUESS_MARGIN,
+    AuditInputs,
+    AuditOutcome,
+    audit_run,
+    guesses_per_side,
+)
 from simulations.audit.mechanism import Mechanism
 from simulations.partition import PartitionSpec, partition
 
@@ -29,6 +34,17 @@ log = logging.getLogger("fedsynth.audit")
 NOT_CHARGED = (
     "The audit trains throwaway models on a copy of the rows; it opens no privacy ledger "
     "and charges no site's budget. Its models are discarded."
+)
+
+K_RULE = (
+    f"k+ = k- fixed before training from m, δ and the claimed ε only: the fewest guesses "
+    f"that, all correct, would certify {GUESS_MARGIN} × the claimed ε. Never tuned on the "
+    "scores (sweeping k and reporting the best bound would be)."
+)
+MECHANISM_NOTE = (
+    "client.training.train_dp with the run's σ, C, q, learning rate, rounds × local steps "
+    "and update clipping, this site alone in the federation (other sites' updates do not "
+    "depend on its rows)."
 )
 
 
@@ -139,6 +155,8 @@ def run_audit(plan: AuditPlan) -> dict[str, Any]:
         "canaries_included": int(inputs.included.sum()),
         "k_plus": k,
         "k_minus": k,
+        "k_rule": K_RULE,
+        "audited_mechanism": MECHANISM_NOTE,
         "site_rows": len(site),
         "site": source,
         "settings": {
@@ -157,15 +175,9 @@ def run_audit(plan: AuditPlan) -> dict[str, Any]:
         "ledger": NOT_CHARGED,
     }
     plan.out.mkdir(parents=True, exist_ok=True)
-    (plan.out / "audit.json").write_text(json.dumps(report, indent=2, default=_finite))
+    (plan.out / "audit.json").write_text(json.dumps(report, indent=2))
     (plan.out / "audit.md").write_text(markdown(report))
     return report
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def markdown(report: dict[str, Any]) -> str:
