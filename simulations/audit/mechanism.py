@@ -43,6 +43,8 @@ class Mechanism:
         σ, noise std in units of C (0 for the positive control).
     max_grad_norm : float
         C, per-row clip norm (:data:`NO_CLIPPING` when clipping is off).
+    label : str
+        Name of the run in the report.
     """
 
     noise_multiplier: float
