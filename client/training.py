@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +81,7 @@ def train_dp(
     device: torch.device,
     seed: int,
     secure_mode: bool = False,
+    on_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -106,6 +107,11 @@ def train_dp(
         Seeds sampling and noise (ignored for noise when ``secure_mode``).
     secure_mode : bool
         Use Opacus's cryptographically secure noise (slower; recommended in deployment).
+    on_step : callable, optional
+        Observer called after every DP-SGD step with the (unwrapped) module: its
+        weights are the new iterate and each parameter's ``.grad`` holds the step's
+        clipped, noised, averaged gradient (what the DP guarantee covers). For the
+        empirical audit; it must not modify the module. Sites never pass one.
 
     Returns
     -------
@@ -153,6 +159,8 @@ def train_dp(
         loss.backward()
         dp_opt.step()
         loss_value = float(loss.item())
+        if on_step is not None:
+            on_step(module)
     seconds = time.perf_counter() - start
     _unwrap(private)
     return TrainStats(steps, empty, rows / steps, loss_value, seconds)

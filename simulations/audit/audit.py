@@ -5,10 +5,12 @@ Steps (Steinke, Nasr & Jagielski, NeurIPS 2023, their one-run game with input-sp
 1. draw m canaries from the public schema and a secret fair coin per canary;
 2. train the site's real contribution (:mod:`simulations.audit.mechanism`) on its
    rows plus the canaries whose coin came up "in";
-3. score every canary: its loss under a *reference* model minus its loss under
-   the trained model. The reference is the same training on the site's rows plus
-   *all* canaries (a different sampling/noise seed); it does not depend on the
-   coins, so the test stays valid, and it cancels how hard each canary is in itself;
+3. score every canary. ``white-box`` (default): how far the run's released
+   gradients moved along the canary's own gradient direction, summed over every
+   DP-SGD step (:mod:`simulations.audit.whitebox`). ``black-box``: its loss under a
+   *reference* model minus its loss under the final trained model; the reference
+   is the same training on the site's rows plus *all* canaries (another
+   sampling/noise seed). Neither score looks at the coins, so the test stays valid;
 4. guess "in" for the k₊ highest scores, "out" for the k₋ lowest, abstain on the rest;
 5. the ε lower bound is the largest ε that the number of correct guesses rejects
    at 95% (:func:`shared.audit_bound.epsilon_lower_bound`, with the run's δ).
@@ -35,9 +37,12 @@ from shared.models.base import GeneratorFamily
 from shared.schema import Schema
 from simulations.audit.canaries import draw_inclusion, make_canaries
 from simulations.audit.mechanism import Mechanism, per_row_loss, train_contribution
+from simulations.audit.whitebox import TranscriptScorer
 
 #: k is chosen so perfect guessing could certify this multiple of the claimed ε.
 GUESS_MARGIN = 1.25
+#: Scoring modes: per-step white-box over the training transcript, or final-model losses.
+MODES = ("white-box", "black-box")
 
 
 @dataclass(frozen=True)
@@ -112,15 +117,21 @@ class AuditInputs:
 
 
 def audit_run(
-    inputs: AuditInputs, mechanism: Mechanism, *, k: int, device: torch.device
+    inputs: AuditInputs,
+    mechanism: Mechanism,
+    *,
+    k: int,
+    device: torch.device,
+    mode: str = "white-box",
 ) -> AuditOutcome:
-    """Train with ``mechanism`` (target and reference), guess, and bound ε."""
+    """Train with ``mechanism``, score the canaries in ``mode``, guess, and bound ε."""
+    if mode not in MODES:
+        raise AuditError(f"unknown audit mode {mode!r}; use one of {', '.join(MODES)}")
     start = time.perf_counter()
     mask = torch.from_numpy(inputs.included)
     target_data = torch.cat([inputs.site_rows, inputs.canaries[mask]])
-    reference_data = torch.cat([inputs.site_rows, inputs.canaries])
 
-    def train(data: torch.Tensor, tag: str) -> GeneratorFamily:
+    def train(data: torch.Tensor, tag: str, scorer: TranscriptScorer | None) -> GeneratorFamily:
         return train_contribution(
             inputs.schema,
             inputs.settings,
@@ -129,12 +140,26 @@ def audit_run(
             seed=inputs.seed,
             tag=tag,
             device=device,
+            scorer=scorer,
         )
 
-    target, reference = train(target_data, "target"), train(reference_data, "reference")
-    scores = per_row_loss(reference, inputs.canaries, seed=inputs.seed) - per_row_loss(
-        target, inputs.canaries, seed=inputs.seed
-    )
+    if mode == "white-box":
+        scorer = TranscriptScorer(
+            build_generator(inputs.schema, inputs.settings.model),
+            inputs.canaries,
+            inputs.site_rows,
+            sample_rate=inputs.settings.sample_rate,
+            max_grad_norm=mechanism.max_grad_norm,
+            seed=inputs.seed,
+        )
+        train(target_data, "target", scorer)
+        scores = scorer.scores.numpy()
+    else:
+        target = train(target_data, "target", None)
+        reference = train(torch.cat([inputs.site_rows, inputs.canaries]), "reference", None)
+        scores = per_row_loss(reference, inputs.canaries, seed=inputs.seed) - per_row_loss(
+            target, inputs.canaries, seed=inputs.seed
+        )
     guesses, correct = count_correct(scores, inputs.included, k)
     bound = epsilon_lower_bound(
         m=len(scores), r=guesses, v=correct, delta=inputs.settings.delta, confidence=0.95

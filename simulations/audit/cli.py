@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from shared.cli_options import add_run_options, run_overrides
+from simulations.audit.audit import MODES
 from simulations.audit.report import AuditPlan, run_audit
 
 _DESCRIPTION = """\
@@ -13,8 +14,9 @@ Empirical privacy audit (Steinke, Nasr & Jagielski, "Privacy Auditing with One (
 Training Run", NeurIPS 2023). Inserts canary records at a throwaway copy of one site,
 trains with the site's real DP-SGD code and the run's settings, runs a
 membership-inference test on the canaries, and reports an empirical ε lower bound at
-95% confidence, next to a positive control (σ = 0, clipping off) that shows whether
-the audit is strong enough to mean anything.
+95% confidence, next to a positive control (σ = 0) that shows whether the audit is
+strong enough to mean anything. The default white-box mode scores every DP-SGD
+step's released gradient along each canary's gradient direction.
 
 No privacy ledger is opened or charged: the models are throwaways.
 
@@ -46,7 +48,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--positive-control",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also audit σ = 0 with clipping off, to check the audit's strength (default on)",
+        help="also audit σ = 0, to check the audit's strength (default on)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="white-box",
+        help="white-box: score every DP-SGD step's released gradient (default, strongest); "
+        "black-box: score final-model losses against a reference model",
     )
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/audit"))
@@ -63,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         canaries=args.canaries,
         positive_control=args.positive_control,
         device=args.device,
+        mode=args.mode,
     )
     report = run_audit(plan)
     control = report["positive_control_lower_bound"]

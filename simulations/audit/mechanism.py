@@ -26,6 +26,7 @@ from shared.config import RunSettings
 from shared.models import build_generator
 from shared.models.base import GeneratorFamily
 from shared.schema import Schema
+from simulations.audit.whitebox import TranscriptScorer
 
 #: Clip norm standing for "clipping off" in the positive control (no row reaches it).
 NO_CLIPPING = 1e12
@@ -57,9 +58,15 @@ class Mechanism:
         return cls(settings.noise_multiplier(), settings.max_grad_norm, "DP run")
 
     @classmethod
-    def positive_control(cls) -> Mechanism:
-        """The same training with no noise and no clipping (not DP at all)."""
-        return cls(0.0, NO_CLIPPING, "positive control (σ = 0, clipping off)")
+    def positive_control(cls, max_grad_norm: float | None = None) -> Mechanism:
+        """The same training with no noise (not DP at all).
+
+        ``max_grad_norm`` is C (keeps clipping on, so the canaries' gradients are
+        comparable with the rows'); ``None`` turns clipping off as well.
+        """
+        if max_grad_norm is None:
+            return cls(0.0, NO_CLIPPING, "positive control (σ = 0, clipping off)")
+        return cls(0.0, max_grad_norm, f"positive control (σ = 0, C = {max_grad_norm:g})")
 
 
 def _round_seed(seed: int, tag: str, server_round: int) -> int:
@@ -76,6 +83,7 @@ def train_contribution(
     seed: int,
     tag: str,
     device: torch.device,
+    scorer: TranscriptScorer | None = None,
 ) -> GeneratorFamily:
     """Run the site's R rounds of local DP-SGD on ``data``; return the final model.
 
@@ -89,12 +97,16 @@ def train_contribution(
         σ and C to train with.
     seed : int
         Seeds the initial weights; ``tag`` separates the sampling/noise seeds of models.
+    scorer : TranscriptScorer, optional
+        White-box observer of every DP-SGD step (it never sees the canaries' coins).
     """
     torch.manual_seed(seed)
     family = build_generator(schema, settings.model)
     global_state = family.state_dict()
     for server_round in range(1, settings.rounds + 1):
         family.load_state_dict(global_state)
+        if scorer is not None:
+            scorer.begin(family.private_module())
         train_dp(
             family,
             data,
@@ -105,6 +117,7 @@ def train_contribution(
             learning_rate=settings.learning_rate,
             device=device,
             seed=_round_seed(seed, tag, server_round),
+            on_step=scorer.observe if scorer is not None else None,
         )
         new_state = family.state_dict()
         update = {k: new_state[k].cpu() - global_state[k].cpu() for k in global_state}

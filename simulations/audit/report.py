@@ -41,6 +41,20 @@ K_RULE = (
     f"that, all correct, would certify {GUESS_MARGIN} × the claimed ε. Never tuned on the "
     "scores (sweeping k and reporting the best bound would be)."
 )
+SCORING = {
+    "white-box": (
+        "white-box over the whole training transcript: s_c = Σ_t ⟨u_c(θ_t), g_t − ĝ_t⟩, "
+        "g_t the step's released (clipped, noised) gradient, u_c the canary's own gradient "
+        "direction at θ_t with the site rows' top gradient subspace removed, ĝ_t the "
+        "coin-independent expected contribution of the site's rows and of the canaries "
+        "(each with weight 1/2). Valid because the accountant's ε covers every iterate."
+    ),
+    "black-box": (
+        "black-box: the canary's loss under a reference model (the same training on the "
+        "site's rows plus every canary, independent of the coins) minus its loss under "
+        "the final trained model."
+    ),
+}
 MECHANISM_NOTE = (
     "client.training.train_dp with the run's σ, C, q, learning rate, rounds × local steps "
     "and update clipping, this site alone in the federation (other sites' updates do not "
@@ -65,6 +79,7 @@ class AuditPlan:
     positive_control: bool = True
     device: str = "cpu"
     builtin_sites: int = 3
+    mode: str = "white-box"
 
 
 def site_table(plan: AuditPlan, seed: int) -> tuple[pd.DataFrame, Schema, str]:
@@ -132,9 +147,17 @@ def run_audit(plan: AuditPlan) -> dict[str, Any]:
         # The CLI turns warnings on; Opacus's per-step hook notices carry no information.
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        dp = audit_run(inputs, dp_mech, k=k, device=device)
+        dp = audit_run(inputs, dp_mech, k=k, device=device, mode=plan.mode)
+        # White-box: σ = 0 with the run's clipping; black-box: σ = 0, clipping off.
+        control_clip = settings.max_grad_norm if plan.mode == "white-box" else None
         control = (
-            audit_run(inputs, Mechanism.positive_control(), k=k, device=device)
+            audit_run(
+                inputs,
+                Mechanism.positive_control(control_clip),
+                k=k,
+                device=device,
+                mode=plan.mode,
+            )
             if plan.positive_control
             else None
         )
@@ -145,6 +168,8 @@ def run_audit(plan: AuditPlan) -> dict[str, Any]:
     )
     report: dict[str, Any] = {
         "method": CITATION,
+        "mode": plan.mode,
+        "scoring": SCORING[plan.mode],
         "claimed_epsilon": settings.epsilon,
         "accounted_epsilon": accounted,
         "delta": settings.delta,
@@ -209,9 +234,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 **Method.** {report["method"]}. m canaries (schema-valid records drawn uniformly over the
 public ranges) each join the site's rows with probability 1/2; the site's own DP-SGD code
-trains R rounds × k steps on them; a canary's score is its loss under a reference model
-(the same training on the site's rows plus every canary, independent of the coins) minus
-its loss under the trained model. The k₊ highest scores are guessed "in", the k₋ lowest
+trains R rounds × k steps on them. Scoring (mode `{report["mode"]}`): {report["scoring"]}
+The k₊ highest scores are guessed "in", the k₋ lowest
 "out"; k₊ = k₋ is fixed from m and the claimed ε before training. A lower bound is a
 floor, never a guarantee: a bound far below the claimed ε is expected of a weak attack
 and does not show that the true leakage is small.
