@@ -120,8 +120,9 @@ def test_data_without_schema_is_refused(tmp_path: Path) -> None:
 def test_tiny_audit_end_to_end_control_beats_dp_and_report_is_complete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A tiny site and many exposures per canary: the unclipped, noiseless control
-    # memorises canaries, the ε = 1 run must not. Real Opacus, no mocks.
+    # A tiny site and many exposures per canary: in the white-box (default) mode the
+    # noiseless control's canary signal adds up over the steps, the ε = 1 run's must
+    # not. Real Opacus, no mocks.
     generate_cohort(40, seed=1).to_csv(tmp_path / "site.csv", index=False)
     out = tmp_path / "audit"
 
@@ -158,8 +159,11 @@ def test_tiny_audit_end_to_end_control_beats_dp_and_report_is_complete(
     assert report["k_plus"] == report["k_minus"] == dp["guesses"] // 2
     assert report["canaries"] == 40
     assert "Steinke" in report["method"]
+    assert report["mode"] == "white-box" and "transcript" in report["scoring"]
+    assert control["max_grad_norm"] == report["settings"]["max_grad_norm"]  # clipping on
     assert "charges no site's budget" in report["ledger"]
     assert sorted(p.name for p in out.iterdir()) == ["audit.json", "audit.md"]
     md = (out / "audit.md").read_text()
     assert "positive-control lower bound" in md and report["verdict"] in md
+    assert "mode `white-box`" in md
     assert "audit lower bound (95%)" in capsys.readouterr().out

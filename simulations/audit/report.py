@@ -122,7 +122,7 @@ def verdict(claimed: float, dp: AuditOutcome, control: AuditOutcome | None) -> s
         )
     return (
         f"The audit is TOO WEAK to mean anything about the claimed ε = {claimed:g}: even "
-        f"with no noise and no clipping its lower bound is only "
+        f"with no noise (σ = 0) its lower bound is only "
         f"{control.epsilon_lower_bound:.3f}. {dp_part[0].upper()}{dp_part[1:]}, but that "
         "says nothing about the guarantee."
     )

@@ -66,7 +66,8 @@ class TranscriptScorer:
     max_grad_norm : float
         C, the per-row clip norm (in gradient units).
     seed : int
-        Seeds the model's own randomness when scoring (the same draws at every step).
+        Seeds the model's own randomness when scoring (``seed`` + step index, drawn
+        on a forked RNG so the mechanism's random stream is untouched).
     """
 
     def __init__(
@@ -86,8 +87,9 @@ class TranscriptScorer:
         gen = torch.Generator().manual_seed(seed)
         pick = torch.randperm(len(site_rows), generator=gen)[:REFERENCE_ROWS]
         self.reference = site_rows[pick]
-        # Each canary joins with probability 1/2, so in expectation m/2 are present.
         self.reference_weight = len(site_rows) / max(1, len(pick))
+        # Each canary joins with probability 1/2, so in expectation m/2 are present
+        # (the actual count depends on the coins and must not be used).
         self.expected_batch = sample_rate * (len(site_rows) + len(canaries) / 2)
         self.sample_rate, self.max_grad_norm, self.seed = sample_rate, max_grad_norm, seed
         self.scores = torch.zeros(len(canaries), dtype=torch.float64)
