@@ -72,7 +72,7 @@ def main() -> None:
     print(f"  claimed ε (δ = {r['delta']:g})          {r['claimed_epsilon']:8.3f}")
     for run in r["runs"]:
         print(
-            f"  {run['label'][:30]:30s}  lower bound {run['epsilon_lower_bound']:6.3f} "
+            f"  {run['label'][:34]:34s}  lower bound {run['epsilon_lower_bound']:6.3f} "
             f"({run['correct']}/{run['guesses']} correct, {run['seconds']:.0f} s)"
         )
     print(f"  whole audit                      {r['seconds']:8.1f} s")
