@@ -91,6 +91,7 @@ def train_dp(
     progress: Callable[[int, int, float], None] | None = None,
     progress_every: int = 50,
     clipping: str = "auto",
+    on_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -126,6 +127,11 @@ def train_dp(
         Per-row clipping implementation; both give the same clipped sum. "auto"
         takes fused clipping (one backward pass) when every trainable layer is
         ``nn.Linear``, else Opacus ghost clipping (two backward passes).
+    on_step : callable, optional
+        Observer called after every DP-SGD step with the (unwrapped) module: its
+        weights are the new iterate and each parameter's ``.grad`` holds the step's
+        clipped, noised, averaged gradient (what the DP guarantee covers). For the
+        empirical audit; it must not modify the module. Sites never pass one.
 
     Returns
     -------
@@ -164,6 +170,8 @@ def train_dp(
             empty += int(batch.shape[0] == 0)
             rows += batch.shape[0]
             loss = step_fn.step(batch)
+            if on_step is not None:
+                on_step(module)
             if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
                 progress(step + 1, steps, float(loss.item()))
     finally:
@@ -215,6 +223,9 @@ class _FusedStepper:
         }
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
+        # Cleared before, not after, the step: an observer (the audit) reads the
+        # released gradient in ``.grad`` after it.
+        self.optimizer.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:
             # Noise-only step: the clipped sum of no rows is zero; the noise is not.
             self.clipper.zero_sum()
@@ -225,7 +236,6 @@ class _FusedStepper:
             loss = rows_loss.detach().mean()
         self.clipper.add_noise_and_average(**self.noise)  # type: ignore[arg-type]
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss
 
     def close(self) -> None:

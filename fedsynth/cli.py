@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server import cli as server_cli
     from shared.evaluation import cli as eval_cli
     from simulations import cli as sim_cli
+    from simulations.audit import cli as audit_cli
 
     parser = argparse.ArgumentParser(
         prog="fedsynth",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_parser(sub)
     deploy_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    audit_cli.add_parser(sub)
     _add_schema(sub)
     _add_sample(sub)
     return parser

@@ -71,3 +71,7 @@ class AccountingError(FedsynthError):
 def format_problems(problems: Sequence[str]) -> str:
     """Join problems as an indented bullet list (for messages and logs)."""
     return "\n".join(f"  - {p}" for p in problems)
+
+
+class AuditError(FedsynthError):
+    """An empirical privacy audit was given counts or settings it cannot use."""
