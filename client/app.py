@@ -95,10 +95,11 @@ def train_round(
         arrays = msg.content[keys.GLOBAL_ARRAYS]
         if not isinstance(arrays, ArrayRecord):
             raise SiteConfigError("the server's message holds no global weights")
-        global_state = arrays.to_torch_state_dict()
-        # Imported here: torch and Opacus load only for messages that train.
+        # Imported here: torch and Opacus load only for messages that train (and
+        # before to_torch_state_dict, which needs torch already imported).
         from client.site import run_site_round
 
+        global_state = arrays.to_torch_state_dict()
         result = run_site_round(site, train, global_state, run=str(context.run_id))
     except FedsynthError as exc:
         log.error("round declined: %s", exc)

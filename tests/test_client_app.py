@@ -7,6 +7,8 @@ real Flower ``Message``; only the transport is absent (end-to-end tests cover it
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,13 @@ def test_noise_is_not_determined_by_anything_the_server_sends(
     ua = a[keys.UPDATE_ARRAYS].to_torch_state_dict()
     ub = b[keys.UPDATE_ARRAYS].to_torch_state_dict()
     assert any(not torch.equal(ua[k], ub[k]) for k in ua)
+
+
+def test_importing_the_client_app_does_not_import_torch() -> None:
+    # Flower starts a ClientApp process per message; secure aggregation's protocol
+    # messages must not pay for torch and Opacus.
+    code = "import sys, client.app; print('torch' in sys.modules, 'opacus' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "False"]
