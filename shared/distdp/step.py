@@ -71,7 +71,9 @@ def clipped_gradient_sum(
     return (flat * scale).sum(dim=0)
 
 
-def poisson_batch(data: torch.Tensor, *, sample_rate: float, rng: np.random.Generator) -> torch.Tensor:
+def poisson_batch(
+    data: torch.Tensor, *, sample_rate: float, rng: np.random.Generator
+) -> torch.Tensor:
     """Rows kept independently with probability q (the sampling the accountant assumes)."""
     keep = rng.random(len(data)) < sample_rate
     return data[torch.from_numpy(keep)]
@@ -129,8 +131,7 @@ def secure_sum(
     mine = {i: site_setup(i) for i in shares}
     roster = server.register_keys({i: s.public for i, s in mine.items()})
     sent = {
-        i: site_share_keys(s, roster, threshold=threshold, context=context)
-        for i, s in mine.items()
+        i: site_share_keys(s, roster, threshold=threshold, context=context) for i, s in mine.items()
     }
     inboxes = server.route_shares(sent)
     peers = server.share_senders

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,9 @@ from simulations.placement import DistributedPlan, train_distributed, train_loca
 LIMITS = Limits(importance_rows=200, importance_repeats=1)
 
 
-def _split(seed: int, sites: int, alpha: float) -> tuple[Schema, pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
+def _split(
+    seed: int, sites: int, alpha: float
+) -> tuple[Schema, pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
     schema = cohort_schema()
     raw = generate_cohort(seed=seed + 7)
     frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
@@ -55,7 +56,87 @@ def _aucs(
 ) -> tuple[float, float, float]:
     res = utility(train, test, synth, schema, schema.roles["target"], LIMITS, seed)["models"]
     gb, lin = res["gradient_boosting"], res["linear"]
-    return gb["tstr"].get("auc", float("nan")), lin["tstr"].get("auc", float("nan")), gb["trtr"]["auc"]
+    return (
+        gb["tstr"].get("auc", float("nan")),
+        lin["tstr"].get("auc", float("nan")),
+        gb["trtr"]["auc"],
+    )
+
+
+Row = tuple[str, int, float, float, float, float]
+
+
+def _train(
+    name: str,
+    f: GeneratorFamily,
+    args: argparse.Namespace,
+    seed: int,
+    sites: list[torch.Tensor],
+    n_train: int,
+) -> float:
+    """Train ``f`` in place with placement ``name``; returns seconds per secure round (or NaN)."""
+    if name == "local":
+        train_local(
+            f,
+            sites,
+            epsilon=args.epsilon,
+            delta=args.delta,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            sample_rate=args.sample_rate,
+            clip_norm=1.0,
+            learning_rate=args.learning_rate,
+            update_clip_norm=10.0,
+            seed=seed,
+        )
+        return float("nan")
+    if name == "distributed":
+        plan = DistributedPlan(
+            epsilon=args.epsilon,
+            delta=args.delta,
+            steps=args.steps,
+            sample_rate=args.sample_rate,
+            clip_norm=1.0,
+            learning_rate=args.learning_rate,
+            # Public: q times the consortium's announced total row count.
+            expected_batch=args.sample_rate * n_train,
+            noise_sites=len(sites),
+            threshold=len(sites) // 2 + 1,
+        )
+        cost = train_distributed(f, sites, plan, seed=seed)
+        print(f"  distributed: {cost}")
+        return cost.total_s
+    train_pooled(
+        f,
+        torch.cat(sites),
+        epsilon=args.epsilon,
+        delta=args.delta,
+        steps=args.steps,
+        sample_rate=args.sample_rate,
+        clip_norm=1.0,
+        learning_rate=args.learning_rate,
+        seed=seed,
+    )
+    return float("nan")
+
+
+def _run_seed(args: argparse.Namespace, seed: int) -> list[Row]:
+    schema, train, test, parts = _split(seed, args.sites, args.alpha)
+    settings = ModelSettings()
+    sites = [torch.from_numpy(build_generator(schema, settings).encode(p)) for p in parts]
+    rows: list[Row] = []
+    trtr = float("nan")
+    for name in ("local", "distributed", "pooled"):
+        torch.manual_seed(seed)
+        f = build_generator(schema, settings)
+        t0 = time.perf_counter()
+        per_round = _train(name, f, args, seed, sites, len(train))
+        seconds = time.perf_counter() - t0
+        gb, lin, trtr = _aucs(schema, train, test, f.sample(len(train), seed=seed), seed)
+        rows.append((name, seed, gb, lin, seconds, per_round))
+        print(f"seed {seed} {name}: TSTR AUC gb {gb:.3f} linear {lin:.3f} ({seconds:.0f}s)")
+    rows.append(("TRTR", seed, trtr, float("nan"), 0.0, float("nan")))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,73 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
     args = p.parse_args(argv)
-    settings = ModelSettings()
     rows: list[tuple[str, int, float, float, float, float]] = []
     for seed in range(args.seeds):
-        schema, train, test, parts = _split(seed, args.sites, args.alpha)
-
-        def family() -> GeneratorFamily:
-            torch.manual_seed(seed)
-            return build_generator(schema, settings)
-
-        enc = family()
-        site_data = [torch.from_numpy(enc.encode(p)) for p in parts]
-        union = torch.cat(site_data)
-        common = {"clip_norm": 1.0, "learning_rate": args.learning_rate, "seed": seed}
-        runs: dict[str, Callable[[GeneratorFamily], object]] = {
-            "local": lambda f: train_local(
-                f,
-                site_data,
-                epsilon=args.epsilon,
-                delta=args.delta,
-                rounds=args.rounds,
-                local_steps=args.local_steps,
-                sample_rate=args.sample_rate,
-                update_clip_norm=10.0,
-                **common,  # type: ignore[arg-type]
-            ),
-            "distributed": lambda f: train_distributed(
-                f,
-                site_data,
-                DistributedPlan(
-                    epsilon=args.epsilon,
-                    delta=args.delta,
-                    steps=args.steps,
-                    sample_rate=args.sample_rate,
-                    clip_norm=1.0,
-                    learning_rate=args.learning_rate,
-                    expected_batch=args.sample_rate * len(train),
-                    noise_sites=args.sites,
-                    threshold=args.sites // 2 + 1,
-                ),
-                seed=seed,
-            ),
-            "pooled": lambda f: train_pooled(
-                f,
-                union,
-                epsilon=args.epsilon,
-                delta=args.delta,
-                steps=args.steps,
-                sample_rate=args.sample_rate,
-                **common,  # type: ignore[arg-type]
-            ),
-        }
-        trtr = float("nan")
-        for name, run in runs.items():
-            f = family()
-            t0 = time.perf_counter()
-            cost = run(f)
-            seconds = time.perf_counter() - t0
-            synth = f.sample(len(train), seed=seed)
-            gb, lin, trtr = _aucs(schema, train, test, synth, seed)
-            rows.append((name, seed, gb, lin, seconds, getattr(cost, "total_s", float("nan"))))
-            print(f"seed {seed} {name}: TSTR AUC gb {gb:.3f} linear {lin:.3f} ({seconds:.0f}s)")
-            if name == "distributed":
-                print(f"  distributed round cost: {cost}")
-        rows.append(("TRTR", seed, trtr, float("nan"), 0.0, float("nan")))
-    table = pd.DataFrame(rows, columns=["placement", "seed", "tstr_auc_gb", "tstr_auc_linear", "train_s", "s_per_round"])
-    summary = table.groupby("placement", sort=False)[["tstr_auc_gb", "tstr_auc_linear", "train_s"]].mean()
-    print(f"\nε = {args.epsilon} per row, δ = {args.delta}, {args.sites} sites Dirichlet({args.alpha}), built-in cohort, {args.seeds} seed(s)")
+        rows.extend(_run_seed(args, seed))
+    table = pd.DataFrame(
+        rows,
+        columns=["placement", "seed", "tstr_auc_gb", "tstr_auc_linear", "train_s", "s_per_round"],
+    )
+    summary = table.groupby("placement", sort=False)[
+        ["tstr_auc_gb", "tstr_auc_linear", "train_s"]
+    ].mean()
+    print(
+        f"\nε = {args.epsilon} per row, δ = {args.delta}, {args.sites} sites Dirichlet({args.alpha}), built-in cohort, {args.seeds} seed(s)"
+    )
     print(summary.round(3).to_string())
     return 0
 
