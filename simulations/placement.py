@@ -21,8 +21,8 @@ import torch
 from client.site import clip_update
 from client.training import train_dp
 from shared.accounting import calibrate_noise
-from shared.distdp.accounting import distributed_epsilon, sensitivity
 from shared.distdp.encoding import ModularCodec
+from shared.distdp.plan import DistributedPlan
 from shared.distdp.step import (
     clipped_gradient_sum,
     parameter_count,
@@ -34,58 +34,12 @@ from shared.models.base import GeneratorFamily
 
 
 @dataclass(frozen=True)
-class DistributedPlan:
-    """Public parameters of a distributed DP-SGD run (ε in the usual (ε, δ) sense).
-
-    ``expected_batch`` is public: q times a public estimate of the total row count;
-    it only scales the step (Adam is nearly invariant to that scale).
-    """
-
-    epsilon: float
-    delta: float
-    steps: int
-    sample_rate: float
-    clip_norm: float
-    learning_rate: float
-    expected_batch: float
-    noise_sites: int
-    threshold: int
-    grid_bits: int = 16
-
-
-@dataclass(frozen=True)
 class RoundCost:
     """Mean seconds per distributed round: site compute, secure aggregation, total."""
 
     compute_s: float
     secagg_s: float
     total_s: float
-
-
-def distributed_sigma(plan: DistributedPlan, dim: int) -> float:
-    """σ (total, units of C) so that ``plan.steps`` steps spend ``plan.epsilon`` at t = 0."""
-    grid = plan.clip_norm * 2.0**-plan.grid_bits
-    base = calibrate_noise(
-        target_epsilon=plan.epsilon,
-        delta=plan.delta,
-        sample_rate=plan.sample_rate,
-        steps=plan.steps,
-    )
-    # The accountant sees σC/Δ with Δ = C + γ√d; scale σ up so that equals ``base``.
-    sigma = base * sensitivity(clip_norm=plan.clip_norm, grid=grid, dim=dim) / plan.clip_norm
-    spent = distributed_epsilon(
-        sigma=sigma,
-        sample_rate=plan.sample_rate,
-        steps=plan.steps,
-        delta=plan.delta,
-        clip_norm=plan.clip_norm,
-        grid=grid,
-        dim=dim,
-        sites=plan.noise_sites,
-    )
-    if spent > plan.epsilon * (1 + 1e-9):  # pragma: no cover - calibration guarantees it
-        raise RuntimeError(f"calibration overshot: ε = {spent}")
-    return sigma
 
 
 def train_distributed(
@@ -97,8 +51,8 @@ def train_distributed(
     module = family.private_module().train()
     criterion = family.criterion()
     dim = parameter_count(module)
-    codec = ModularCodec(grid=plan.clip_norm * 2.0**-plan.grid_bits)
-    sigma = distributed_sigma(plan, dim)
+    codec = ModularCodec(grid=plan.grid)
+    sigma = plan.sigma(dim)
     codec.check_headroom(bound=(4 * plan.expected_batch + 64 + 20 * sigma) * plan.clip_norm)
     optimizer = torch.optim.Adam(module.parameters(), lr=plan.learning_rate)
     compute = secagg = 0.0

@@ -20,8 +20,9 @@ from shared.distdp.accounting import (
     sensitivity,
 )
 from shared.distdp.encoding import ModularCodec, discrete_gaussian
+from shared.distdp.plan import DistributedPlan
 from shared.distdp.step import clipped_gradient_sum, secure_sum, site_share
-from shared.errors import AccountingError
+from shared.errors import AccountingError, ConfigError
 from shared.models import build_generator
 from shared.secagg.errors import QuantisationOverflowError, SecAggAbortedError
 
@@ -177,3 +178,40 @@ def test_a_grid_too_coarse_for_the_noise_is_refused() -> None:
             dim=100,
             sites=5,
         )
+
+
+def _plan(**kw: object) -> DistributedPlan:
+    base: dict[str, object] = {
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "steps": 100,
+        "sample_rate": 0.1,
+        "clip_norm": 1.0,
+        "learning_rate": 0.01,
+        "expected_batch": 700.0,
+        "noise_sites": 5,
+        "threshold": 3,
+    }
+    return DistributedPlan(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_distributed_without_secure_aggregation_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"needs secure aggregation.*Turn secure aggregation on"):
+        _plan(secure_aggregation=False)
+    with pytest.raises(ConfigError, match="invalid expected_batch, threshold"):
+        _plan(expected_batch=0.0, threshold=6)
+
+
+def test_plan_spends_its_epsilon_at_t0_and_reports_the_tolerated_collusion() -> None:
+    plan = _plan()
+    assert plan.epsilon_at(dim=5000, colluders=0) == pytest.approx(1.0, abs=0.01)
+    assert plan.epsilon_at(dim=5000, colluders=0) <= 1.0
+    text = plan.privacy_statement(dim=5000)
+    eps0 = plan.epsilon_at(dim=5000, colluders=0)
+    assert f"Against the server and outside parties: ε = {eps0:.3f}" in text
+    assert "colluding with t = 2 site(s)" in text
+    eps2 = plan.epsilon_at(dim=5000, colluders=2)
+    assert f"ε = {eps2:.3f}" in text and eps2 > 1.0
+    assert "only if secure aggregation holds" in text
+    assert "no more than 2 site(s)" in text
+    assert "aborted before unmasking" in text

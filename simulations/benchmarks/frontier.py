@@ -26,6 +26,8 @@ import torch
 
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings
+from shared.distdp.plan import DistributedPlan
+from shared.distdp.step import parameter_count
 from shared.evaluation.inputs import Limits
 from shared.evaluation.utility import utility
 from shared.models import build_generator
@@ -33,7 +35,7 @@ from shared.models.base import GeneratorFamily
 from shared.schema import Schema
 from shared.tables import validate_frame
 from simulations.partition import PartitionSpec, partition
-from simulations.placement import DistributedPlan, train_distributed, train_local, train_pooled
+from simulations.placement import train_distributed, train_local, train_pooled
 
 LIMITS = Limits(importance_rows=200, importance_repeats=1)
 
@@ -104,6 +106,8 @@ def _train(
             threshold=len(sites) // 2 + 1,
         )
         cost = train_distributed(f, sites, plan, seed=seed)
+        if seed == 0:
+            print(plan.privacy_statement(dim=parameter_count(f.private_module())))
         print(f"  distributed: {cost}")
         return cost.total_s
     train_pooled(
