@@ -106,7 +106,7 @@ def _train(
             threshold=len(sites) // 2 + 1,
         )
         cost = train_distributed(f, sites, plan, seed=seed)
-        if seed == 0:
+        if seed == args.first_seed:
             print(plan.privacy_statement(dim=parameter_count(f.private_module())))
         print(f"  distributed: {cost}")
         return cost.total_s
@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-steps", type=int, default=9, help="local: steps per round")
     p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
     args = p.parse_args(argv)
     rows: list[tuple[str, int, float, float, float, float]] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         rows.extend(_run_seed(args, seed))
     table = pd.DataFrame(
         rows,
