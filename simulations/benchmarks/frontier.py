@@ -41,10 +41,10 @@ LIMITS = Limits(importance_rows=200, importance_repeats=1)
 
 
 def _split(
-    seed: int, sites: int, alpha: float
+    seed: int, sites: int, alpha: float, rows: int
 ) -> tuple[Schema, pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
     schema = cohort_schema()
-    raw = generate_cohort(seed=seed + 7)
+    raw = generate_cohort(rows, seed=seed + 7)
     frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
     order = np.random.default_rng(seed).permutation(len(frame))
     n_hold = round(0.2 * len(frame))
@@ -125,7 +125,7 @@ def _train(
 
 
 def _run_seed(args: argparse.Namespace, seed: int) -> list[Row]:
-    schema, train, test, parts = _split(seed, args.sites, args.alpha)
+    schema, train, test, parts = _split(seed, args.sites, args.alpha, args.rows)
     settings = ModelSettings()
     sites = [torch.from_numpy(build_generator(schema, settings).encode(p)) for p in parts]
     rows: list[Row] = []
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon", type=float, default=1.0, help="ε per row (per site)")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--sites", type=int, default=5)
+    p.add_argument("--rows", type=int, default=9000, help="cohort rows (simulate's default)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
     p.add_argument("--steps", type=int, default=450, help="steps of pooled and distributed")
     p.add_argument("--sample-rate", type=float, default=0.11)
