@@ -215,3 +215,25 @@ def test_plan_spends_its_epsilon_at_t0_and_reports_the_tolerated_collusion() -> 
     assert "only if secure aggregation holds" in text
     assert "no more than 2 site(s)" in text
     assert "aborted before unmasking" in text
+
+
+def test_clipped_sum_equals_opacus_dp_optimizer_without_noise() -> None:
+    """Same clipped sum as Opacus's central DP-SGD (σ = 0, expected batch 1)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    module, crit, sites = _linear_sites()
+    batch = torch.cat(sites)
+    ours = clipped_gradient_sum(module, crit, batch, clip_norm=0.7)
+    gsm = GradSampleModule(module)
+    opt = DPOptimizer(
+        torch.optim.SGD(gsm.parameters(), lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=0.7,
+        expected_batch_size=1,
+    )
+    opt.zero_grad()
+    torch.nn.MSELoss(reduction="none")(gsm(batch), batch).sum().backward()
+    opt.pre_step()  # clips per row, sums, adds (zero) noise, divides by 1
+    theirs = torch.cat([p.grad.reshape(-1) for p in gsm.parameters()]).double()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
