@@ -25,7 +25,7 @@ import pandas as pd
 
 from shared.errors import DataValidationError
 from shared.schema import Schema
-from shared.tables import _check_headers, read_raw, validate_frame
+from shared.tables import CSV_READ_OPTIONS, _check_headers, read_raw, validate_frame
 from shared.transforms import TableTransformer
 
 DEFAULT_CHUNK_ROWS = 100_000
@@ -36,17 +36,7 @@ def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     with warnings.catch_warnings():
         # Same strictness as read_raw: a row with too many fields is an error.
         warnings.simplefilter("error", pd.errors.ParserWarning)
-        reader = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            encoding="utf-8",
-            index_col=False,
-            skip_blank_lines=False,
-            engine="c",
-            chunksize=chunk_rows,
-        )
+        reader = pd.read_csv(path, **CSV_READ_OPTIONS, chunksize=chunk_rows)
         with reader:
             # pandas numbers the rows of every chunk from the start of the file,
             # so validation messages quote the file's own line numbers.

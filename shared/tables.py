@@ -23,6 +23,18 @@ from shared.schema import Column, Schema, category_text
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NULL", "null", "#N/A", "N/A", "n/a", "<NA>"})
 _EXAMPLES = 3
 
+#: How every CSV is read: all cells as text (the schema, not pandas, decides types),
+#: nothing silently turned into NaN, blank lines kept so line numbers stay the file's.
+CSV_READ_OPTIONS: dict[str, Any] = {
+    "dtype": str,
+    "keep_default_na": False,
+    "na_filter": False,
+    "encoding": "utf-8",
+    "index_col": False,
+    "skip_blank_lines": False,
+    "engine": "c",
+}
+
 
 def read_raw(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet file with every cell as text (or its Parquet type).
@@ -45,16 +57,7 @@ def read_raw(path: str | Path) -> pd.DataFrame:
                 # A row with more fields than the header would otherwise shift values
                 # silently into the wrong columns; make pandas' warning an error.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(
-                    p,
-                    dtype=str,
-                    keep_default_na=False,
-                    na_filter=False,
-                    encoding="utf-8",
-                    index_col=False,
-                    skip_blank_lines=False,
-                    engine="c",
-                )
+                frame = pd.read_csv(p, **CSV_READ_OPTIONS)
     except pd.errors.EmptyDataError:
         raise DataValidationError(
             src, ["the file is empty; export the table with a header row"]
