@@ -21,17 +21,15 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from client import fused
 from client.errors import TrainingError
 from client.sampling import PoissonBatches, Rows
+from client.steppers import FusedStepper, GhostStepper, Stepper, clipping_mode
 from shared.models.base import GeneratorFamily
 
 # Opacus/PyTorch warnings that carry no information for a site operator: ghost
@@ -148,8 +146,8 @@ def train_dp(
     n = int(data.shape[0])
     # Secure mode needs Opacus's CSPRNG (torchcsprng) for sampling and noise alike.
     secure_rng = PrivacyEngine(secure_mode=True).secure_rng if secure_mode else None
-    mode = _clipping_mode(clipping, module)
-    step_fn: _Stepper = (_FusedStepper if mode == "fused" else _GhostStepper)(
+    mode = clipping_mode(clipping, module)
+    step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(
         family,
         n=n,
         noise_multiplier=noise_multiplier,
@@ -179,124 +177,6 @@ def train_dp(
     loss_value = float(loss.item())
     seconds = time.perf_counter() - start
     return TrainStats(steps, empty, rows / steps, loss_value, seconds)
-
-
-def _clipping_mode(clipping: str, module: nn.Module) -> str:
-    if clipping not in ("auto", "fused", "ghost"):
-        raise TrainingError(f"clipping must be 'auto', 'fused' or 'ghost', got {clipping!r}")
-    if clipping == "auto":
-        return "fused" if fused.supports(module) else "ghost"
-    return clipping
-
-
-class _Stepper(Protocol):
-    def step(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-    def close(self) -> None: ...
-
-
-class _FusedStepper:
-    """One backward pass: fused per-row clipping (:mod:`client.fused`), Opacus noise."""
-
-    def __init__(
-        self,
-        family: GeneratorFamily,
-        *,
-        n: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        learning_rate: float,
-        noise_generator: torch.Generator,
-        secure_mode: bool,
-    ) -> None:
-        self.module = family.private_module()
-        self.criterion = family.criterion()
-        setattr(self.criterion, "reduction", "none")  # noqa: B010 - per-row losses
-        self.clipper = fused.FusedClipper(self.module, max_grad_norm=max_grad_norm)
-        self.optimizer = torch.optim.Adam(self.clipper.params, lr=learning_rate)
-        self.noise = {
-            "noise_multiplier": noise_multiplier,
-            "expected_batch_size": expected_batch_size,
-            "generator": noise_generator,
-            "secure_mode": secure_mode,
-        }
-
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
-        # Cleared before, not after, the step: an observer (the audit) reads the
-        # released gradient in ``.grad`` after it.
-        self.optimizer.zero_grad(set_to_none=True)
-        if batch.shape[0] == 0:
-            # Noise-only step: the clipped sum of no rows is zero; the noise is not.
-            self.clipper.zero_sum()
-            loss = torch.zeros(())
-        else:
-            rows_loss = self.criterion(self.module(batch), batch)
-            self.clipper.clipped_sum(rows_loss)
-            loss = rows_loss.detach().mean()
-        self.clipper.add_noise_and_average(**self.noise)  # type: ignore[arg-type]
-        self.optimizer.step()
-        return loss
-
-    def close(self) -> None:
-        self.clipper.close()
-
-
-class _GhostStepper:
-    """Opacus ghost clipping (two backward passes) for models fused clipping cannot take."""
-
-    def __init__(
-        self,
-        family: GeneratorFamily,
-        *,
-        n: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        learning_rate: float,
-        noise_generator: torch.Generator,
-        secure_mode: bool,
-    ) -> None:
-        module = family.private_module()
-        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-        # Opacus needs a loader only to read n; batches come from PoissonBatches,
-        # which samples at exactly q (Opacus would round q to 1 / len(loader)).
-        shape_only = DataLoader(TensorDataset(torch.empty(n, 0)), batch_size=expected_batch_size)
-        self.private, self.opt, self.crit, _ = engine.make_private(
-            module=module,
-            optimizer=torch.optim.Adam(module.parameters(), lr=learning_rate),
-            data_loader=shape_only,
-            criterion=family.criterion(),
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=False,
-            grad_sample_mode="ghost",
-            noise_generator=None if secure_mode else noise_generator,
-        )
-        self.opt.expected_batch_size = expected_batch_size
-
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
-        self.opt.zero_grad(set_to_none=True)
-        if batch.shape[0] == 0:
-            # Noise-only step: a zero-weighted dummy row gives zero clipped gradients.
-            dummy = torch.zeros(1, batch.shape[1], device=batch.device)
-            loss = self.crit(self.private(dummy), dummy) * 0.0
-        else:
-            loss = self.crit(self.private(batch), batch)
-        loss.backward()
-        self.opt.step()
-        out: torch.Tensor = loss.detach()
-        return out
-
-    def close(self) -> None:
-        _unwrap(self.private)
-
-
-def _unwrap(private: nn.Module) -> None:
-    """Remove Opacus hooks so the family's module can be reused or saved cleanly."""
-    remove = getattr(private, "_close", None)
-    if callable(remove):
-        remove()
 
 
 def train_plain(
