@@ -6,6 +6,7 @@ Gaussian noise N(0, σ²C²) from Opacus, divided by the expected batch q·n.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -32,32 +33,33 @@ class Stepper(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """The public parameters of one DP-SGD step, shared by both implementations.
+
+    ``noise_multiplier`` is σ (noise std in units of the clip norm C),
+    ``max_grad_norm`` is C, ``expected_batch_size`` is q·n (the divisor).
+    """
+
+    n: int
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: int
+    learning_rate: float
+    noise_generator: torch.Generator
+    secure_mode: bool
+
+
 class FusedStepper:
     """One backward pass: fused per-row clipping (:mod:`client.fused`), Opacus noise."""
 
-    def __init__(
-        self,
-        family: GeneratorFamily,
-        *,
-        n: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        learning_rate: float,
-        noise_generator: torch.Generator,
-        secure_mode: bool,
-    ) -> None:
+    def __init__(self, family: GeneratorFamily, cfg: StepConfig) -> None:
         self.module = family.private_module()
         self.criterion = family.criterion()
         setattr(self.criterion, "reduction", "none")  # noqa: B010 - per-row losses
-        self.clipper = fused.FusedClipper(self.module, max_grad_norm=max_grad_norm)
-        self.optimizer = torch.optim.Adam(self.clipper.params, lr=learning_rate)
-        self.noise = {
-            "noise_multiplier": noise_multiplier,
-            "expected_batch_size": expected_batch_size,
-            "generator": noise_generator,
-            "secure_mode": secure_mode,
-        }
+        self.clipper = fused.FusedClipper(self.module, max_grad_norm=cfg.max_grad_norm)
+        self.optimizer = torch.optim.Adam(self.clipper.params, lr=cfg.learning_rate)
+        self.cfg = cfg
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         # Cleared before, not after, the step: an observer (the audit) reads the
@@ -71,7 +73,12 @@ class FusedStepper:
             rows_loss = self.criterion(self.module(batch), batch)
             self.clipper.clipped_sum(rows_loss)
             loss = rows_loss.detach().mean()
-        self.clipper.add_noise_and_average(**self.noise)  # type: ignore[arg-type]
+        self.clipper.add_noise_and_average(
+            noise_multiplier=self.cfg.noise_multiplier,
+            expected_batch_size=self.cfg.expected_batch_size,
+            generator=self.cfg.noise_generator,
+            secure_mode=self.cfg.secure_mode,
+        )
         self.optimizer.step()
         return loss
 
@@ -82,35 +89,28 @@ class FusedStepper:
 class GhostStepper:
     """Opacus ghost clipping (two backward passes) for models fused clipping cannot take."""
 
-    def __init__(
-        self,
-        family: GeneratorFamily,
-        *,
-        n: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        learning_rate: float,
-        noise_generator: torch.Generator,
-        secure_mode: bool,
-    ) -> None:
+    def __init__(self, family: GeneratorFamily, cfg: StepConfig) -> None:
         module = family.private_module()
-        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-        # Opacus needs a loader only to read n; batches come from PoissonBatches,
-        # which samples at exactly q (Opacus would round q to 1 / len(loader)).
-        shape_only = DataLoader(TensorDataset(torch.empty(n, 0)), batch_size=expected_batch_size)
+        engine = PrivacyEngine(accountant="rdp", secure_mode=cfg.secure_mode)
+        # Sampling IS Poisson, at exactly q: the caller draws every batch with
+        # client.sampling.PoissonBatches and the site's ledger accounts that. Opacus's
+        # own Poisson loader is off only because it is never iterated (it would also
+        # round q to 1 / len(loader)); Opacus needs a loader here just to read n.
+        shape_only = DataLoader(
+            TensorDataset(torch.empty(cfg.n, 0)), batch_size=cfg.expected_batch_size
+        )
         self.private, self.opt, self.crit, _ = engine.make_private(
             module=module,
-            optimizer=torch.optim.Adam(module.parameters(), lr=learning_rate),
+            optimizer=torch.optim.Adam(module.parameters(), lr=cfg.learning_rate),
             data_loader=shape_only,
             criterion=family.criterion(),
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
+            noise_multiplier=cfg.noise_multiplier,
+            max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=False,
             grad_sample_mode="ghost",
-            noise_generator=None if secure_mode else noise_generator,
+            noise_generator=None if cfg.secure_mode else cfg.noise_generator,
         )
-        self.opt.expected_batch_size = expected_batch_size
+        self.opt.expected_batch_size = cfg.expected_batch_size
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)

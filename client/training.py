@@ -29,7 +29,7 @@ from torch import nn
 
 from client.errors import TrainingError
 from client.sampling import PoissonBatches, Rows
-from client.steppers import FusedStepper, GhostStepper, Stepper, clipping_mode
+from client.steppers import FusedStepper, GhostStepper, StepConfig, Stepper, clipping_mode
 from shared.models.base import GeneratorFamily
 
 # Opacus/PyTorch warnings that carry no information for a site operator: ghost
@@ -147,8 +147,7 @@ def train_dp(
     # Secure mode needs Opacus's CSPRNG (torchcsprng) for sampling and noise alike.
     secure_rng = PrivacyEngine(secure_mode=True).secure_rng if secure_mode else None
     mode = clipping_mode(clipping, module)
-    step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(
-        family,
+    cfg = StepConfig(
         n=n,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
@@ -157,6 +156,7 @@ def train_dp(
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,
     )
+    step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg)
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
     )
