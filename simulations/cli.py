@@ -11,6 +11,7 @@ from shared.cli_options import (
     run_overrides,
     secagg_overrides,
 )
+from simulations.partition import DEFAULT_HOLDOUT
 from simulations.simulate import SimulationPlan, run_simulation
 
 
@@ -34,7 +35,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="each site's total ε over all runs (default: --epsilon)",
     )
     p.add_argument(
-        "--holdout", type=float, default=0.2, help="share of rows held out for evaluation"
+        "--holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT,
+        help="share of rows held out for evaluation",
     )
     p.add_argument("--synthetic-rows", type=int, help="rows to sample (default: training rows)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -52,6 +52,18 @@ class PartitionSpec:
         raise ConfigError(f"--partition {text!r} is not one of iid, dirichlet:ALPHA, column:NAME")
 
 
+DEFAULT_HOLDOUT = 0.2  # share of rows no site trains on (kept for evaluation)
+
+
+def split_holdout(
+    frame: pd.DataFrame, share: float, *, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``frame`` into (holdout, train) by a seeded shuffle; train is re-indexed."""
+    order = np.random.default_rng(seed).permutation(len(frame))
+    n_hold = round(share * len(frame))
+    return frame.iloc[order[:n_hold]], frame.iloc[order[n_hold:]].reset_index(drop=True)
+
+
 def partition(
     frame: pd.DataFrame, schema: Schema, spec: PartitionSpec, sites: int, *, seed: int = 0
 ) -> list[pd.DataFrame]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
@@ -32,7 +31,7 @@ from shared.errors import ConfigError
 from shared.runtime import FlowerRuntime, flower_bin, free_port
 from shared.schema import Schema
 from shared.tables import load_table, validate_frame
-from simulations.partition import PartitionSpec, partition
+from simulations.partition import PartitionSpec, partition, split_holdout
 
 log = logging.getLogger("fedsynth.simulate")
 
@@ -81,14 +80,11 @@ def prepare_sites(
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     seed = int(plan.settings.get("seed", 0))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frame))
-    n_hold = round(plan.holdout * len(frame))
-    holdout, train = frame.iloc[order[:n_hold]], frame.iloc[order[n_hold:]]
+    holdout, train = split_holdout(frame, plan.holdout, seed=seed)
     schema.save(out / "schema.json")
     holdout.to_csv(out / "holdout.csv", index=False)
     parts = partition(
-        train.reset_index(drop=True),
+        train,
         schema,
         PartitionSpec.parse(plan.partition),
         plan.sites,

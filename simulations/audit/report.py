@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from shared.accounting import epsilon_of
@@ -28,7 +27,7 @@ from simulations.audit.audit import (
     guesses_per_side,
 )
 from simulations.audit.mechanism import Mechanism
-from simulations.partition import PartitionSpec, partition
+from simulations.partition import DEFAULT_HOLDOUT, PartitionSpec, partition, split_holdout
 
 log = logging.getLogger("fedsynth.audit")
 NOT_CHARGED = (
@@ -94,9 +93,8 @@ def site_table(plan: AuditPlan, seed: int) -> tuple[pd.DataFrame, Schema, str]:
     schema = cohort_schema()
     raw = generate_cohort(seed=seed + 7)
     frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
-    # The same split as `fedsynth simulate`: 20% holdout, then iid sites; audit site-0.
-    order = np.random.default_rng(seed).permutation(len(frame))
-    train = frame.iloc[order[round(0.2 * len(frame)) :]].reset_index(drop=True)
+    # The same split as `fedsynth simulate` (its default holdout, then iid sites); site-0.
+    _, train = split_holdout(frame, DEFAULT_HOLDOUT, seed=seed)
     site = partition(train, schema, PartitionSpec.parse("iid"), plan.builtin_sites, seed=seed)[0]
     return site, schema, f"built-in cohort, site-0 of {plan.builtin_sites} (iid, seed {seed})"
 
