@@ -98,6 +98,18 @@ class ConstrainedDecoder:
         self.missing: dict[str, SpanInfo] = {
             s.column: s for s in transformer.spans if s.kind == "missing"
         }
+        in_component = {c for comp in self.plan.components for c in comp.columns}
+        self.free = [
+            c.name for c in self.schema.columns if not c.is_numeric and c.name not in in_component
+        ]
+        # Padded positions of the free columns' spans, so all of them draw in one pass.
+        spans = [self.span[name] for name in self.free]
+        width = max((sp.width for sp in spans), default=0)
+        self._free_pos = np.array(
+            [[sp.start + min(k, sp.width - 1) for k in range(width)] for sp in spans],
+            dtype=np.int64,
+        ).reshape(len(spans), width)
+        self._free_valid = np.arange(width)[None, :] < np.array([sp.width for sp in spans])[:, None]
 
     def probs(self, dist: RowDistribution, column: str) -> np.ndarray:
         """Normalised ``(n, slots)`` probabilities of a categorical column (0 rows stay 0)."""
@@ -129,12 +141,16 @@ class ConstrainedDecoder:
         n = len(dist)
         unmet = np.zeros(n, dtype=bool)
         slots: dict[str, np.ndarray] = {}
-        in_component = {c for comp in self.plan.components for c in comp.columns}
-        for col in self.schema.columns:
-            if not col.is_numeric and col.name not in in_component:
-                p = self.probs(dist, col.name)
-                unmet |= p.sum(axis=1) == 0
-                slots[col.name] = _draw(p, rng)
+        if self.free:
+            p = np.clip(dist.params[:, self._free_pos].astype(np.float64), 0.0, None)
+            p *= self._free_valid
+            cum = np.cumsum(p, axis=2)
+            total = cum[:, :, -1]
+            unmet |= (total == 0).any(axis=1)
+            idx = (cum < rng.random(total.shape)[:, :, None] * total[:, :, None]).sum(axis=2)
+            idx = np.minimum(idx, self._free_valid.sum(axis=1) - 1)
+            for k, name in enumerate(self.free):
+                slots[name] = idx[:, k]
         for comp in self.plan.components:
             chosen = np.zeros(n, dtype=np.int64)
             step = max(1, _CHUNK_CELLS // len(comp.feasible))

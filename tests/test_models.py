@@ -350,3 +350,23 @@ def test_clip_update_never_exceeds_the_bound() -> None:
 
     # Assert
     assert _norm(clipped) <= 0.85
+
+
+def test_sample_distribution_is_a_softmax_per_span(family: GeneratorFamily) -> None:
+    """The vectorised softmax equals one softmax per one-hot span of the decoder output."""
+    vae = family.module
+    assert isinstance(vae, TabularVAE)
+    with torch.no_grad():
+        for p in vae.parameters():  # large logits, so a shared max would underflow
+            p.mul_(8.0)
+        dist = family.sample_distribution(64, torch.Generator().manual_seed(3))
+        z = torch.randn(64, vae.latent, generator=torch.Generator().manual_seed(3))
+        dec = vae.decode(z).double()
+    for span in family.transformer.spans:
+        got = dist.params[:, span.start : span.start + span.width]
+        block = dec[:, span.start : span.start + span.width]
+        if span.kind == "numeric":
+            np.testing.assert_allclose(got[:, 0], torch.tanh(block[:, 0]).numpy(), rtol=1e-6)
+        else:
+            np.testing.assert_allclose(got, torch.softmax(block, dim=1).numpy(), atol=1e-12)
+            np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)

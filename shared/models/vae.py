@@ -169,16 +169,21 @@ class DPVAE(GeneratorFamily):
         device = next(vae.parameters()).device
         z = torch.randn(n, vae.latent, generator=generator, device=device)
         dec = vae.decode(z)
-        params = torch.zeros(n, vae.data_dim, device=device, dtype=torch.float64)
+        logits = dec[:, : vae.data_dim].double()
         scale = torch.zeros(n, vae.data_dim, device=device)
-        j = 0
-        for span in self.transformer.spans:
-            block = dec[:, span.start : span.stop]
-            if span.kind == "numeric":
-                ls = dec[:, vae.data_dim + j].clamp(_LOGSTD_MIN, _LOGSTD_MAX)
-                params[:, span.start] = torch.tanh(block[:, 0])
-                scale[:, span.start] = torch.exp(ls)
-                j += 1
-            else:
-                params[:, span.start : span.stop] = torch.softmax(block.double(), dim=1)
+        cat_pos, cat_valid, num_pos = self._span_index(device)
+        params = torch.zeros_like(logits)
+        if cat_pos.numel():
+            # Softmax of every span at once, in float64 so that conditional sampling's
+            # log-weights do not underflow. member[j, s] = 1 when position j is in span s;
+            # the padding of cat_pos repeats a span's last position, so its max is its own.
+            member = torch.zeros(vae.data_dim, len(cat_pos), dtype=torch.float64, device=device)
+            member[cat_pos[cat_valid], cat_valid.nonzero()[:, 0]] = 1.0
+            span_max = logits[:, cat_pos].amax(dim=2)
+            e = torch.exp(logits - span_max @ member.T) * member.sum(dim=1)
+            params = e / (e @ member @ member.T).clamp(min=torch.finfo(torch.float64).tiny)
+        if num_pos.numel():
+            ls = dec[:, vae.data_dim : vae.data_dim + len(num_pos)].clamp(_LOGSTD_MIN, _LOGSTD_MAX)
+            params[:, num_pos] = torch.tanh(logits[:, num_pos])
+            scale[:, num_pos] = torch.exp(ls)
         return RowDistribution(params.cpu().numpy(), scale.cpu().numpy())
