@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,45 @@ def cohort() -> Schema:
     return cohort_schema()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every real-process test on one xdist worker, one after another.
+
+    With ``-n 2 --dist loadgroup`` (``make test``) the unit tests share the other
+    worker; end-to-end runs never compete with each other for ports, Ray or time-outs.
+    """
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach the fuzz counts of a test to its report (they travel back from workers)."""
+    outcome = yield
+    if call.when == "call":
+        from tests.fuzzing import drain
+
+        report = outcome.get_result()
+        for target, (generated, accepted) in drain().items():
+            report.user_properties.append(("fuzz", (target, generated, accepted)))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print how many hostile inputs the fuzz tests generated (none: print nothing)."""
-    from tests.fuzzing import ACCEPTED, GENERATED
-
-    if GENERATED:
-        total, valid = sum(GENERATED.values()), sum(ACCEPTED.values())
-        parts = ", ".join(f"{n} {target}" for target, n in sorted(GENERATED.items()))
+    generated: Counter[str] = Counter()
+    accepted = 0
+    for key in ("passed", "failed"):
+        for report in terminalreporter.stats.get(key, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "fuzz":
+                    target, n, ok = value
+                    generated[target] += n
+                    accepted += ok
+    if generated:
+        total = sum(generated.values())
+        parts = ", ".join(f"{n} {target}" for target, n in sorted(generated.items()))
         terminalreporter.write_line(
-            f"fuzzing: {total} generated hostile inputs ({parts}): {total - valid} refused with "
-            f"a fedsynth error, {valid} turned out valid (any other exception fails its test)"
+            f"fuzzing: {total} generated hostile inputs ({parts}): {total - accepted} refused "
+            f"with a fedsynth error, {accepted} turned out valid (any other exception fails "
+            "its test)"
         )
