@@ -61,6 +61,11 @@ def _time_table(steps: int) -> torch.Tensor:
 class SpanIndex(nn.Module):
     """Positions of the one-hot spans, padded to one width, for vectorised span maths."""
 
+    pos: torch.Tensor  # (spans, wmax) column of each slot; padding repeats the last one
+    valid: torch.Tensor  # (spans, wmax) bool, False on padding
+    k: torch.Tensor  # (spans, 1) number of categories K of each span
+    numeric: torch.Tensor  # (width,) bool, True on numeric values
+
     def __init__(self, spans: tuple[SpanInfo, ...], width: int) -> None:
         super().__init__()
         onehot = [s for s in spans if s.kind != "numeric"]
@@ -98,6 +103,11 @@ class TabularDenoiser(nn.Module):
     ``[denoiser output | ε | x_t | t]`` (width ``3·d + 1``), all the per-row
     criterion needs.
     """
+
+    alpha_bar: torch.Tensor  # ᾱ_t, t = 0..T
+    alpha: torch.Tensor  # α_t = ᾱ_t / ᾱ_{t-1} (α_0 = 1)
+    time_table: torch.Tensor  # (T + 1, _TIME_DIM)
+    index: SpanIndex
 
     def __init__(self, spans: tuple[SpanInfo, ...], width: int, hidden: int, steps: int) -> None:
         super().__init__()
