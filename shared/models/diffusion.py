@@ -225,6 +225,7 @@ class DPDiffusion(GeneratorFamily):
             raise TypeError("module is not a TabularDenoiser")
         return self.module
 
+    @torch.no_grad()
     def _last_step(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the reverse process down to x₁; return p(x₀ | x₁) as (params, numeric mean).
 
