@@ -170,6 +170,8 @@ class DiffusionLoss(nn.Module):
     is what Opacus's ghost clipping and the fused clipper ask of a criterion.
     """
 
+    reduction: str
+
     def __init__(self, model: TabularDenoiser, spans: tuple[SpanInfo, ...]) -> None:
         super().__init__()
         self.model, self.reduction = model, "mean"
@@ -217,7 +219,7 @@ class DPDiffusion(GeneratorFamily):
         # The denoiser is the only trained part and sees real rows through the loss.
         return self.module
 
-    def criterion(self) -> nn.Module:
+    def criterion(self) -> DiffusionLoss:
         return DiffusionLoss(self._model(), self.transformer.spans)
 
     def _model(self) -> TabularDenoiser:
