@@ -128,6 +128,54 @@ def test_categorical_noising_reaches_uniform(family: DPDiffusion, rows: torch.Te
     assert torch.all(x_t[:, span.start : span.stop].sum(1) == 1)
 
 
+@given(
+    t=st.integers(min_value=1, max_value=20),
+    x0=st.integers(min_value=0, max_value=2),
+    xt=st.integers(min_value=0, max_value=2),
+)
+@settings(max_examples=40, deadline=None)
+def test_multinomial_posterior_is_bayes_rule(cohort: Schema, t: int, x0: int, xt: int) -> None:
+    # Arrange: brute force on the 3-category "smoker" span with explicit transition
+    # matrices Q_t = α_t I + (1 − α_t)/K and Q̄_{t−1} = ᾱ_{t−1} I + (1 − ᾱ_{t−1})/K.
+    f = build_generator(cohort, SETTINGS)
+    m = f.module
+    assert isinstance(m, TabularDenoiser)
+    span = next(s for s in f.transformer.spans if s.column == "smoker")
+    k, eye = 3, torch.eye(3, dtype=torch.float64)
+    a, ab_prev = float(m.alpha[t]), float(m.alpha_bar[t - 1])
+    q_t = a * eye + (1 - a) / k
+    q_bar = ab_prev * eye + (1 - ab_prev) / k
+    brute = q_t[:, xt] * q_bar[x0, :]
+    brute = brute / brute.sum()
+    row = torch.zeros(1, m.width)
+    row[0, span.start + xt] = 1.0
+    x0_row = torch.zeros(1, m.width)
+    x0_row[0, span.start + x0] = 1.0
+    # Act
+    post = m.posterior(row, m.index.gather(x0_row), torch.tensor([t]))
+    # Assert
+    slot = next(i for i, p in enumerate(m.index.pos[:, 0].tolist()) if p == span.start)
+    torch.testing.assert_close(post[0, slot, :k].double(), brute, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_at_the_first_step_is_the_cross_entropy(family: DPDiffusion, rows: torch.Tensor) -> None:
+    # Arrange: at t = 1, ᾱ_0 = 1, so q(x_0 | x_1, x_0) is x_0 itself and the KL is −log p(x_0 | x_1).
+    m = family.module
+    assert isinstance(m, TabularDenoiser)
+    x0 = rows[:5]
+    t = torch.ones(5, dtype=torch.long)
+    x_t, _ = m.noised(x0, t, torch.Generator().manual_seed(1))
+    out = m.denoise(x_t, t).detach()
+    # Act
+    true = m.posterior(x_t, m.index.gather(x0), t)
+    pred = m.posterior(x_t, m.x0_probs(out), t)
+    # Assert
+    torch.testing.assert_close(true, m.index.gather(x0))
+    picked = (pred * m.index.gather(x0)).sum(2)
+    kl = (true * (torch.log(true + 1e-12) - torch.log(pred + 1e-12))).sum(2)
+    torch.testing.assert_close(kl, -torch.log(picked), rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------- settings and files
 def test_diffusion_steps_setting_is_validated_and_travels() -> None:
     # Act
