@@ -246,10 +246,10 @@ def test_non_dp_fit_lowers_the_loss(family: DPDiffusion, rows: torch.Tensor) -> 
     # Arrange
     before = _mean_loss(family, rows)
     # Act
-    train_plain(family, rows, steps=150, sample_rate=0.2, learning_rate=1e-2, device=CPU, seed=0)
+    train_plain(family, rows, steps=60, sample_rate=0.2, learning_rate=1e-2, device=CPU, seed=0)
     after = _mean_loss(family, rows)
     # Assert: a clear drop, not noise
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.6 * before, (before, after)
 
 
 def test_dp_fit_uses_fused_and_ghost_clipping(family: DPDiffusion, rows: torch.Tensor) -> None:
