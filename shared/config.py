@@ -78,10 +78,14 @@ class ModelSettings:
     kl_weight: float = 0.5
     #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
     covariate_generator: str = "dp-vae"
+    #: Number of diffusion steps T of the ``"dp-diffusion"`` family (ignored by others):
+    #: sampling runs T denoiser passes; training cost does not depend on T.
+    diffusion_steps: int = 50
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
-        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``."""
+        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
+        ``diffusion-steps``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
@@ -90,6 +94,14 @@ class ModelSettings:
             kl_weight=read_value(config, "kl-weight", float, d.kl_weight, _positive, "> 0"),
             covariate_generator=read_value(
                 config, "covariate-generator", str, d.covariate_generator
+            ),
+            diffusion_steps=read_value(
+                config,
+                "diffusion-steps",
+                int,
+                d.diffusion_steps,
+                lambda v: 2 <= v <= 1000,
+                "2..1000",
             ),
         )
 
@@ -101,6 +113,7 @@ class ModelSettings:
             "latent": self.latent,
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
+            "diffusion-steps": self.diffusion_steps,
         }
 
 
