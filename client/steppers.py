@@ -6,6 +6,7 @@ Gaussian noise N(0, σ²C²) from Opacus, divided by the expected batch q·n.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,13 @@ def clipping_mode(clipping: str, module: nn.Module) -> str:
     if clipping == "auto":
         return "fused" if fused.supports(module) else "ghost"
     return clipping
+
+
+#: Audit-only hook (the empirical privacy audit's gradient canaries): called at every
+#: step with each parameter's name and the tensor holding its clipped gradient sum,
+#: after clipping and before Opacus adds the noise; it may add to those sums in place.
+#: Sites never pass one; without it a step is exactly the production step.
+ClippedSumHook = Callable[[dict[str, torch.Tensor]], None]
 
 
 class Stepper(Protocol):
@@ -53,13 +61,16 @@ class StepConfig:
 class FusedStepper:
     """One backward pass: fused per-row clipping (:mod:`client.fused`), Opacus noise."""
 
-    def __init__(self, family: GeneratorFamily, cfg: StepConfig) -> None:
+    def __init__(
+        self, family: GeneratorFamily, cfg: StepConfig, audit_hook: ClippedSumHook | None = None
+    ) -> None:
         self.module = family.private_module()
         self.criterion = family.criterion()
         setattr(self.criterion, "reduction", "none")  # noqa: B010 - per-row losses
         self.clipper = fused.FusedClipper(self.module, max_grad_norm=cfg.max_grad_norm)
         self.optimizer = torch.optim.Adam(self.clipper.params, lr=cfg.learning_rate)
         self.cfg = cfg
+        self.audit_hook = audit_hook
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         # Cleared before, not after, the step: an observer (the audit) reads the
@@ -73,6 +84,10 @@ class FusedStepper:
             rows_loss = self.criterion(self.module(batch), batch)
             self.clipper.clipped_sum(rows_loss)
             loss = rows_loss.detach().mean()
+        if self.audit_hook is not None:
+            self.audit_hook(
+                {n: p.grad for n, p in self.module.named_parameters() if p.grad is not None}
+            )
         self.clipper.add_noise_and_average(
             noise_multiplier=self.cfg.noise_multiplier,
             expected_batch_size=self.cfg.expected_batch_size,
@@ -89,7 +104,9 @@ class FusedStepper:
 class GhostStepper:
     """Opacus ghost clipping (two backward passes) for models fused clipping cannot take."""
 
-    def __init__(self, family: GeneratorFamily, cfg: StepConfig) -> None:
+    def __init__(
+        self, family: GeneratorFamily, cfg: StepConfig, audit_hook: ClippedSumHook | None = None
+    ) -> None:
         module = family.private_module()
         engine = PrivacyEngine(accountant="rdp", secure_mode=cfg.secure_mode)
         # Sampling IS Poisson, at exactly q: the caller draws every batch with
@@ -111,6 +128,21 @@ class GhostStepper:
             noise_generator=None if cfg.secure_mode else cfg.noise_generator,
         )
         self.opt.expected_batch_size = cfg.expected_batch_size
+        if audit_hook is not None:
+            self._hook_after_accumulate(module, audit_hook)
+
+    def _hook_after_accumulate(self, module: nn.Module, hook: ClippedSumHook) -> None:
+        # Opacus's ghost-clipping optimiser holds the clipped sum in ``summed_grad``
+        # between ``accumulate()`` and ``add_noise()``; wrapping this one instance's
+        # ``accumulate`` reaches that point without forking the optimiser.
+        names = {id(p): n for n, p in module.named_parameters()}
+        accumulate = self.opt.accumulate
+
+        def accumulate_then_hook() -> None:
+            accumulate()
+            hook({names[id(p)]: p.summed_grad for p in self.opt.params})
+
+        setattr(self.opt, "accumulate", accumulate_then_hook)  # noqa: B010
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)

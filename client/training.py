@@ -29,7 +29,14 @@ from torch import nn
 
 from client.errors import TrainingError
 from client.sampling import PoissonBatches, Rows
-from client.steppers import FusedStepper, GhostStepper, StepConfig, Stepper, clipping_mode
+from client.steppers import (
+    ClippedSumHook,
+    FusedStepper,
+    GhostStepper,
+    StepConfig,
+    Stepper,
+    clipping_mode,
+)
 from shared.models.base import GeneratorFamily
 
 # Opacus/PyTorch warnings that carry no information for a site operator: ghost
@@ -90,6 +97,7 @@ def train_dp(
     progress_every: int = 50,
     clipping: str = "auto",
     on_step: Callable[[nn.Module], None] | None = None,
+    audit_hook: ClippedSumHook | None = None,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -130,6 +138,10 @@ def train_dp(
         weights are the new iterate and each parameter's ``.grad`` holds the step's
         clipped, noised, averaged gradient (what the DP guarantee covers). For the
         empirical audit; it must not modify the module. Sites never pass one.
+    audit_hook : callable, optional
+        Audit-only (:data:`client.steppers.ClippedSumHook`): may add gradient
+        canaries to each step's clipped sum before the noise is added, so the
+        canaries get exactly the noise the accountant assumes. Sites never pass one.
 
     Returns
     -------
@@ -156,7 +168,7 @@ def train_dp(
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,
     )
-    step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg)
+    step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg, audit_hook)
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
     )

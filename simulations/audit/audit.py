@@ -1,13 +1,17 @@
 """One audit: canaries in, one training run, guesses, an ε lower bound.
 
-Steps (Steinke, Nasr & Jagielski, NeurIPS 2023, their one-run game with input-space canaries):
+Steps (Steinke, Nasr & Jagielski, NeurIPS 2023, their one-run game):
 
-1. draw m canaries from the public schema and a secret fair coin per canary;
-2. train the site's real contribution (:mod:`simulations.audit.mechanism`) on its
-   rows plus the canaries whose coin came up "in";
-3. score every canary. ``white-box`` (default): how far the run's released
-   gradients moved along the canary's own gradient direction, summed over every
-   DP-SGD step (:mod:`simulations.audit.whitebox`). ``black-box``: its loss under a
+1. draw m canaries and a secret fair coin per canary. ``white-box`` (default):
+   Dirac gradient canaries, C on one coordinate of the parameters each
+   (:mod:`simulations.audit.gradient`); ``black-box``: schema-valid records
+   (:mod:`simulations.audit.canaries`);
+2. run the site's real contribution (:mod:`simulations.audit.mechanism`) with the
+   canaries whose coin came up "in": white-box, each is Poisson-sampled at every
+   step and added to the clipped sum before Opacus's noise; black-box, the records
+   join the site's rows;
+3. score every canary. White-box: the released gradients' residual on the canary's
+   coordinate, summed over every DP-SGD step. Black-box: its loss under a
    *reference* model minus its loss under the final trained model; the reference
    is the same training on the site's rows plus *all* canaries (another
    sampling/noise seed). Neither score looks at the coins, so the test stays valid;
@@ -36,8 +40,8 @@ from shared.models import build_generator
 from shared.models.base import GeneratorFamily
 from shared.schema import Schema
 from simulations.audit.canaries import draw_inclusion, make_canaries
+from simulations.audit.gradient import DiracCanaries, DiracScorer, layout, pick_coordinates
 from simulations.audit.mechanism import Mechanism, per_row_loss, train_contribution
-from simulations.audit.whitebox import TranscriptScorer
 
 #: k is chosen so perfect guessing could certify this multiple of the claimed ε.
 GUESS_MARGIN = 1.25
@@ -87,12 +91,17 @@ def count_correct(scores: np.ndarray, included: np.ndarray, k: int) -> tuple[int
 
 @dataclass(frozen=True)
 class AuditInputs:
-    """The site's encoded rows and the canaries, shared by every audited run."""
+    """The site's encoded rows and the canaries, shared by every audited run.
+
+    ``canaries`` are the encoded record canaries (black-box), ``coordinates`` the
+    Dirac canaries' coordinates (white-box); ``included`` are the coins of either.
+    """
 
     schema: Schema
     settings: RunSettings
     site_rows: torch.Tensor
     canaries: torch.Tensor
+    coordinates: torch.Tensor
     included: np.ndarray
     seed: int
 
@@ -101,16 +110,18 @@ class AuditInputs:
         cls, schema: Schema, settings: RunSettings, site: pd.DataFrame, *, m: int, seed: int
     ) -> AuditInputs:
         """Encode the site's rows, draw canaries and their coins from ``seed``."""
-        canary_rng, coin_rng = (
-            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+        canary_rng, coin_rng, coordinate_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
         )
         family = build_generator(schema, settings.model)
         canaries = make_canaries(schema, m, canary_rng)
+        size = sum(shape.numel() for _, shape in layout(family.private_module()))
         return cls(
             schema=schema,
             settings=settings,
             site_rows=torch.from_numpy(family.encode(site)),
             canaries=torch.from_numpy(family.encode(canaries)),
+            coordinates=pick_coordinates(size, m, coordinate_rng),
             included=draw_inclusion(m, coin_rng),
             seed=seed,
         )
@@ -128,35 +139,50 @@ def audit_run(
     if mode not in MODES:
         raise AuditError(f"unknown audit mode {mode!r}; use one of {', '.join(MODES)}")
     start = time.perf_counter()
-    mask = torch.from_numpy(inputs.included)
-    target_data = torch.cat([inputs.site_rows, inputs.canaries[mask]])
+    settings = inputs.settings
 
-    def train(data: torch.Tensor, tag: str, scorer: TranscriptScorer | None) -> GeneratorFamily:
+    def train(
+        data: torch.Tensor,
+        tag: str,
+        scorer: DiracScorer | None = None,
+        canaries: DiracCanaries | None = None,
+    ) -> GeneratorFamily:
         return train_contribution(
             inputs.schema,
-            inputs.settings,
+            settings,
             data,
             mechanism=mechanism,
             seed=inputs.seed,
             tag=tag,
             device=device,
             scorer=scorer,
+            canaries=canaries,
         )
 
     if mode == "white-box":
-        scorer = TranscriptScorer(
-            build_generator(inputs.schema, inputs.settings.model),
-            inputs.canaries,
+        family = build_generator(inputs.schema, settings.model)
+        scorer = DiracScorer(
+            family,
             inputs.site_rows,
-            sample_rate=inputs.settings.sample_rate,
+            inputs.coordinates,
+            sample_rate=settings.sample_rate,
             max_grad_norm=mechanism.max_grad_norm,
             seed=inputs.seed,
         )
-        train(target_data, "target", scorer)
+        hook = DiracCanaries(
+            layout(family.private_module()),
+            inputs.coordinates,
+            inputs.included,
+            sample_rate=settings.sample_rate,
+            max_grad_norm=mechanism.max_grad_norm,
+            seed=inputs.seed + 1,
+        )
+        train(inputs.site_rows, "target", scorer, hook)
         scores = scorer.scores.numpy()
     else:
-        target = train(target_data, "target", None)
-        reference = train(torch.cat([inputs.site_rows, inputs.canaries]), "reference", None)
+        mask = torch.from_numpy(inputs.included)
+        target = train(torch.cat([inputs.site_rows, inputs.canaries[mask]]), "target")
+        reference = train(torch.cat([inputs.site_rows, inputs.canaries]), "reference")
         scores = per_row_loss(reference, inputs.canaries, seed=inputs.seed) - per_row_loss(
             target, inputs.canaries, seed=inputs.seed
         )

@@ -11,12 +11,13 @@ from simulations.audit.report import AuditPlan, run_audit
 
 _DESCRIPTION = """\
 Empirical privacy audit (Steinke, Nasr & Jagielski, "Privacy Auditing with One (1)
-Training Run", NeurIPS 2023). Inserts canary records at a throwaway copy of one site,
-trains with the site's real DP-SGD code and the run's settings, runs a
-membership-inference test on the canaries, and reports an empirical ε lower bound at
-95% confidence, next to a positive control (σ = 0) that shows whether the audit is
-strong enough to mean anything. The default white-box mode scores every DP-SGD
-step's released gradient along each canary's gradient direction.
+Training Run", NeurIPS 2023). Inserts canaries at a throwaway copy of one site, trains
+with the site's real DP-SGD code and the run's settings, runs a membership-inference
+test on the canaries, and reports an empirical ε lower bound at 95% confidence, next
+to a positive control (σ = 0) that shows whether the audit is strong enough to mean
+anything. The default white-box mode inserts Dirac gradient canaries into every
+DP-SGD step's clipped sum (before the noise) and scores each on the released
+gradients; --mode black-box inserts canary records and scores final-model losses.
 
 No privacy ledger is opened or charged: the models are throwaways.
 
@@ -41,9 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "Never a table whose terms forbid re-identification attempts.",
     )
     p.add_argument("--schema", type=Path, help="public schema JSON (required with --data)")
-    p.add_argument(
-        "--canaries", type=int, default=1000, help="number m of canary records (default 1000)"
-    )
+    p.add_argument("--canaries", type=int, default=1000, help="number m of canaries (default 1000)")
     p.add_argument(
         "--positive-control",
         action=argparse.BooleanOptionalAction,
@@ -54,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--mode",
         choices=MODES,
         default="white-box",
-        help="white-box: score every DP-SGD step's released gradient (default, strongest); "
-        "black-box: score final-model losses against a reference model",
+        help="white-box: gradient canaries scored on every DP-SGD step's released gradient "
+        "(default, strongest); black-box: record canaries scored on final-model losses",
     )
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/audit"))

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from client.site import clip_update
+from client.steppers import ClippedSumHook
 from client.training import train_dp
 from shared.config import RunSettings
 from shared.models import build_generator
 from shared.models.base import GeneratorFamily
 from shared.schema import Schema
-from simulations.audit.whitebox import TranscriptScorer
+from simulations.audit.gradient import DiracScorer
 
 #: Clip norm standing for "clipping off" in the positive control (no row reaches it).
 NO_CLIPPING = 1e12
@@ -83,7 +84,8 @@ def train_contribution(
     seed: int,
     tag: str,
     device: torch.device,
-    scorer: TranscriptScorer | None = None,
+    scorer: DiracScorer | None = None,
+    canaries: ClippedSumHook | None = None,
 ) -> GeneratorFamily:
     """Run the site's R rounds of local DP-SGD on ``data``; return the final model.
 
@@ -97,8 +99,11 @@ def train_contribution(
         σ and C to train with.
     seed : int
         Seeds the initial weights; ``tag`` separates the sampling/noise seeds of models.
-    scorer : TranscriptScorer, optional
+    scorer : DiracScorer, optional
         White-box observer of every DP-SGD step (it never sees the canaries' coins).
+    canaries : ClippedSumHook, optional
+        Gradient canaries added to every step's clipped sum before the noise
+        (:class:`simulations.audit.gradient.DiracCanaries`).
     """
     torch.manual_seed(seed)
     family = build_generator(schema, settings.model)
@@ -118,6 +123,7 @@ def train_contribution(
             device=device,
             seed=_round_seed(seed, tag, server_round),
             on_step=scorer.observe if scorer is not None else None,
+            audit_hook=canaries,
         )
         new_state = family.state_dict()
         update = {k: new_state[k].cpu() - global_state[k].cpu() for k in global_state}

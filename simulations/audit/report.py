@@ -42,16 +42,20 @@ K_RULE = (
 )
 SCORING = {
     "white-box": (
-        "white-box over the whole training transcript: s_c = Σ_t ⟨u_c(θ_t), g_t − ĝ_t⟩, "
-        "g_t the step's released (clipped, noised) gradient, u_c the canary's own gradient "
-        "direction at θ_t with the site rows' top gradient subspace removed, ĝ_t the "
-        "coin-independent expected contribution of the site's rows and of the canaries "
-        "(each with weight 1/2). Valid because the accountant's ε covers every iterate."
+        "white-box with Dirac gradient canaries (Nasr et al., USENIX Security 2023; "
+        "Steinke et al., Section 7): canary c is the gradient C·e_j on its own parameter "
+        "coordinate j, Poisson-sampled at rate q at every DP-SGD step when its coin is in "
+        "and added to the clipped sum before Opacus adds the noise; it scores "
+        "s_c = (B/C)·Σ_t (g_t − ĝ_t)[j], g_t the step's released (clipped, noised, "
+        "averaged) gradient and ĝ_t the site's rows' expected clipped gradient at θ_t "
+        "(coin-independent). Valid because the accountant's ε covers every iterate and "
+        "a canary is a record whose clipped gradient is C·e_j."
     ),
     "black-box": (
-        "black-box: the canary's loss under a reference model (the same training on the "
-        "site's rows plus every canary, independent of the coins) minus its loss under "
-        "the final trained model."
+        "black-box with record canaries (schema-valid records uniform over the public "
+        "ranges, joining the site's rows): the canary's loss under a reference model (the "
+        "same training on the site's rows plus every canary, independent of the coins) "
+        "minus its loss under the final trained model."
     ),
 }
 MECHANISM_NOTE = (
@@ -230,9 +234,9 @@ def markdown(report: dict[str, Any]) -> str:
 |---|---|---|---|---|---|
 {rows}
 
-**Method.** {report["method"]}. m canaries (schema-valid records drawn uniformly over the
-public ranges) each join the site's rows with probability 1/2; the site's own DP-SGD code
-trains R rounds × k steps on them. Scoring (mode `{report["mode"]}`): {report["scoring"]}
+**Method.** {report["method"]}. m canaries each join the run with probability 1/2 (a
+secret coin); the site's own DP-SGD code trains R rounds × k steps with the included ones.
+Canaries and scoring (mode `{report["mode"]}`): {report["scoring"]}
 The k₊ highest scores are guessed "in", the k₋ lowest
 "out"; k₊ = k₋ is fixed from m and the claimed ε before training. A lower bound is a
 floor, never a guarantee: a bound far below the claimed ε is expected of a weak attack

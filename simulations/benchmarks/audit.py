@@ -2,9 +2,9 @@
 
 Default: the built-in cohort's site-0 (as ``fedsynth simulate`` splits it), the
 default run settings (ε = 3, 10 rounds × 45 local steps, q = 0.1, C = 1), 1000
-canaries. ``--small-site`` instead audits a 60-row site trained 3 × 60 steps at
-q = 0.5 with ε = 1: many exposures per canary, where an unnoised model does
-memorise, to show what the audit finds when there is leakage to find.
+canaries. Prints the claimed ε, the DP run's lower bound, the positive control's
+(σ = 0) lower bound, the verdict and the runtime. ``--small-site`` instead audits a
+60-row site trained 3 × 60 steps at q = 0.5 with ε = 1 (a quick check).
 
 Run: ``python -m simulations.benchmarks.audit [--small-site] [--mode black-box]
 [--canaries M] [--seed S]`` (default mode: white-box).
