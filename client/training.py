@@ -160,6 +160,10 @@ def train_dp(
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
     )
+    # A family's loop (a GAN's fake rows and generator step) works around each step;
+    # it keeps every sampled row once, so each step is still one Poisson-sampled
+    # Gaussian step on the private module, which is what the ledger charges.
+    loop = family.local_loop(learning_rate=learning_rate, batch_size=cfg.expected_batch_size)
     start, empty, rows = time.perf_counter(), 0, 0
     loss = torch.zeros(())
     try:
@@ -167,7 +171,9 @@ def train_dp(
             batch = batches.next_batch().to(device, non_blocking=True)
             empty += int(batch.shape[0] == 0)
             rows += batch.shape[0]
-            loss = step_fn.step(batch)
+            loss = step_fn.step(batch if loop is None else loop.private_batch(batch))
+            if loop is not None:
+                loop.after_step()
             if on_step is not None:
                 on_step(module)
             if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
@@ -200,6 +206,9 @@ def train_plain(
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
     )
+    loop = family.local_loop(
+        learning_rate=learning_rate, batch_size=_batch_size(sample_rate, len(data))
+    )
     start, rows = time.perf_counter(), 0
     loss = torch.zeros(())
     for _ in range(steps):
@@ -207,9 +216,13 @@ def train_plain(
         if batch.shape[0] == 0:
             continue
         rows += batch.shape[0]
+        if loop is not None:
+            batch = loop.private_batch(batch)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(module(batch), batch)
         loss.backward()
         optimizer.step()
+        if loop is not None:
+            loop.after_step()
     loss_value = float(loss.item())
     return TrainStats(steps, 0, rows / steps, loss_value, time.perf_counter() - start)

@@ -78,10 +78,16 @@ class ModelSettings:
     kl_weight: float = 0.5
     #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
     covariate_generator: str = "dp-vae"
+    #: ``"dp-ctgan"`` only: dimension of the generator's Gaussian noise input z.
+    gan_noise: int = 16
+    #: ``"dp-ctgan"`` only: share of training draws with no conditional vector
+    #: (what unconditional sampling uses); the rest condition on one category.
+    gan_uncond_rate: float = 0.5
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
-        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``."""
+        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
+        ``gan-noise``, ``gan-uncond-rate``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
@@ -90,6 +96,17 @@ class ModelSettings:
             kl_weight=read_value(config, "kl-weight", float, d.kl_weight, _positive, "> 0"),
             covariate_generator=read_value(
                 config, "covariate-generator", str, d.covariate_generator
+            ),
+            gan_noise=read_value(
+                config, "gan-noise", int, d.gan_noise, lambda v: 1 <= v <= 512, "1..512"
+            ),
+            gan_uncond_rate=read_value(
+                config,
+                "gan-uncond-rate",
+                float,
+                d.gan_uncond_rate,
+                lambda v: 0 < v < 1,
+                "in (0, 1): 0 never trains unconditional sampling, 1 never conditions",
             ),
         )
 
@@ -101,6 +118,8 @@ class ModelSettings:
             "latent": self.latent,
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
+            "gan-noise": self.gan_noise,
+            "gan-uncond-rate": self.gan_uncond_rate,
         }
 
 
