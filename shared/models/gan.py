@@ -196,7 +196,7 @@ def activate(spans: tuple[SpanInfo, ...], raw: torch.Tensor) -> torch.Tensor:
     for span in spans:
         block = raw[:, span.start : span.stop]
         if span.kind == "numeric":
-            parts.append(torch.tanh(block))
+            parts.append(block)
         else:
             parts.append(F.gumbel_softmax(block, tau=TAU, hard=False, dim=1))
     return torch.cat(parts, dim=1)
@@ -235,14 +235,16 @@ class AdversarialLoop(LocalLoop):
         self.optimizer.zero_grad(set_to_none=True)
         fake, raw, cond, col_cat = self._fake(self.fakes)
         score = self.gan.discriminator.score_fixed(torch.cat([fake, cond], dim=1))
-        loss = F.softplus(-score).mean()  # non-saturating generator loss
+        loss: torch.Tensor = F.softplus(-score).mean()  # non-saturating generator loss
         col, cat = col_cat[0], col_cat[1]
         for c, span in enumerate(self.family.cond.spans):
             rows = torch.nonzero(col == c).squeeze(1)
             if rows.numel():  # CTGAN's conditional loss: produce the asked category
                 logits = raw[rows, span.start : span.stop]
                 loss = loss + F.cross_entropy(logits, cat[rows], reduction="sum") / self.fakes
-        loss.backward()
+        params = list(self.gan.generator.parameters())
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g  # only G's gradients: D's weights are fixed here
         self.optimizer.step()
 
 
@@ -278,7 +280,8 @@ class DPCTGAN(GeneratorFamily):
         gan = self.gan()
         device = next(gan.parameters()).device
         z = torch.randn(n, gan.noise, generator=generator, device=device)
-        return gan.generator(z, torch.zeros(n, gan.cond_dim, device=device))  # no condition
+        out: torch.Tensor = gan.generator(z, torch.zeros(n, gan.cond_dim, device=device))
+        return out  # the empty condition: unconditional rows
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         raw = self._raw(n, generator)
@@ -286,7 +289,7 @@ class DPCTGAN(GeneratorFamily):
         for span in self.transformer.spans:
             block = raw[:, span.start : span.stop]
             if span.kind == "numeric":
-                out[:, span.start] = torch.tanh(block[:, 0])
+                out[:, span.start] = block[:, 0].clamp(-1.0, 1.0)
             else:
                 idx = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
                 out[:, span.start : span.stop].scatter_(1, idx, 1.0)
@@ -300,7 +303,7 @@ class DPCTGAN(GeneratorFamily):
         for span in self.transformer.spans:
             block = raw[:, span.start : span.stop]
             if span.kind == "numeric":
-                params[:, span.start] = torch.tanh(block[:, 0]).double()
+                params[:, span.start] = block[:, 0].clamp(-1.0, 1.0).double()
             else:
                 params[:, span.start : span.stop] = torch.softmax(block.double(), dim=1)
         return RowDistribution(params.cpu().numpy(), torch.zeros(raw.shape).numpy())
