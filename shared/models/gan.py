@@ -6,7 +6,10 @@ c picks one categorical column and one of its categories ("training by
 sampling"), and G is also penalised (cross-entropy) when its row does not hold
 the category c asks for. Categorical spans are produced with the Gumbel-softmax
 (τ = 0.2) during training and drawn exactly from softmax(logits) when sampling;
-numeric values are ``tanh`` outputs in the encoder's [-1, 1] scale.
+each numeric value is a Gaussian whose mean and log-std G outputs (a
+heteroscedastic head like the VAE's: with a per-row discriminator, which
+cannot see a batch's spread, a point-valued generator collapsed to a few
+values in our runs), drawn by reparameterisation in training.
 
 Privacy design (after DPGAN, Xie et al. 2018, and DP-CTGAN / Torkzadehmahani
 et al., CVPR-W 2019):
@@ -58,6 +61,8 @@ from shared.transforms import SpanInfo, TableTransformer
 TAU = 0.2
 #: Adam betas of the generator (CTGAN's values; D uses the site's DP-SGD optimiser).
 G_BETAS = (0.5, 0.9)
+#: Bounds of the generator's numeric log-std (scaled units), as in the VAE's heads.
+LOGSTD_MIN, LOGSTD_MAX = -5.0, 1.0
 
 
 def public_category_frequencies(schema: Schema) -> list[torch.Tensor]:
@@ -165,10 +170,13 @@ class Generator(nn.Module):
 class CTGANModule(nn.Module):
     """Holds both networks, so the whole GAN is one state dict (sent and averaged whole)."""
 
-    def __init__(self, data_dim: int, cond_dim: int, noise: int, hidden: int) -> None:
+    def __init__(
+        self, data_dim: int, n_numeric: int, cond_dim: int, noise: int, hidden: int
+    ) -> None:
         super().__init__()
         self.data_dim, self.cond_dim, self.noise = data_dim, cond_dim, noise
-        self.generator = Generator(noise + cond_dim, hidden, data_dim)
+        # data_dim logits / means, then one log-std per numeric value.
+        self.generator = Generator(noise + cond_dim, hidden, data_dim + n_numeric)
         self.discriminator = Discriminator(data_dim + cond_dim, hidden)
 
 
@@ -190,13 +198,16 @@ class GANLoss(nn.Module):
         return loss.sum() if self.reduction == "sum" else loss.mean()
 
 
-def activate(spans: tuple[SpanInfo, ...], raw: torch.Tensor) -> torch.Tensor:
-    """G's training output: Gumbel-softmax (τ = 0.2) per one-hot span, ``tanh`` per value."""
-    parts = []
+def activate(spans: tuple[SpanInfo, ...], raw: torch.Tensor, data_dim: int) -> torch.Tensor:
+    """G's training output: Gumbel-softmax (τ = 0.2) per one-hot span, and per numeric
+    value a reparameterised Gaussian draw ``mean + exp(log_std) · ε``."""
+    parts, j = [], 0
     for span in spans:
         block = raw[:, span.start : span.stop]
         if span.kind == "numeric":
-            parts.append(block)
+            ls = raw[:, data_dim + j : data_dim + j + 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
+            parts.append(block + torch.exp(ls) * torch.randn_like(block))
+            j += 1
         else:
             parts.append(F.gumbel_softmax(block, tau=TAU, hard=False, dim=1))
     return torch.cat(parts, dim=1)
@@ -219,7 +230,8 @@ class AdversarialLoop(LocalLoop):
         cond, col, cat = self.family.cond.fake(n, self.device)
         z = torch.randn(n, self.gan.noise, device=self.device)
         raw = self.gan.generator(z, cond)
-        return activate(self.family.transformer.spans, raw), raw, cond, torch.stack([col, cat])
+        out = activate(self.family.transformer.spans, raw, self.gan.data_dim)
+        return out, raw, cond, torch.stack([col, cat])
 
     def private_batch(self, real: torch.Tensor) -> torch.Tensor:
         real_in = torch.cat(
@@ -263,8 +275,13 @@ class DPCTGAN(GeneratorFamily):
         return self.module
 
     def build_module(self) -> nn.Module:
+        n_numeric = sum(1 for s in self.transformer.spans if s.kind == "numeric")
         return CTGANModule(
-            self.transformer.width, self.cond.width, self.settings.gan_noise, self.settings.hidden
+            self.transformer.width,
+            n_numeric,
+            self.cond.width,
+            self.settings.gan_noise,
+            self.settings.hidden,
         )
 
     def private_module(self) -> nn.Module:
@@ -284,26 +301,37 @@ class DPCTGAN(GeneratorFamily):
         return out  # the empty condition: unconditional rows
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        raw = self._raw(n, generator)
-        out = torch.zeros_like(raw)
+        dist = self._distribution(n, generator)
+        out = torch.zeros(dist.shape[0], self.transformer.width)
         for span in self.transformer.spans:
-            block = raw[:, span.start : span.stop]
             if span.kind == "numeric":
-                out[:, span.start] = block[:, 0].clamp(-1.0, 1.0)
+                noise = torch.randn(n, generator=generator, device=dist.device).cpu()
+                value = dist[:, span.start, 0] + dist[:, span.start, 1] * noise
+                out[:, span.start] = value.clamp(-1.0, 1.0).float()
             else:
-                idx = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
+                probs = dist[:, span.start : span.stop, 0]
+                idx = torch.multinomial(probs.float(), 1, generator=generator)
                 out[:, span.start : span.stop].scatter_(1, idx, 1.0)
         return out
 
-    def sample_distribution(self, n: int, generator: torch.Generator) -> RowDistribution:
-        """Given z, one-hot spans are independent draws from softmax(logits), the exact
-        distribution the Gumbel-softmax relaxes in training; numeric values are points."""
-        raw = self._raw(n, generator)
-        params = torch.zeros(raw.shape, dtype=torch.float64, device=raw.device)
+    def _distribution(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``(n, width, 2)``: (probability, 0) per one-hot slot, (mean, std) per value (CPU)."""
+        raw = self._raw(n, generator).double().cpu()
+        d = self.transformer.width
+        dist = torch.zeros(n, d, 2, dtype=torch.float64)
+        j = 0
         for span in self.transformer.spans:
             block = raw[:, span.start : span.stop]
             if span.kind == "numeric":
-                params[:, span.start] = block[:, 0].clamp(-1.0, 1.0).double()
+                dist[:, span.start, 0] = block[:, 0].clamp(-1.0, 1.0)
+                dist[:, span.start, 1] = torch.exp(raw[:, d + j].clamp(LOGSTD_MIN, LOGSTD_MAX))
+                j += 1
             else:
-                params[:, span.start : span.stop] = torch.softmax(block.double(), dim=1)
-        return RowDistribution(params.cpu().numpy(), torch.zeros(raw.shape).numpy())
+                dist[:, span.start : span.stop, 0] = torch.softmax(block, dim=1)
+        return dist
+
+    def sample_distribution(self, n: int, generator: torch.Generator) -> RowDistribution:
+        """Given z, columns are independent: one-hot spans are draws from softmax(logits)
+        (what the Gumbel-softmax relaxes in training), numeric values Gaussian."""
+        dist = self._distribution(n, generator)
+        return RowDistribution(dist[:, :, 0].numpy(), dist[:, :, 1].float().numpy())
