@@ -7,9 +7,10 @@ sampling"), and G is also penalised (cross-entropy) when its row does not hold
 the category c asks for. Categorical spans are produced with the Gumbel-softmax
 (τ = 0.2) during training and drawn exactly from softmax(logits) when sampling;
 each numeric value is a Gaussian whose mean and log-std G outputs (a
-heteroscedastic head like the VAE's: with a per-row discriminator, which
-cannot see a batch's spread, a point-valued generator collapsed to a few
-values in our runs), drawn by reparameterisation in training.
+heteroscedastic head like the VAE's, so a value's spread need not come from
+z alone: a per-row discriminator cannot see a batch's spread), drawn by
+reparameterisation in training. Measured, the recipe still collapses (see the
+README's figures); the family is kept as a plugin, not as a default.
 
 Privacy design (after DPGAN, Xie et al. 2018, and DP-CTGAN / Torkzadehmahani
 et al., CVPR-W 2019):
@@ -150,7 +151,8 @@ class Discriminator(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, c): two hidden ReLU layers; raw output (logits per one-hot span, pre-tanh values)."""
+    """G(z, c): two hidden ReLU layers; raw output: logits per one-hot span and a mean per
+    numeric value (the encoded row's layout), then one log-std per numeric value."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
         super().__init__()
