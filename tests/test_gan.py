@@ -12,12 +12,14 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.app import handle_train
 from client.training import train_dp, train_plain
 from shared import keys
 from shared.accounting import epsilon_of
-from shared.cohort import generate_cohort
+from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
 from shared.errors import ConfigError
 from shared.manifest import load_model, save_model
@@ -34,12 +36,16 @@ pytestmark = [
 
 CPU = torch.device("cpu")
 GAN = ModelSettings(generator="dp-ctgan", hidden=16, gan_noise=8)
+COHORT = cohort_schema()
 
 
 def _rows(schema: Schema, n: int, seed: int = 1) -> torch.Tensor:
     raw = generate_cohort(n, seed=seed)
     frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
     return torch.from_numpy(build_generator(schema, GAN).encode(frame))
+
+
+COHORT_ROWS = _rows(COHORT, 40)
 
 
 @pytest.fixture
@@ -124,23 +130,26 @@ def test_fake_conditions_do_not_depend_on_the_sites_rows(cohort: Schema) -> None
     assert torch.equal(conds[0], conds[1])
 
 
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(0, 40), fakes=st.integers(1, 30), uncond=st.floats(0.05, 0.95))
 def test_private_batch_keeps_every_real_row_once_and_adds_a_fixed_number_of_fakes(
-    gan: DPCTGAN, cohort: Schema
+    k: int, fakes: int, uncond: float
 ) -> None:
-    data = _rows(cohort, 200)
-    loop = gan.local_loop(learning_rate=0.01, batch_size=20)
-    width = gan.transformer.width
-    for k in (0, 1, 13):
-        batch = loop.private_batch(data[:k])
-        assert batch.shape == (k + 20, width + gan.cond.width + 1)  # fakes do not follow k
-        assert torch.equal(batch[:k, :width], data[:k])
-        assert (batch[:k, -1] == 1).all() and (batch[k:, -1] == 0).all()
-        # A real row's condition is its own one-hot value in the chosen column (or none).
-        cond = batch[:k, width:-1]
-        for c, span in enumerate(gan.cond.spans):
-            block = cond[:, gan.cond.offsets[c] : gan.cond.offsets[c] + span.width]
-            chosen = block.sum(1) > 0
-            assert torch.equal(block[chosen], data[:k][chosen, span.start : span.stop])
+    family = build_generator(COHORT, ModelSettings(generator="dp-ctgan", gan_uncond_rate=uncond))
+    assert isinstance(family, DPCTGAN)
+    data = COHORT_ROWS[:k]
+    batch = family.local_loop(learning_rate=0.01, batch_size=fakes).private_batch(data)
+    width = family.transformer.width
+    assert batch.shape == (k + fakes, width + family.cond.width + 1)  # fakes do not follow k
+    assert torch.equal(batch[:k, :width], data)
+    assert (batch[:k, -1] == 1).all() and (batch[k:, -1] == 0).all()
+    # A real row's condition is its own one-hot value in the chosen column, or none.
+    cond = batch[:k, width:-1]
+    assert (cond.sum(1) <= 1).all()
+    for c, span in enumerate(family.cond.spans):
+        block = cond[:, family.cond.offsets[c] : family.cond.offsets[c] + span.width]
+        chosen = block.sum(1) > 0
+        assert torch.equal(block[chosen], data[chosen, span.start : span.stop])
 
 
 def test_generator_step_is_post_processing_of_the_discriminator(cohort: Schema) -> None:
