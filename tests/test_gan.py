@@ -263,3 +263,11 @@ def test_a_site_round_charges_exactly_the_discriminator_steps(
         independent_epsilon([(sigma, run.sample_rate, 7)], 1e-5), rel=1e-6
     )
     assert set(reply[keys.UPDATE_ARRAYS].keys()) == set(build_generator(cohort, GAN).state_dict())
+
+
+def test_the_staged_generator_refuses_a_gan_as_its_covariate_stage(cohort: Schema) -> None:
+    # The staged family trains its whole module with one per-row loss; a GAN's generator
+    # is not trained by a per-row loss on real rows, so it cannot be a stage.
+    settings = ModelSettings(generator="staged", covariate_generator="dp-ctgan")
+    with pytest.raises(ConfigError, match="trains only part of its module"):
+        build_generator(cohort, settings)
