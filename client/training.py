@@ -8,7 +8,11 @@ One call of :func:`train_dp` runs exactly ``steps`` steps of DP-SGD:
   the sum: by fused clipping (:mod:`client.fused`, one backward pass) when every
   trainable layer is ``nn.Linear``, else by Opacus ghost clipping;
 * an empty Poisson batch still performs a noise-only step: skipping it would
-  reveal that the batch was empty, and the accountant already counts it.
+  reveal that the batch was empty, and the accountant already counts it;
+* a family may supply a :class:`shared.models.base.LocalLoop` (the GAN does):
+  it adds data-independent rows to each batch and runs post-processing work (the
+  generator's step) after it, under the contract stated there, so each step is
+  still one Poisson-sampled Gaussian step on the private module.
 
 The caller (the ClientApp) is responsible for the ledger: it checks the budget
 before calling and records the steps after. :func:`train_plain` is the same loop
