@@ -8,7 +8,11 @@ One call of :func:`train_dp` runs exactly ``steps`` steps of DP-SGD:
   the sum: by fused clipping (:mod:`client.fused`, one backward pass) when every
   trainable layer is ``nn.Linear``, else by Opacus ghost clipping;
 * an empty Poisson batch still performs a noise-only step: skipping it would
-  reveal that the batch was empty, and the accountant already counts it.
+  reveal that the batch was empty, and the accountant already counts it;
+* a family may supply a :class:`shared.models.base.LocalLoop` (the GAN does):
+  it adds data-independent rows to each batch and runs post-processing work (the
+  generator's step) after it, under the contract stated there, so each step is
+  still one Poisson-sampled Gaussian step on the private module.
 
 The caller (the ClientApp) is responsible for the ledger: it checks the budget
 before calling and records the steps after. :func:`train_plain` is the same loop
@@ -172,6 +176,10 @@ def train_dp(
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
     )
+    # A family's loop (a GAN's fake rows and generator step) works around each step;
+    # it keeps every sampled row once, so each step is still one Poisson-sampled
+    # Gaussian step on the private module, which is what the ledger charges.
+    loop = family.local_loop(learning_rate=learning_rate, batch_size=cfg.expected_batch_size)
     start, empty, rows = time.perf_counter(), 0, 0
     loss = torch.zeros(())
     try:
@@ -179,7 +187,9 @@ def train_dp(
             batch = batches.next_batch().to(device, non_blocking=True)
             empty += int(batch.shape[0] == 0)
             rows += batch.shape[0]
-            loss = step_fn.step(batch)
+            loss = step_fn.step(batch if loop is None else loop.private_batch(batch))
+            if loop is not None:
+                loop.after_step()
             if on_step is not None:
                 on_step(module)
             if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
@@ -212,6 +222,9 @@ def train_plain(
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
     )
+    loop = family.local_loop(
+        learning_rate=learning_rate, batch_size=_batch_size(sample_rate, len(data))
+    )
     start, rows = time.perf_counter(), 0
     loss = torch.zeros(())
     for _ in range(steps):
@@ -219,9 +232,13 @@ def train_plain(
         if batch.shape[0] == 0:
             continue
         rows += batch.shape[0]
+        if loop is not None:
+            batch = loop.private_batch(batch)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(module(batch), batch)
         loss.backward()
         optimizer.step()
+        if loop is not None:
+            loop.after_step()
     loss_value = float(loss.item())
     return TrainStats(steps, 0, rows / steps, loss_value, time.perf_counter() - start)

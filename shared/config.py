@@ -81,11 +81,16 @@ class ModelSettings:
     #: Number of diffusion steps T of the ``"dp-diffusion"`` family (ignored by others):
     #: sampling runs T denoiser passes; training cost does not depend on T.
     diffusion_steps: int = 50
+    #: ``"dp-ctgan"`` only: dimension of the generator's Gaussian noise input z.
+    gan_noise: int = 16
+    #: ``"dp-ctgan"`` only: share of training draws with no conditional vector
+    #: (what unconditional sampling uses); the rest condition on one category.
+    gan_uncond_rate: float = 0.5
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``diffusion-steps``."""
+        ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
@@ -103,6 +108,17 @@ class ModelSettings:
                 lambda v: 2 <= v <= 1000,
                 "2..1000",
             ),
+            gan_noise=read_value(
+                config, "gan-noise", int, d.gan_noise, lambda v: 1 <= v <= 512, "1..512"
+            ),
+            gan_uncond_rate=read_value(
+                config,
+                "gan-uncond-rate",
+                float,
+                d.gan_uncond_rate,
+                lambda v: 0 < v < 1,
+                "in (0, 1): 0 never trains unconditional sampling, 1 never conditions",
+            ),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -114,6 +130,8 @@ class ModelSettings:
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
             "diffusion-steps": self.diffusion_steps,
+            "gan-noise": self.gan_noise,
+            "gan-uncond-rate": self.gan_uncond_rate,
         }
 
 

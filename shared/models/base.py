@@ -36,6 +36,37 @@ from shared.transforms import TableTransformer
 _REGISTRY: dict[str, type[GeneratorFamily]] = {}
 
 
+class LocalLoop(ABC):
+    """Family-specific work around each DP-SGD step of local training (optional).
+
+    :func:`client.training.train_dp` asks the family for one with
+    :meth:`GeneratorFamily.local_loop` and, when it gets one, passes each
+    Poisson-sampled batch of real rows through :meth:`private_batch` before the
+    DP-SGD step on :meth:`GeneratorFamily.private_module`, and calls
+    :meth:`after_step` after it. Accounting is unchanged: one DP-SGD step per
+    Poisson batch, as the ledger charges.
+
+    The privacy contract (what keeps the guarantee intact):
+
+    * :meth:`private_batch` keeps every real row exactly once (no filtering,
+      no duplication, so Poisson sampling at q still holds), may append features
+      derived from that row alone, and may add a *fixed, public* number of rows
+      that depend on no real row (e.g. a GAN's fake rows): each real row then
+      still moves the clipped sum by at most C;
+    * :meth:`after_step` may update only weights outside the private module,
+      from the private module's current weights and public randomness alone
+      (post-processing of the DP-SGD output).
+    """
+
+    @abstractmethod
+    def private_batch(self, real: torch.Tensor) -> torch.Tensor:
+        """The batch the private module's DP-SGD step takes, built from ``real`` rows."""
+
+    @abstractmethod
+    def after_step(self) -> None:
+        """Post-processing work after each DP-SGD step (e.g. a GAN generator's update)."""
+
+
 class GeneratorFamily(ABC):
     """Base class of every generator family.
 
@@ -71,6 +102,19 @@ class GeneratorFamily(ABC):
     @abstractmethod
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Draw ``n`` encoded rows (one-hot spans, scaled numerics) on the module's device."""
+
+    def local_loop(self, *, learning_rate: float, batch_size: int) -> LocalLoop | None:
+        """Work around each DP-SGD step, or ``None`` (the default: plain DP-SGD).
+
+        Parameters
+        ----------
+        learning_rate : float
+            The round's Adam step size (public).
+        batch_size : int
+            Expected Poisson batch q·n (public): the number of data-independent
+            rows a loop may add to every batch.
+        """
+        return None
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Encode a validated table with the schema-only transformer."""
