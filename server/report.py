@@ -163,6 +163,7 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
     if not settings.secure_aggregation:
         return {"enabled": False}
     threshold = settings.secagg_threshold or "a strict majority of the sampled sites (at least 2)"
+    distributed = settings.noise_placement == "distributed"
     return {
         "enabled": True,
         "protocol": (
@@ -171,11 +172,17 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
         ),
         "threshold": threshold,
         "quantisation": (
-            f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
+            "each site's noisy clipped gradient sum stochastically rounded to the grid "
+            f"C·2^-{settings.distributed_plan().grid_bits} (C = {settings.max_grad_norm}) and summed "
+            "modulo 2^48"
+            if distributed
+            else f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
             f"stochastically rounded to 2^{settings.secagg_bits} levels"
         ),
         "server_sees": [
-            "the sum (hence the mean) of the surviving sites' quantised updates, each round",
+            "the sum of the sites' noisy gradient shares, once per DP-SGD step"
+            if distributed
+            else "the sum (hence the mean) of the surviving sites' quantised updates, each round",
             "which sites took part in each round and how many survived (round_history)",
             "each site's name, cumulative ε, δ and the other public accounting fields",
             "masked update vectors, uniformly random to the server on their own",
