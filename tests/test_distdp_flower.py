@@ -218,3 +218,14 @@ def test_step_settings_round_trip_through_the_flower_config() -> None:
     )
     assert DistributedStepSettings.from_config(step.to_config()) == step
     assert step.grid == 2.0**-16
+
+
+@pytest.mark.parametrize("command", [["simulate"], ["server", "--schema", "s.json", "--out", "o"]])
+def test_the_cli_passes_the_placement_to_the_run_config(command: list[str]) -> None:
+    from fedsynth.cli import build_parser
+    from shared.cli_options import run_overrides
+
+    flags = ["--noise-placement", "distributed", "--announced-rows", "900"]
+    overrides = run_overrides(build_parser().parse_args([*command, *flags]))
+    assert overrides["noise-placement"] == "distributed" and overrides["announced-rows"] == 900
+    assert run_overrides(build_parser().parse_args(command))["noise-placement"] == "local"
