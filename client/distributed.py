@@ -14,9 +14,16 @@ Order of operations, each failing closed (as in :mod:`client.site`):
 3. under the ledger lock: refuse if one more step would exceed the budget (no
    charge, no share); compute the share; record ``(σC/Δ, q, 1)`` durably — the
    accounting against the server at t = 0 — *before* the share is masked and sent;
-4. remember the share for the request (θ and step config), so a coordinator that
-   restarts and asks for the same step again gets the same share back without a
-   second charge (re-sending an output already released is post-processing).
+4. mask the share (:mod:`client.secagg`) and reply.
+
+**No replay of shares.** Unlike a ``local`` update (full DP noise on its own,
+so re-sending it is post-processing, see :mod:`client.replay`), a share carries
+only 1/K of the noise. Re-sending the same share into a *new* secure sum in which
+the other sites send fresh shares would let the server average the two sums and
+cancel part of the others' noise: the re-sending site's row would then be
+protected by variance ¾σ²C² (K = 2) instead of the σ²C² it was charged for. So a
+step asked again (a restarted coordinator) is computed afresh and charged again:
+the ledger over-counts in that case, and never under-counts.
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from client import secagg
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
-from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
@@ -56,7 +62,6 @@ from shared.streaming import encode_table
 log = logging.getLogger("fedsynth.client")
 StateDict = dict[str, torch.Tensor]
 ReplyBuilder = Callable[[SiteSettings | None, TrainSettings | None, RoundResult], RecordDict]
-SHARE = "share"  # name of the share in the replay store (int64 view of the ring element)
 
 
 def step_seed(site: SiteSettings, step: int) -> int:
@@ -107,24 +112,10 @@ def run_site_step(
     )
     site.state_dir.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
-    replay = ReplayStore(site.state_dir)
-    digest = request_digest(step, global_state)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
         data = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
         with ledger.locked() as led:
-            sent = replay.find(digest)
-            if sent is not None and SHARE in sent.update:
-                log.warning(
-                    "site %s step %d: the coordinator asked again for a step this site already "
-                    "answered; re-sending the same share, no new charge",
-                    site.site_name,
-                    step.step,
-                )
-                share = sent.update[SHARE].numpy().view(np.uint64).copy()
-                spent = led.epsilon(delta=site.budget_delta)
-                result = RoundResult(True, "", spent, 1, led.total_steps, num_rows=len(data))
-                return result, share, multiplier
             try:
                 led.check_budget(
                     noise_multiplier=multiplier,
@@ -166,8 +157,6 @@ def run_site_step(
             )
             spent, total = led.epsilon(delta=site.budget_delta), led.total_steps
         n_rows = len(data)
-    # After the ledger (never before): a crash in between can only over-charge.
-    replay.save(SentUpdate(digest, {SHARE: torch.from_numpy(share.view(np.int64))}, False, 1))
     seconds = time.perf_counter() - t0
     log.info(
         "site %s step %d: share computed in %.2fs, cumulative ε=%.4f",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from shared.config import DistributedStepSettings, TrainSettings
+from shared.config import TrainSettings
 from shared.errors import ModelError
 from shared.manifest import atomic_write_bytes, load_state, save_state
 
@@ -38,8 +38,8 @@ RECORD = "last_update.json"
 WEIGHTS = "last_update.pt"
 
 
-def request_digest(train: TrainSettings | DistributedStepSettings, global_state: StateDict) -> str:
-    """SHA-256 identifying a round (or distributed step) request: its config and the weights."""
+def request_digest(train: TrainSettings, global_state: StateDict) -> str:
+    """SHA-256 identifying a round request: its config and the global weights."""
     digest = hashlib.sha256(json.dumps(train.to_config(), sort_keys=True).encode())
     for name in sorted(global_state):
         tensor = global_state[name].detach().cpu().contiguous()

@@ -152,7 +152,8 @@ def distributed_facts(settings: RunSettings, *, dim: int) -> dict[str, Any]:
             "aborted before unmasking and the run stops; the sites that sent a share keep "
             "that step's charge in their ledgers",
             "each site's ledger charges every step it took part in at the t = 0 accounting, "
-            "before its share leaves the site",
+            "before its share leaves the site; a step asked again is charged again (a share "
+            "is never re-sent into another sum)",
         ],
         "statement_markdown": plan.privacy_statement(dim=dim),
     }

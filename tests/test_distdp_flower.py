@@ -156,19 +156,20 @@ def _site_and_step(
     return s, step, family.state_dict()
 
 
-def test_the_same_step_asked_again_is_resent_without_a_second_charge(
+def test_a_step_asked_again_is_computed_afresh_and_charged_again(
     sites_template: Path, tmp_path: Path
 ) -> None:
+    """A share is never re-sent into a new secure sum (see client.distributed): over-count."""
     settings, _ = make_run(sites_template, tmp_path / "run", **DIST)
     site, step, state = _site_and_step(tmp_path / "run", settings)
-    first, share1, _ = run_site_step(site, step, state, run="r")
+    first, share1, multiplier = run_site_step(site, step, state, run="r")
     again, share2, _ = run_site_step(site, step, state, run="r")
     assert first.trained and again.trained and share1 is not None and share2 is not None
-    np.testing.assert_array_equal(share1, share2)  # secret seeds: a recompute would differ
-    assert again.total_steps == first.total_steps == 1
-    other = DistributedStepSettings(**{**step.__dict__, "step": 2})
-    third, share3, _ = run_site_step(site, other, state, run="r")
-    assert third.total_steps == 2 and not np.array_equal(share1, share3)
+    assert not np.array_equal(share1, share2)  # fresh secret noise
+    assert (first.total_steps, again.total_steps) == (1, 2)
+    assert again.epsilon == pytest.approx(
+        independent_epsilon([(multiplier, 0.1, 2)], settings.delta), rel=1e-6
+    )
 
 
 def test_a_step_beyond_the_budget_is_refused_uncharged(
