@@ -82,9 +82,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     sigma = trainer.sigma if trainer is not None else settings.noise_multiplier()
     strategy = SiteAveraging(min_sites=settings.min_sites, expected_keys=set(state))
     log.info(
-        "σ = %.4f (%s noise) for %d rounds × %d steps at q = %g (ε = %g per site this run)",
+        "σ = %.4f for %d rounds × %d steps at q = %g (ε = %g per site this run)",
         sigma,
-        settings.noise_placement,
         settings.rounds,
         settings.local_steps,
         settings.sample_rate,
