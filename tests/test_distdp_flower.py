@@ -230,3 +230,23 @@ def test_the_cli_passes_the_placement_to_the_run_config(command: list[str]) -> N
     overrides = run_overrides(build_parser().parse_args([*command, *flags]))
     assert overrides["noise-placement"] == "distributed" and overrides["announced-rows"] == 900
     assert run_overrides(build_parser().parse_args(command))["noise-placement"] == "local"
+
+
+def test_the_report_states_epsilon_per_collusion_level_and_the_trust() -> None:
+    from server.report import build_report, distributed_facts, render_markdown
+
+    settings = RunSettings.from_run_config(_cfg(**{"min-sites": 5, "rounds": 3}))
+    plan = settings.distributed_plan()
+    report = build_report(settings, {}, 0, "dp-vae", plan.sigma(1000), [])
+    report["distributed"] = distributed_facts(settings, dim=1000)
+    facts = report["distributed"]
+    assert (facts["noise_sites"], facts["secagg_threshold"]) == (5, 3)
+    assert facts["largest_tolerated_collusion"] == 2
+    assert facts["epsilon_against_server"] == pytest.approx(plan.epsilon_at(dim=1000, colluders=0))
+    assert facts["epsilon_at_largest_collusion"] == pytest.approx(
+        plan.epsilon_at(dim=1000, colluders=2)
+    )
+    md = render_markdown(report)
+    assert f"ε = {facts['epsilon_at_largest_collusion']:.3f}" in md
+    assert "no more than 2 site(s)" in md and "aborted before unmasking" in md
+    assert "noise placement: distributed" in md and "update clip norm" not in md
