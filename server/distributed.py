@@ -109,9 +109,11 @@ def secure_step(
             {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
         )
         if len(survivors) < step.noise_sites:
+            declined = "; ".join(f"{r.site}: {r.reason}" for r in parsed if not r.trained)
             raise SecAggAbortedError(
                 f"only {len(survivors)} of the K = {step.noise_sites} noise shares arrived; "
                 "their sum would carry too little noise, so the step is aborted before unmasking"
+                + (f" (declined: {declined})" if declined else "")
             )
         strategy.check_quorum(rnd, parsed, len(survivors))
         dropped = sorted(set(inboxes) - survivors)

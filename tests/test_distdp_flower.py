@@ -250,3 +250,34 @@ def test_the_report_states_epsilon_per_collusion_level_and_the_trust() -> None:
     assert f"ε = {facts['epsilon_at_largest_collusion']:.3f}" in md
     assert "no more than 2 site(s)" in md and "aborted before unmasking" in md
     assert "noise placement: distributed" in md and "update clip norm" not in md
+
+
+@pytest.mark.slow  # a federation in process
+def test_a_site_out_of_budget_stops_the_run_before_unmasking(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    settings, cfg = make_run(sites_template, tmp_path / "run", **DIST)
+    run = tmp_path / "run"
+    # site-0 already spent its budget in an earlier run: it declines, uncharged.
+    led = run / "sites" / "site-0" / "state"
+    from client.ledger import PrivacyLedger
+
+    PrivacyLedger.open(led / "privacy_ledger.json", site="site-0").record(
+        run="old", server_round=1, noise_multiplier=0.5, sample_rate=0.5, steps=50, max_grad_norm=1
+    )
+    with pytest.raises(RoundFailedError, match=r"only 2 of the K = 3.*declined: site-0: site"):
+        run_federation(InProcessGrid(cfg), settings)
+    assert len(_ledger(run, 0)["entries"]) == 1  # no new charge at the refusing site
+    assert len(_ledger(run, 1)["entries"]) == 1
+
+
+def test_simulate_refuses_distributed_without_secure_aggregation_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedsynth.cli import main
+
+    out = tmp_path / "out"
+    assert main(["simulate", "--noise-placement", "distributed", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'distributed' needs secure aggregation" in err and "--secure-aggregation" in err
+    assert not out.exists()

@@ -71,6 +71,7 @@ def test_distributed_simulation_spends_the_plans_epsilon_at_every_site(tmp_path:
         assert site["epsilon"] == pytest.approx(eps, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_distributed_without_secure_aggregation_fails_with_the_reason(tmp_path: Path) -> None:
     res = run_cli(
         ["simulate", "--noise-placement", "distributed", "--out", str(tmp_path / "out")],
