@@ -78,7 +78,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         log.info("resuming from the checkpoint of round %d", start)
     trainer = None
     if settings.noise_placement == "distributed":
-        trainer = DistributedTrainer(family, settings, schema.fingerprint())
+        trainer = DistributedTrainer(
+            family,
+            settings,
+            schema.fingerprint(),
+            moments_dir=out / "checkpoints",
+            resume_round=start,
+        )
     sigma = trainer.sigma if trainer is not None else settings.noise_multiplier()
     strategy = SiteAveraging(min_sites=settings.min_sites, expected_keys=set(state))
     log.info(

@@ -23,9 +23,11 @@ already charged that step, and the run stops with :class:`RoundFailedError`.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,11 +52,15 @@ from shared import keys
 from shared.config import DistributedStepSettings, RunSettings
 from shared.distdp.encoding import ModularCodec
 from shared.distdp.step import parameter_count
+from shared.errors import ModelError
+from shared.manifest import atomic_write_bytes, load_state, save_state
 from shared.models import GeneratorFamily
 from shared.secagg import SecAggAbortedError, SecAggError, ServerRound, required_threshold
 
 log = logging.getLogger("fedsynth.server")
 FloatVector = npt.NDArray[np.float64]
+MOMENTS_FILE = "distributed-adam.pt"  # beside the round checkpoints
+MOMENTS_RECORD = "distributed-adam.json"
 
 
 def secure_step(
@@ -158,7 +164,13 @@ class DistributedTrainer:
     """
 
     def __init__(
-        self, family: GeneratorFamily, settings: RunSettings, schema_fingerprint: str
+        self,
+        family: GeneratorFamily,
+        settings: RunSettings,
+        schema_fingerprint: str,
+        *,
+        moments_dir: Path | None = None,
+        resume_round: int = 0,
     ) -> None:
         self.family, self.settings, self.fingerprint = family, settings, schema_fingerprint
         self.plan = settings.distributed_plan()
@@ -170,8 +182,12 @@ class DistributedTrainer:
         # A sum is at most (batch)·C plus the noise; allow 4× the expected batch and 20σ.
         bound = (4 * self.plan.expected_batch + 64 + 20 * self.sigma) * self.plan.clip_norm
         self.codec.check_headroom(bound=bound)
-        # Adam's moments live only here; a resumed run restarts them (public state).
+        # Adam's moments are post-processing of released sums (public); they are saved
+        # beside the checkpoints so a resumed run continues with them.
         self.optimizer = torch.optim.Adam(self.params, lr=self.plan.learning_rate)
+        self.moments_dir = moments_dir
+        if moments_dir is not None and resume_round > 0:
+            self.load_moments(moments_dir, resume_round)
 
     def run_round(
         self, grid: Grid, strategy: SiteAveraging, rnd: int, state: StateDict
@@ -205,6 +221,8 @@ class DistributedTrainer:
             self.apply(total)
             infos.append(info)
             seconds.append(time.perf_counter() - t0)
+        if self.moments_dir is not None:
+            self.save_moments(self.moments_dir, rnd)
         new = self.family.state_dict()
         facts = {
             "secure_aggregation": {
@@ -235,3 +253,34 @@ class DistributedTrainer:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
+
+    def save_moments(self, folder: Path, rnd: int) -> None:
+        """Write Adam's state after round ``rnd`` (tensors, then the record naming them)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        flat = {
+            f"{i}.{name}": torch.as_tensor(value)
+            for i, entry in self.optimizer.state_dict()["state"].items()
+            for name, value in entry.items()
+        }
+        sha = save_state(folder / MOMENTS_FILE, flat)
+        record = json.dumps({"round": rnd, "sha256": sha}).encode()
+        atomic_write_bytes(folder / MOMENTS_RECORD, record)
+
+    def load_moments(self, folder: Path, rnd: int) -> bool:
+        """Restore Adam's state saved after round ``rnd``; False (fresh moments) otherwise."""
+        try:
+            doc = json.loads((folder / MOMENTS_RECORD).read_text(encoding="utf-8"))
+            if int(doc["round"]) != rnd:
+                raise ValueError(f"they were saved after round {doc['round']}, not {rnd}")
+            flat = load_state(folder / MOMENTS_FILE, str(doc["sha256"]))
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in flat.items():
+                index, name = key.split(".", 1)
+                state.setdefault(int(index), {})[name] = value
+            saved = self.optimizer.state_dict()
+            saved["state"] = state
+            self.optimizer.load_state_dict(saved)
+        except (OSError, ValueError, KeyError, TypeError, ModelError) as exc:
+            log.warning("the server's Adam moments are not restored (%s); they restart", exc)
+            return False
+        return True

@@ -281,3 +281,26 @@ def test_simulate_refuses_distributed_without_secure_aggregation_before_writing(
     err = capsys.readouterr().err
     assert "'distributed' needs secure aggregation" in err and "--secure-aggregation" in err
     assert not out.exists()
+
+
+def test_the_servers_adam_moments_survive_a_resume(tmp_path: Path) -> None:
+    from server.distributed import DistributedTrainer
+    from shared.cohort import cohort_schema
+    from shared.models import build_generator
+
+    settings = RunSettings.from_run_config(_cfg())
+    family = build_generator(cohort_schema(), settings.model)
+    first = DistributedTrainer(family, settings, "fp", moments_dir=tmp_path)
+    first.apply(np.random.default_rng(0).normal(size=first.dim) * 50.0)
+    first.save_moments(tmp_path, 1)
+    before = first.optimizer.state_dict()["state"]
+
+    resumed = DistributedTrainer(family, settings, "fp", moments_dir=tmp_path, resume_round=1)
+    after = resumed.optimizer.state_dict()["state"]
+    assert set(after) == set(before) and len(after) == len(first.params)
+    for i, entry in before.items():
+        for name, value in entry.items():
+            torch.testing.assert_close(after[i][name], value)
+    # Moments saved after another round are not used (the run resumed elsewhere).
+    stale = DistributedTrainer(family, settings, "fp", moments_dir=tmp_path, resume_round=2)
+    assert stale.optimizer.state_dict()["state"] == {}
