@@ -112,6 +112,7 @@ def test_distributed_run_charges_each_step_and_reports_the_plan(
     for reply in grid.received[keys.DISTDP_STEP]:
         assert set(reply.content.keys()) == set(keys.SECAGG_REPLY_FIELDS)
     assert report["round_history"][0]["distributed"]["steps"] == 2
+    assert (out / "checkpoints" / "distributed-adam.pt").exists()
 
 
 @pytest.mark.slow  # a whole federation in process: ~20-40 s on a shared core
