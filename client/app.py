@@ -157,3 +157,12 @@ def secagg_train(msg: Message, context: Context) -> Message:
 def secagg_unmask(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 4."""
     return secagg.handle_unmask(msg, context)
+
+
+@app.train(keys.DISTDP_STEP)
+def distdp_step(msg: Message, context: Context) -> Message:
+    """Noise placement ``distributed``: one DP-SGD step's masked noisy share (stage 3)."""
+    setup_logging()
+    from client.distributed import handle_step  # torch: only for messages that compute
+
+    return handle_step(msg, context, build_reply_content)

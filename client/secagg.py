@@ -117,25 +117,45 @@ def handle_share_keys(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.SECAGG: reply}), reply_to=msg)
 
 
+def participation(
+    msg: Message, context: Context
+) -> tuple[ConfigRecord, SiteSecrets, dict[int, PublicKeys]]:
+    """Stage 3 checks: this round's state, the site's secrets and the peers whose keys arrived.
+
+    Raises
+    ------
+    SecAggProtocolError, SecAggAbortedError
+        The site's shares were not relayed, or fewer peers than the threshold shared
+        keys: the site must not compute (nor charge) anything this round.
+    """
+    state, cfg = _state(msg, context), _config(msg)
+    roster = _roster(
+        ConfigRecord({k: state[k] for k in (keys.SA_PEERS, keys.SA_C_PKS, keys.SA_S_PKS)})
+    )
+    peers = {p: roster[p] for p in cast(list[int], cfg[keys.SA_PEERS]) if p in roster}
+    me = _secrets(state)
+    if me.index not in peers:
+        raise SecAggProtocolError("this site's shares were not relayed; it sits this round out")
+    if len(peers) < cast(int, state[keys.SA_THRESHOLD]):
+        raise SecAggAbortedError(
+            f"only {len(peers)} site(s) shared keys, fewer than the threshold; "
+            "this site does not train or send anything this round"
+        )
+    return state, me, peers
+
+
+def refuse(msg: Message, exc: Exception) -> Message:
+    """The Flower error reply of a site that sits a secure round out (reason logged)."""
+    return _refuse(msg, exc)
+
+
 def handle_masked_train(msg: Message, context: Context, train: Callable[[], RecordDict]) -> Message:
     """Stage 3: train (``train`` builds the plain reply), then mask the update in it.
 
     ``train`` runs only once the site knows it takes part in this round.
     """
     try:
-        state, cfg = _state(msg, context), _config(msg)
-        roster = _roster(
-            ConfigRecord({k: state[k] for k in (keys.SA_PEERS, keys.SA_C_PKS, keys.SA_S_PKS)})
-        )
-        peers = {p: roster[p] for p in cast(list[int], cfg[keys.SA_PEERS]) if p in roster}
-        me = _secrets(state)
-        if me.index not in peers:
-            raise SecAggProtocolError("this site's shares were not relayed; it sits this round out")
-        if len(peers) < cast(int, state[keys.SA_THRESHOLD]):
-            raise SecAggAbortedError(
-                f"only {len(peers)} site(s) shared keys, fewer than the threshold; "
-                "this site does not train or send anything this round"
-            )
+        state, me, peers = participation(msg, context)
     except (FedsynthError, KeyError, ValueError) as exc:
         return _refuse(msg, exc)
     content = train()  # charges the ledger when the site trains

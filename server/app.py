@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
+from server.distributed import DistributedTrainer
 from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
@@ -75,7 +76,16 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     if ckpt is not None:
         start, state, sites, history = ckpt.round, ckpt.state, ckpt.sites, ckpt.history
         log.info("resuming from the checkpoint of round %d", start)
-    sigma = settings.noise_multiplier()
+    trainer = None
+    if settings.noise_placement == "distributed":
+        trainer = DistributedTrainer(
+            family,
+            settings,
+            schema.fingerprint(),
+            moments_dir=out / "checkpoints",
+            resume_round=start,
+        )
+    sigma = trainer.sigma if trainer is not None else settings.noise_multiplier()
     strategy = SiteAveraging(min_sites=settings.min_sites, expected_keys=set(state))
     log.info(
         "σ = %.4f for %d rounds × %d steps at q = %g (ε = %g per site this run)",
@@ -92,7 +102,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         )
         config = ConfigRecord(cast("dict[str, ConfigRecordValues]", train.to_config()))
         secure: dict[str, Any] = {}
-        if settings.secure_aggregation:
+        if trainer is not None:
+            update, secure = trainer.run_round(grid, strategy, rnd, state)
+        elif settings.secure_aggregation:
             update, info = secure_round(grid, strategy, rnd, state, config, settings)
             secure = {"secure_aggregation": info.as_dict()}
         else:

@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server.report import build_report, write_report
+from server.report import build_report, distributed_facts, write_report
 from shared.config import RunSettings
+from shared.distdp.step import parameter_count
 from shared.manifest import save_model
 from shared.models import GeneratorFamily
 from shared.tables import load_table
@@ -34,6 +35,10 @@ def release(
     release never contains a value the schema forbids.
     """
     report = build_report(settings, sites, len(history), family.name, sigma, history)
+    if settings.noise_placement == "distributed":
+        report["distributed"] = distributed_facts(
+            settings, dim=parameter_count(family.private_module())
+        )
     save_model(
         out / "model",
         family,

@@ -13,6 +13,7 @@ from typing import Any
 
 from shared import keys
 from shared.config import RunSettings
+from shared.distdp.accounting import accounting_multiplier, largest_tolerated_collusion
 
 
 def site_entry(
@@ -71,8 +72,13 @@ def build_report(
             "max_grad_norm": settings.max_grad_norm,
             "local_steps_per_round": settings.local_steps,
             "rounds_planned": settings.rounds,
-            "noise_placement": "local",
-            "aggregation": "uniform mean of L2-clipped site updates (FedAvg)",
+            "noise_placement": settings.noise_placement,
+            "aggregation": (
+                "secure sum of the sites' noisy gradient shares divided by the public expected "
+                "batch, then one server-side Adam step per DP-SGD step"
+                if settings.noise_placement == "distributed"
+                else "uniform mean of L2-clipped site updates (FedAvg)"
+            ),
             "update_clip_norm": settings.update_clip_norm,
             "sampling": "Poisson, exact rate q per row and step (client.sampling)",
             "secure_aggregation": settings.secure_aggregation,
@@ -105,11 +111,60 @@ def build_report(
     }
 
 
+def distributed_facts(settings: RunSettings, *, dim: int) -> dict[str, Any]:
+    """The ``distributed`` guarantee per collusion level, and its trust in plain words.
+
+    Parameters
+    ----------
+    settings : RunSettings
+        A run with noise placement ``distributed``.
+    dim : int
+        d: parameters of the generator's private module (enters the rounding slack).
+    """
+    plan = settings.distributed_plan()
+    t_max = largest_tolerated_collusion(sites=plan.noise_sites, threshold=plan.threshold)
+    return {
+        "noise_sites": plan.noise_sites,
+        "secagg_threshold": plan.threshold,
+        "noise_multiplier_total": plan.sigma(dim),
+        "accounted_noise_multiplier": accounting_multiplier(
+            sigma=plan.sigma(dim),
+            clip_norm=plan.clip_norm,
+            grid=plan.grid,
+            dim=dim,
+            sites=plan.noise_sites,
+        ),
+        "steps": plan.steps,
+        "sample_rate": plan.sample_rate,
+        "delta": plan.delta,
+        "expected_batch": plan.expected_batch,
+        "grid": plan.grid,
+        "parameters": dim,
+        "epsilon_against_server": plan.epsilon_at(dim=dim, colluders=0),
+        "largest_tolerated_collusion": t_max,
+        "epsilon_at_largest_collusion": plan.epsilon_at(dim=dim, colluders=t_max),
+        "trust_assumptions": [
+            "secure aggregation holds: the server learns only the sum of at least "
+            f"{plan.noise_sites} sites' noisy shares per step, never a single share",
+            f"no more than {t_max} site(s) collude with the server (share their secrets or "
+            "their noise); with more, the guarantee weakens beyond the figure above",
+            f"dropouts: a step in which fewer than K = {plan.noise_sites} shares arrive is "
+            "aborted before unmasking and the run stops; the sites that sent a share keep "
+            "that step's charge in their ledgers",
+            "each site's ledger charges every step it took part in at the t = 0 accounting, "
+            "before its share leaves the site; a step asked again is charged again (a share "
+            "is never re-sent into another sum)",
+        ],
+        "statement_markdown": plan.privacy_statement(dim=dim),
+    }
+
+
 def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
     """What secure aggregation hid from the server, what it did not, and the trust assumed."""
     if not settings.secure_aggregation:
         return {"enabled": False}
     threshold = settings.secagg_threshold or "a strict majority of the sampled sites (at least 2)"
+    distributed = settings.noise_placement == "distributed"
     return {
         "enabled": True,
         "protocol": (
@@ -118,11 +173,17 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
         ),
         "threshold": threshold,
         "quantisation": (
-            f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
+            "each site's noisy clipped gradient sum stochastically rounded to the grid "
+            f"C·2^-{settings.distributed_plan().grid_bits} (C = {settings.max_grad_norm}) and summed "
+            "modulo 2^48"
+            if distributed
+            else f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
             f"stochastically rounded to 2^{settings.secagg_bits} levels"
         ),
         "server_sees": [
-            "the sum (hence the mean) of the surviving sites' quantised updates, each round",
+            "the sum of the sites' noisy gradient shares, once per DP-SGD step"
+            if distributed
+            else "the sum (hence the mean) of the surviving sites' quantised updates, each round",
             "which sites took part in each round and how many survived (round_history)",
             "each site's name, cumulative ε, δ and the other public accounting fields",
             "masked update vectors, uniformly random to the server on their own",
@@ -169,6 +230,33 @@ Aborted rounds: {facts["aborted_rounds"]}.
 Sites in each round:
 
 {rounds}
+"""
+
+
+def _md_placement(placement: str) -> str:
+    if placement == "distributed":
+        return "distributed (each site adds a 1/K share of one central DP-SGD step's noise)"
+    return "local (each site runs DP-SGD on its own rows)"
+
+
+def _md_update_clip(run: dict[str, Any]) -> str:
+    if run["noise_placement"] == "distributed":
+        return ""
+    return f", update clip norm {run['update_clip_norm']}"
+
+
+def _md_distributed(report: dict[str, Any]) -> str:
+    facts = report.get("distributed")
+    if not facts:
+        return ""
+    return f"""
+{facts["statement_markdown"]}
+
+Each site's ledger records every step it took part in with the accounted noise
+multiplier σC/Δ = {facts["accounted_noise_multiplier"]:.4f}, q = {facts["sample_rate"]:g}
+(the guarantee against the server, t = 0): ε = {facts["epsilon_against_server"]:.4f} after all
+{facts["steps"]} steps; against the server and {facts["largest_tolerated_collusion"]} colluding
+site(s): ε = {facts["epsilon_at_largest_collusion"]:.4f}.
 """
 
 
@@ -224,9 +312,9 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
   per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round
 - σ was calibrated so this run's planned steps spend ε = {run["target_epsilon_this_run"]}
   at δ = {run["calibration_delta"]} ({run["rounds_planned"]} rounds planned)
-- noise placement: {run["noise_placement"]} (each site runs DP-SGD on its own rows);
-  aggregation: {run["aggregation"]}, update clip norm {run["update_clip_norm"]}
-
+- noise placement: {_md_placement(run["noise_placement"])};
+  aggregation: {run["aggregation"]}{_md_update_clip(run)}
+{_md_distributed(report)}
 {_md_secagg(report)}
 ## What each site sent
 

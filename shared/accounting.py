@@ -77,9 +77,17 @@ def epsilon_of(history: Sequence[Mechanism], *, delta: float, accountant: str = 
     _check_delta(delta)
     if accountant not in ACCOUNTANTS:
         raise AccountingError(f"unknown accountant {accountant!r}; use one of {list(ACCOUNTANTS)}")
-    entries = tuple((float(s), float(q), int(k)) for s, q, k in history if int(k) > 0)
-    for s, q, k in entries:
-        _check_mechanism(s, q, k)
+    merged: dict[tuple[float, float], int] = {}
+    for s, q, k in history:
+        if int(k) > 0:
+            _check_mechanism(float(s), float(q), int(k))
+            key = (float(s), float(q))
+            merged[key] = merged.get(key, 0) + int(k)
+    # k1 then k2 steps of one mechanism compose exactly as k1 + k2 steps (both
+    # accountants compose self-compositions), so equal (σ, q) entries are merged:
+    # a distributed run's ledger holds one entry per step, and the accountant's cost
+    # grows with the number of entries, not of steps.
+    entries = tuple((s, q, k) for (s, q), k in merged.items())
     if not entries:
         return 0.0
     return _composed_epsilon(entries, float(delta), accountant)

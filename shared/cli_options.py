@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.config import RunSettings
+from shared.config import NOISE_PLACEMENTS, RunSettings
 
 _D = RunSettings()
 
@@ -45,6 +45,21 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help=f"per-record clip norm C (default {_D.max_grad_norm})",
     )
     g.add_argument("--accountant", choices=["rdp", "prv"], default=_D.accountant)
+    g.add_argument(
+        "--noise-placement",
+        choices=list(NOISE_PLACEMENTS),
+        default=_D.noise_placement,
+        help="local: each site runs DP-SGD with its own noise (FedAvg); distributed: each "
+        "round runs --local-steps central DP-SGD steps, each site adding a 1/K share of the "
+        "noise, summed under secure aggregation (needs --secure-aggregation; K = min sites)",
+    )
+    g.add_argument(
+        "--announced-rows",
+        type=int,
+        default=_D.announced_rows,
+        help="distributed: the consortium's announced total row count; the summed gradient "
+        "is divided by q × this (simulate: default the training rows)",
+    )
     g.add_argument("--generator", default=_D.model.generator)
     g.add_argument("--seed", type=int, default=_D.seed)
 
@@ -59,6 +74,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "sample-rate": args.sample_rate,
         "max-grad-norm": args.max_grad_norm,
         "accountant": args.accountant,
+        "noise-placement": args.noise_placement,
+        "announced-rows": args.announced_rows,
         "generator": args.generator,
         "seed": args.seed,
     }

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from shared.accounting import ACCOUNTANTS, calibrate_noise
+from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 
 T = TypeVar("T", int, float, str, bool)
 Scalar = bool | int | float | str
+NOISE_PLACEMENTS = ("local", "distributed")
 
 
 def read_value(
@@ -209,6 +211,60 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class DistributedStepSettings:
+    """What one distributed DP-SGD step asks of a site (sent server → site). All public.
+
+    Attributes
+    ----------
+    train : TrainSettings
+        The round's settings; ``noise_multiplier`` is the *total* σ (units of C) of
+        the sum over all K shares, ``local_steps`` the steps of this round.
+    step : int
+        Global index of the step in the run (1-based).
+    noise_sites : int
+        K: the noise is split into K shares; each site adds variance σ²C²/K.
+    grid_bits : int
+        Grid step γ = C · 2**-grid_bits of the integer encoding.
+    modulus_bits : int
+        Sums are taken modulo ``2**modulus_bits``.
+    """
+
+    train: TrainSettings
+    step: int
+    noise_sites: int
+    grid_bits: int
+    modulus_bits: int
+
+    @property
+    def grid(self) -> float:
+        """γ: float value of one integer unit."""
+        return self.train.max_grad_norm * 2.0**-self.grid_bits
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DistributedStepSettings:
+        """Parse the ``train-config`` record of a distributed step."""
+        return cls(
+            train=TrainSettings.from_config(config),
+            step=read_value(config, "step", int, None, lambda v: v >= 1, ">= 1"),
+            noise_sites=read_value(config, "noise-sites", int, None, lambda v: v >= 2, ">= 2"),
+            grid_bits=read_value(config, "grid-bits", int, None, lambda v: 4 <= v <= 30, "4..30"),
+            modulus_bits=read_value(
+                config, "modulus-bits", int, None, lambda v: 8 <= v <= 48, "8..48"
+            ),
+        )
+
+    def to_config(self) -> dict[str, Scalar]:
+        """Flat Flower config form (round trip of :meth:`from_config`)."""
+        return {
+            **self.train.to_config(),
+            "step": self.step,
+            "noise-sites": self.noise_sites,
+            "grid-bits": self.grid_bits,
+            "modulus-bits": self.modulus_bits,
+        }
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """The ServerApp's run configuration (``[tool.flwr.app.config]`` plus overrides).
 
@@ -228,6 +284,14 @@ class RunSettings:
     secagg_bits : int
         Quantisation levels ``2**bits`` per coordinate of the update in ``[-C, C]``
         (C = ``update_clip_norm``); the mean's error is below ``2C / (2**bits - 1)``.
+    noise_placement : str
+        ``"local"``: each site runs ``local_steps`` DP-SGD steps with its own full noise
+        and sends a clipped update (FedAvg). ``"distributed"``: every round runs
+        ``local_steps`` *central* DP-SGD steps, each one secure aggregation of the
+        sites' noisy gradient shares (:mod:`shared.distdp`); needs secure aggregation.
+    announced_rows : int
+        Distributed only: the consortium's announced total row count; the server divides
+        each summed gradient by the public expected batch q × this (row counts are private).
     """
 
     rounds: int = 10
@@ -250,6 +314,8 @@ class RunSettings:
     secure_aggregation: bool = False
     secagg_threshold: int = 0
     secagg_bits: int = 24
+    noise_placement: str = "local"
+    announced_rows: int = 0
     model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
@@ -314,6 +380,17 @@ class RunSettings:
             secagg_bits=read_value(
                 config, "secagg-bits", int, d.secagg_bits, lambda v: 8 <= v <= 40, "8..40"
             ),
+            noise_placement=read_value(
+                config,
+                "noise-placement",
+                str,
+                d.noise_placement,
+                lambda v: v in NOISE_PLACEMENTS,
+                f"one of {list(NOISE_PLACEMENTS)}",
+            ),
+            announced_rows=read_value(
+                config, "announced-rows", int, d.announced_rows, lambda v: v >= 0, ">= 0"
+            ),
             model=ModelSettings.from_config(config),
         )
         if not s.schema_path:
@@ -322,7 +399,50 @@ class RunSettings:
             )
         if not s.out_dir:
             raise ConfigError("run config 'out-dir' is empty; pass an absolute output folder")
+        if s.noise_placement == "distributed":
+            s.distributed_plan()  # refuses (ConfigError) before anything runs
         return s
+
+    def distributed_plan(self) -> DistributedPlan:
+        """The public plan of a ``distributed`` run: K = ``min_sites`` noise shares.
+
+        Raises
+        ------
+        ConfigError
+            Without secure aggregation, without announced rows, with the PRV
+            accountant, or when ``min_sites`` cannot carry the secagg threshold.
+        """
+        # Checked first: with it off, nothing else about the plan matters.
+        DistributedPlan.refuse_without_secure_aggregation(self.secure_aggregation)
+        if self.announced_rows < 1:
+            raise ConfigError(
+                "noise placement 'distributed' needs the consortium's announced total row count "
+                "(run config 'announced-rows', --announced-rows): the server divides each summed "
+                "gradient by the public expected batch q × that count"
+            )
+        if self.accountant != "rdp":
+            raise ConfigError(
+                "noise placement 'distributed' is accounted with RDP only; use --accountant rdp"
+            )
+        threshold = self.secagg_threshold or max(2, self.min_sites // 2 + 1)
+        if self.min_sites < 2 or threshold > self.min_sites:
+            raise ConfigError(
+                f"noise placement 'distributed' splits the noise over min-sites = {self.min_sites} "
+                f"shares and needs at least the secure aggregation threshold ({threshold}) and "
+                "at least 2; raise min-sites or lower the threshold"
+            )
+        return DistributedPlan(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            steps=self.planned_steps,
+            sample_rate=self.sample_rate,
+            clip_norm=self.max_grad_norm,
+            learning_rate=self.learning_rate,
+            expected_batch=self.sample_rate * self.announced_rows,
+            noise_sites=self.min_sites,
+            threshold=threshold,
+            secure_aggregation=self.secure_aggregation,
+        )
 
     @property
     def planned_steps(self) -> int:
@@ -388,6 +508,8 @@ def app_config_defaults() -> dict[str, Any]:
         "secure-aggregation": d.secure_aggregation,
         "secagg-threshold": d.secagg_threshold,
         "secagg-bits": d.secagg_bits,
+        "noise-placement": d.noise_placement,
+        "announced-rows": d.announced_rows,
         "site-budget-epsilon": 0.0,
         **ModelSettings().to_config(),
     }

@@ -67,6 +67,10 @@ SECAGG_SETUP = "secagg_setup"  # server -> site: index, threshold; site -> serve
 SECAGG_SHARE_KEYS = "secagg_share_keys"  # server -> site: roster; site -> server: ciphertexts
 SECAGG_TRAIN = "secagg_train"  # as a train message, plus the peers; reply masks the update
 SECAGG_UNMASK = "secagg_unmask"  # server -> site: survivors, dropped, inbox; site -> server: shares
+# Noise placement "distributed" (shared.distdp): stage 3 of each step's secure round.
+# Server -> site: GLOBAL_ARRAYS (θ), TRAIN_CONFIG (DistributedStepSettings), SECAGG (peers);
+# site -> server: the SECAGG_REPLY_FIELDS, MASKED_UPDATE holding the masked noisy share.
+DISTDP_STEP = "distdp_step"
 SECAGG = "secagg"  # ConfigRecord carrying the fields below, in every stage
 MASKED_UPDATE = "masked-update"  # ArrayRecord: one uint32/64 vector, the masked quantised update
 MASKED_VECTOR = "vector"  # the array's name inside MASKED_UPDATE

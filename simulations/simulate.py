@@ -27,6 +27,7 @@ import pandas as pd
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import RunSettings, app_config_defaults
+from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 from shared.runtime import FlowerRuntime, flower_bin, free_port
 from shared.schema import Schema
@@ -101,6 +102,11 @@ def prepare_sites(
 def run_simulation(plan: SimulationPlan) -> Path:
     """Prepare the sites and run the federation on Flower's simulation engine."""
     t0 = time.perf_counter()
+    if plan.settings.get("noise-placement") == "distributed":
+        # Refuse before any file is written or process started.
+        DistributedPlan.refuse_without_secure_aggregation(
+            bool(plan.settings.get("secure-aggregation"))
+        )
     frame, schema = load_source(plan)
     sites_dir, sizes = prepare_sites(plan, frame, schema)
     log.info(
@@ -120,6 +126,9 @@ def run_simulation(plan: SimulationPlan) -> Path:
         "site-budget-epsilon": plan.site_budget_epsilon,
     }
     overrides.setdefault("synthetic-rows", int(sum(sizes)))
+    if not overrides.get("announced-rows"):
+        # The simulation's operator knows every site's rows; a consortium announces this.
+        overrides["announced-rows"] = int(sum(sizes))
     RunSettings.from_run_config(overrides)  # fail fast, before starting any process
     with FlowerRuntime.create(keep=plan.keep_runtime) as rt:
         app_dir = build_app(rt.root / "app", app_config_defaults())

@@ -202,3 +202,22 @@ def test_the_written_out_orders_are_opacus_defaults() -> None:
     from shared.accounting import OPACUS_DEFAULT_ORDERS
 
     assert list(OPACUS_DEFAULT_ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.8, 1.3]), st.sampled_from([0.05, 0.2]), st.integers(1, 30)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_equal_mechanisms_compose_as_their_summed_steps(
+    history: list[tuple[float, float, int]],
+) -> None:
+    """One entry per step (a distributed ledger) gives the ε of the summed steps, by Opacus."""
+    from tests.e2e import independent_epsilon
+
+    assert epsilon_of(history, delta=1e-5) == pytest.approx(
+        independent_epsilon(history, 1e-5), rel=1e-9
+    )

@@ -100,15 +100,45 @@ def distributed_epsilon(
     AccountingError
         If the sum of discrete Gaussians is not close enough to one (grid too coarse).
     """
+    eff = effective_sigma(sigma=sigma, sites=sites, colluders=colluders)
+    multiplier = accounting_multiplier(
+        sigma=sigma, clip_norm=clip_norm, grid=grid, dim=dim, sites=sites
+    ) * (eff / sigma)
+    return epsilon_of([(multiplier, sample_rate, steps)], delta=delta, accountant=accountant)
+
+
+def accounting_multiplier(
+    *, sigma: float, clip_norm: float, grid: float, dim: int, sites: int
+) -> float:
+    """Noise multiplier one distributed step is accounted with at t = 0: ``σ C / Δ``.
+
+    A site records this (σ_acc, q, 1) in its ledger for every step it takes part in.
+
+    Parameters
+    ----------
+    sigma : float
+        σ: total noise std of the sum (all K shares), in units of C.
+    clip_norm : float
+        C: per-row gradient L2 bound.
+    grid : float
+        γ: grid step of the integer encoding (float units).
+    dim : int
+        d: number of model parameters.
+    sites : int
+        K: number of noise shares.
+
+    Raises
+    ------
+    AccountingError
+        If the sum of discrete Gaussians is not close enough to one (grid too coarse).
+    """
     tau = sum_divergence(sigma=sigma, clip_norm=clip_norm, grid=grid, sites=sites)
     if tau * dim > TAU_LIMIT:
         raise AccountingError(
             f"the grid γ={grid:.3g} is too coarse for σ={sigma:.3g}, C={clip_norm:.3g} and "
             f"K={sites} (τd = {tau * dim:.2g}); use more grid bits"
         )
-    eff = effective_sigma(sigma=sigma, sites=sites, colluders=colluders)
-    multiplier = eff * clip_norm / sensitivity(clip_norm=clip_norm, grid=grid, dim=dim)
-    return epsilon_of([(multiplier, sample_rate, steps)], delta=delta, accountant=accountant)
+    return sigma * clip_norm / sensitivity(clip_norm=clip_norm, grid=grid, dim=dim)
 
 
 def largest_tolerated_collusion(*, sites: int, threshold: int) -> int:

@@ -56,13 +56,18 @@ class DistributedPlan:
     grid_bits: int = 16
     secure_aggregation: bool = True
 
-    def __post_init__(self) -> None:
-        if not self.secure_aggregation:
+    @staticmethod
+    def refuse_without_secure_aggregation(secure_aggregation: bool) -> None:
+        """Raise :class:`ConfigError` unless secure aggregation is on (see the class doc)."""
+        if not secure_aggregation:
             raise ConfigError(
                 "noise placement 'distributed' needs secure aggregation: each site adds only "
                 "1/K of the noise, so without it the server would see under-noised gradients. "
-                "Turn secure aggregation on, or use noise placement 'local'"
+                "Turn secure aggregation on (--secure-aggregation), or use noise placement 'local'"
             )
+
+    def __post_init__(self) -> None:
+        self.refuse_without_secure_aggregation(self.secure_aggregation)
         checks = {
             "epsilon": self.epsilon > 0 and math.isfinite(self.epsilon),
             "delta": 0 < self.delta < 1,

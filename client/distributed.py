@@ -1,0 +1,211 @@
+"""The site's side of one distributed DP-SGD step (noise placement ``distributed``).
+
+For the θ the server sends, the site Poisson-samples its rows at rate q
+(:class:`client.sampling.PoissonBatches`), sums the per-row gradients clipped to
+C, and adds a discrete Gaussian share of variance σ²C²/K on the integers
+(:func:`shared.distdp.step.site_share`). The share leaves the site only masked
+by secure aggregation (:mod:`client.secagg`), so the server sees only the sum of
+at least K shares, which carries the full noise σ²C².
+
+Order of operations, each failing closed (as in :mod:`client.site`):
+
+1. secure aggregation checks (the site knows its peers; else nothing is computed);
+2. the site's schema must match the server's; the table is loaded and validated;
+3. under the ledger lock: refuse if one more step would exceed the budget (no
+   charge, no share); compute the share; record ``(σC/Δ, q, 1)`` durably — the
+   accounting against the server at t = 0 — *before* the share is masked and sent;
+4. mask the share (:mod:`client.secagg`) and reply.
+
+**No replay of shares.** Unlike a ``local`` update (full DP noise on its own,
+so re-sending it is post-processing, see :mod:`client.replay`), a share carries
+only 1/K of the noise. Re-sending the same share into a *new* secure sum in which
+the other sites send fresh shares would let the server average the two sums and
+cancel part of the others' noise: the re-sending site's row would then be
+protected by variance ¾σ²C² (K = 2) instead of the σ²C² it was charged for. So a
+step asked again (a restarted coordinator) is computed afresh and charged again:
+the ledger over-counts in that case, and never under-counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+
+from client import secagg
+from client.errors import BudgetExhaustedError, SiteConfigError
+from client.ledger import PrivacyLedger
+from client.result import RoundResult
+from client.sampling import PoissonBatches
+from client.settings import SiteSettings
+from shared import keys
+from shared.config import DistributedStepSettings, TrainSettings
+from shared.distdp.accounting import accounting_multiplier
+from shared.distdp.encoding import IntVector, ModularCodec
+from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
+from shared.errors import FedsynthError
+from shared.models import build_generator
+from shared.schema import Schema
+from shared.secagg import site_mask
+from shared.streaming import encode_table
+
+log = logging.getLogger("fedsynth.client")
+StateDict = dict[str, torch.Tensor]
+ReplyBuilder = Callable[[SiteSettings | None, TrainSettings | None, RoundResult], RecordDict]
+
+
+def step_seed(site: SiteSettings, step: int) -> int:
+    """Seed of this step's sampling, rounding and noise at this site.
+
+    Secret OS randomness at a real site (the server must never be able to
+    regenerate a site's noise share); derived from the run seed, site name and
+    step in a simulation, so research runs reproduce.
+    """
+    if site.simulation_seed is None:
+        return secrets.randbits(63)
+    text = f"{site.simulation_seed}:{site.site_name}:distdp:{step}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+def run_site_step(
+    site: SiteSettings, step: DistributedStepSettings, global_state: StateDict, *, run: str
+) -> tuple[RoundResult, IntVector | None, float]:
+    """One step at one site: the public result, the (unmasked) ring share, σ_acc.
+
+    The share is ``None`` when the site declines (budget): nothing was charged.
+    σ_acc = σC/Δ is the noise multiplier the ledger records for the step.
+
+    Raises
+    ------
+    SiteConfigError, SchemaError, DataValidationError, LedgerError, AccountingError
+        Before any budget is charged; the caller declines the step.
+    """
+    train = step.train
+    schema = Schema.load(site.schema_path)
+    if schema.fingerprint() != train.schema_fingerprint:
+        raise SiteConfigError(
+            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
+            f"differs from the server's ({train.schema_fingerprint[:12]}); install the "
+            "consortium's current schema at this site"
+        )
+    family = build_generator(schema, train.model)
+    family.load_state_dict(global_state)
+    module = family.private_module().train()
+    codec = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits)
+    # The site computes its own accounting from the public parameters: σ_acc = σC/Δ.
+    multiplier = accounting_multiplier(
+        sigma=train.noise_multiplier,
+        clip_norm=train.max_grad_norm,
+        grid=step.grid,
+        dim=parameter_count(module),
+        sites=step.noise_sites,
+    )
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
+        data = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
+        with ledger.locked() as led:
+            try:
+                led.check_budget(
+                    noise_multiplier=multiplier,
+                    sample_rate=train.sample_rate,
+                    steps=1,
+                    budget_epsilon=site.budget_epsilon,
+                    delta=site.budget_delta,
+                )
+            except BudgetExhaustedError as exc:
+                log.warning("%s", exc)
+                spent = led.epsilon(delta=site.budget_delta)
+                return RoundResult(False, str(exc), spent, 0, led.total_steps), None, multiplier
+            seed = step_seed(site, step.step)
+            torch.manual_seed(seed)  # the VAE's reparametrisation draws
+            rng = np.random.default_rng(seed)
+            sampler = PoissonBatches(
+                data,
+                sample_rate=train.sample_rate,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            grad_sum = clipped_gradient_sum(
+                module, family.criterion(), sampler.next_batch(), clip_norm=train.max_grad_norm
+            )
+            share = site_share(
+                grad_sum,
+                sigma=train.noise_multiplier,
+                clip_norm=train.max_grad_norm,
+                noise_sites=step.noise_sites,
+                codec=codec,
+                rng=rng,
+            )
+            led.record(
+                run=run,
+                server_round=train.server_round,
+                noise_multiplier=multiplier,
+                sample_rate=train.sample_rate,
+                steps=1,
+                max_grad_norm=train.max_grad_norm,
+            )
+            spent, total = led.epsilon(delta=site.budget_delta), led.total_steps
+        n_rows = len(data)
+    seconds = time.perf_counter() - t0
+    log.info(
+        "site %s step %d: share computed in %.2fs, cumulative ε=%.4f",
+        site.site_name,
+        step.step,
+        seconds,
+        spent,
+    )
+    result = RoundResult(True, "", spent, 1, total, num_rows=n_rows, seconds=seconds)
+    return result, share, multiplier
+
+
+def handle_step(msg: Message, context: Context, build_reply: ReplyBuilder) -> Message:
+    """The ``train.distdp_step`` message: checks, the site's step, the masked share.
+
+    ``build_reply`` assembles the public accounting reply (the ClientApp's
+    :func:`client.app.build_reply_content`); the masked share is added to it.
+    """
+    from client.app import _spent, public_reason
+
+    try:
+        state, me, peers = secagg.participation(msg, context)
+    except (FedsynthError, KeyError, ValueError) as exc:
+        return secagg.refuse(msg, exc)
+    site: SiteSettings | None = None
+    step: DistributedStepSettings | None = None
+    share: IntVector | None = None
+    multiplier = 0.0
+    try:
+        site = SiteSettings.from_context(context.node_config, context.run_config)
+        step = DistributedStepSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG]))
+        arrays = msg.content[keys.GLOBAL_ARRAYS]
+        if not isinstance(arrays, ArrayRecord):
+            raise SiteConfigError("the server's message holds no global weights")
+        result, share, multiplier = run_site_step(
+            site, step, arrays.to_torch_state_dict(), run=str(context.run_id)
+        )
+    except FedsynthError as exc:
+        log.error("distributed step declined: %s", exc)
+        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+    except Exception as exc:  # a bug must not leak values in a traceback
+        log.exception("distributed step failed")
+        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+    # Report the multiplier the ledger records per step (σC/Δ), not the total σ.
+    reported = replace(step.train, noise_multiplier=multiplier) if step is not None else None
+    content = build_reply(site, reported, result)
+    if share is None or step is None:
+        return Message(content, reply_to=msg)
+    ring = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits).ring
+    masked = site_mask(me, share, peers, codec=ring, context=cast(bytes, state[keys.SA_CONTEXT]))
+    content[keys.MASKED_UPDATE] = ArrayRecord({keys.MASKED_VECTOR: Array(ring.to_wire(masked))})
+    return Message(content, reply_to=msg)
