@@ -20,6 +20,7 @@ from shared.accounting import ACCOUNTANTS, calibrate_noise
 from shared.errors import ConfigError
 
 T = TypeVar("T", int, float, str, bool)
+NUMERIC_ENCODERS: tuple[str, ...] = ("minmax", "dp-quantile")
 Scalar = bool | int | float | str
 
 
@@ -78,6 +79,11 @@ class ModelSettings:
     kl_weight: float = 0.5
     #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
     covariate_generator: str = "dp-vae"
+    #: Numeric columns: ``"minmax"`` (public bounds) or ``"dp-quantile"`` (a CDF fitted
+    #: from noisy site histograms before round 1, see :mod:`shared.dp_quantile`).
+    numeric_encoder: str = "minmax"
+    #: Bins of the public grid of the ``"dp-quantile"`` histograms.
+    encoder_bins: int = 64
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
@@ -91,6 +97,17 @@ class ModelSettings:
             covariate_generator=read_value(
                 config, "covariate-generator", str, d.covariate_generator
             ),
+            numeric_encoder=read_value(
+                config,
+                "numeric-encoder",
+                str,
+                d.numeric_encoder,
+                lambda v: v in NUMERIC_ENCODERS,
+                f"one of {list(NUMERIC_ENCODERS)}",
+            ),
+            encoder_bins=read_value(
+                config, "encoder-bins", int, d.encoder_bins, lambda v: 8 <= v <= 1024, "8..1024"
+            ),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -101,6 +118,8 @@ class ModelSettings:
             "latent": self.latent,
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
+            "numeric-encoder": self.numeric_encoder,
+            "encoder-bins": self.encoder_bins,
         }
 
 
@@ -197,6 +216,10 @@ class RunSettings:
     secagg_bits : int
         Quantisation levels ``2**bits`` per coordinate of the update in ``[-C, C]``
         (C = ``update_clip_norm``); the mean's error is below ``2C / (2**bits - 1)``.
+    encoder_budget_fraction : float
+        With ``model.numeric_encoder == "dp-quantile"``: DP-SGD's σ is calibrated to
+        ``(1 - fraction) · ε``, and the encoder histograms get the noise σ_h that brings
+        the composition of both back to exactly ε.
     """
 
     rounds: int = 10
@@ -219,6 +242,7 @@ class RunSettings:
     secure_aggregation: bool = False
     secagg_threshold: int = 0
     secagg_bits: int = 24
+    encoder_budget_fraction: float = 0.1
     model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
@@ -283,6 +307,14 @@ class RunSettings:
             secagg_bits=read_value(
                 config, "secagg-bits", int, d.secagg_bits, lambda v: 8 <= v <= 40, "8..40"
             ),
+            encoder_budget_fraction=read_value(
+                config,
+                "encoder-budget-fraction",
+                float,
+                d.encoder_budget_fraction,
+                lambda v: 0 < v <= 0.5,
+                "in (0, 0.5]",
+            ),
             model=ModelSettings.from_config(config),
         )
         if not s.schema_path:
@@ -298,13 +330,34 @@ class RunSettings:
         """DP-SGD steps each site runs in this run."""
         return self.rounds * self.local_steps
 
+    @property
+    def fits_encoder(self) -> bool:
+        """Whether the run starts with the DP histogram stage (``dp-quantile`` encoder)."""
+        return self.model.numeric_encoder == "dp-quantile"
+
     def noise_multiplier(self) -> float:
-        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`."""
+        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`.
+
+        With a DP encoder the steps get ``(1 - encoder_budget_fraction) · ε`` and
+        :meth:`encoder_noise_multiplier` brings the total back to ε.
+        """
+        share = 1.0 - self.encoder_budget_fraction if self.fits_encoder else 1.0
         return calibrate_noise(
-            target_epsilon=self.epsilon,
+            target_epsilon=self.epsilon * share,
             delta=self.delta,
             sample_rate=self.sample_rate,
             steps=self.planned_steps,
+            accountant=self.accountant,
+        )
+
+    def encoder_noise_multiplier(self) -> float:
+        """σ_h of the encoder histograms: DP-SGD at :meth:`noise_multiplier` plus it is ε."""
+        from shared.dp_quantile import calibrate_histogram_noise
+
+        return calibrate_histogram_noise(
+            target_epsilon=self.epsilon,
+            delta=self.delta,
+            training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
             accountant=self.accountant,
         )
 
@@ -358,5 +411,6 @@ def app_config_defaults() -> dict[str, Any]:
         "secagg-threshold": d.secagg_threshold,
         "secagg-bits": d.secagg_bits,
         "site-budget-epsilon": 0.0,
+        "encoder-budget-fraction": d.encoder_budget_fraction,
         **ModelSettings().to_config(),
     }
