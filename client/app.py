@@ -157,3 +157,12 @@ def secagg_train(msg: Message, context: Context) -> Message:
 def secagg_unmask(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 4."""
     return secagg.handle_unmask(msg, context)
+
+
+@app.train(keys.ENCODER_HISTOGRAM)
+def encoder_histogram(msg: Message, context: Context) -> Message:
+    """DP encoder stage (before round 1): noisy histograms, charged first (:mod:`client.encoder`)."""
+    setup_logging()
+    from client.encoder import handle_histogram
+
+    return handle_histogram(msg, context, public_reason)

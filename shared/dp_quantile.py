@@ -22,8 +22,9 @@ bounds reachable). A uniform CDF is exactly min–max scaling.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -152,12 +153,14 @@ class QuantileMap:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Values in column units to encoded values in [-1, 1] (NaN stays NaN)."""
-        return 2.0 * np.interp(np.asarray(x, np.float64), self.edges, self.cdf) - 1.0
+        u = np.interp(np.asarray(x, np.float64), self.edges, self.cdf)
+        return np.asarray(2.0 * u - 1.0, dtype=np.float64)
 
     def inverse(self, u: np.ndarray) -> np.ndarray:
         """Encoded values (clipped to [-1, 1]) back to column units, within the bounds."""
         p = (np.clip(np.asarray(u, np.float64), -1.0, 1.0) + 1.0) / 2.0
-        return np.clip(np.interp(p, self.cdf, self.edges), self.minimum, self.maximum)
+        x = np.interp(p, self.cdf, self.edges)
+        return np.asarray(np.clip(x, self.minimum, self.maximum), dtype=np.float64)
 
 
 def maps_from_cdfs(
@@ -219,3 +222,52 @@ def calibrate_histogram_noise(
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
     return hi
+
+
+@dataclass(frozen=True)
+class HistogramRequest:
+    """What the server asks of a site in the encoder stage. Every field is public.
+
+    Attributes
+    ----------
+    noise_multiplier : float
+        σ_h, noise std per bin in units of the L2 sensitivity √d.
+    bins : int
+        Bins of the public grid per numeric column.
+    """
+
+    noise_multiplier: float
+    bins: int
+    schema_fingerprint: str
+    accountant: str = "rdp"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HistogramRequest:
+        """Parse the ``encoder-config`` record a site receives."""
+        from shared.accounting import ACCOUNTANTS
+        from shared.config import read_value
+
+        return cls(
+            noise_multiplier=read_value(
+                config, "noise-multiplier", float, None, lambda v: v > 0, "> 0"
+            ),
+            bins=read_value(config, "bins", int, None, lambda v: 8 <= v <= 1024, "8..1024"),
+            schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
+            accountant=read_value(
+                config,
+                "accountant",
+                str,
+                "rdp",
+                lambda v: v in ACCOUNTANTS,
+                f"one of {list(ACCOUNTANTS)}",
+            ),
+        )
+
+    def to_config(self) -> dict[str, float | int | str]:
+        """Flat Flower config form (round trip of :meth:`from_config`)."""
+        return {
+            "noise-multiplier": self.noise_multiplier,
+            "bins": self.bins,
+            "schema-fingerprint": self.schema_fingerprint,
+            "accountant": self.accountant,
+        }
