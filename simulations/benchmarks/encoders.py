@@ -62,6 +62,11 @@ def load(table: str, rows: int, seed: int) -> tuple[pd.DataFrame, Schema]:
     return validate_frame(raw.astype(object).where(raw.notna(), None), schema), schema
 
 
+def target(schema: Schema) -> str:
+    """The TSTR label: the schema's target (NHEFS has none: its treatment, quitting smoking)."""
+    return schema.roles.get("target") or schema.roles["treatment"]
+
+
 def fit_dp_encoder(
     family: GeneratorFamily, parts: list[pd.DataFrame], *, noise_multiplier: float, seed: int
 ) -> None:
@@ -150,7 +155,7 @@ def run_arm(
     )
     seconds = time.perf_counter() - t0
     synth = family.sample(len(train), seed=seed)
-    res = utility(train, test, synth, schema, schema.roles["target"], LIMITS, seed)["models"]
+    res = utility(train, test, synth, schema, target(schema), LIMITS, seed)["models"]
     tv, ks = fidelity(test, synth, schema)
     return {
         "encoder": encoder,
