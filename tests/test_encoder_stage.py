@@ -26,7 +26,7 @@ from shared.accounting import epsilon_of
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings
 from shared.dp_quantile import HistogramRequest, cdf_from_counts
-from shared.errors import ModelError
+from shared.errors import ConfigError, ModelError
 from shared.manifest import MANIFEST, WEIGHTS, load_model, save_model, save_state
 from shared.models import build_generator
 from shared.models.base import ENCODER_KEY, GeneratorFamily
@@ -210,3 +210,9 @@ def test_saved_encoder_stage_is_reused_or_refused_clearly(tmp_path: Path) -> Non
 def test_a_declined_result_sends_no_histogram() -> None:
     content = reply_content(None, None, HistogramResult(False, "bad table", 0.0, 0))
     assert keys.HISTOGRAM_ARRAYS not in content
+
+
+def test_a_family_made_of_sub_families_refuses_the_dp_encoder() -> None:
+    settings = ModelSettings(generator="staged", numeric_encoder="dp-quantile")
+    with pytest.raises(ConfigError, match="use numeric-encoder 'minmax'"):
+        build_generator(cohort_schema(), settings)
