@@ -174,6 +174,7 @@ def maps_from_cdfs(
     }
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_histogram_noise(
     *,
     target_epsilon: float,

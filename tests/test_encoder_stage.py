@@ -21,10 +21,11 @@ from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from server.encoder import ENCODER_FILE, _reuse
 from server.errors import CheckpointError
+from server.report import build_report
 from shared import keys
 from shared.accounting import epsilon_of
 from shared.cohort import cohort_schema, generate_cohort
-from shared.config import ModelSettings
+from shared.config import ModelSettings, RunSettings
 from shared.dp_quantile import HistogramRequest, cdf_from_counts
 from shared.errors import ConfigError, ModelError
 from shared.manifest import MANIFEST, WEIGHTS, load_model, save_model, save_state
@@ -216,3 +217,15 @@ def test_a_family_made_of_sub_families_refuses_the_dp_encoder() -> None:
     settings = ModelSettings(generator="staged", numeric_encoder="dp-quantile")
     with pytest.raises(ConfigError, match="use numeric-encoder 'minmax'"):
         build_generator(cohort_schema(), settings)
+
+
+def test_privacy_report_states_what_the_encoder_stage_sent() -> None:
+    base = {"schema-path": "s.json", "out-dir": "o", "epsilon": 1.0, "rounds": 1, "local-steps": 10}
+    plain = build_report(RunSettings.from_run_config(base), {}, 1, "dp-vae", 1.0, [])
+    assert plain["numeric_encoder"]["kind"] == "minmax"
+    settings = RunSettings.from_run_config({**base, "numeric-encoder": "dp-quantile"})
+    facts = build_report(settings, {}, 1, "dp-vae", 1.0, [])["numeric_encoder"]
+    assert facts["kind"] == "dp-quantile" and facts["budget_fraction"] == 0.1
+    assert facts["histogram_noise_multiplier"] == settings.encoder_noise_multiplier()
+    assert keys.HISTOGRAM_ARRAYS in facts["sent_by_each_site_before_round_1"]
+    assert "secure aggregation is not used" in facts["server_sees"]
