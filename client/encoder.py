@@ -100,6 +100,8 @@ def release_histograms(
             return HistogramResult(
                 False, str(exc), led.epsilon(delta=site.budget_delta), led.total_steps
             )
+        # Seeded like DP-SGD's noise without secure_mode: secret OS randomness at a real
+        # site. secure_mode (a CSPRNG, Opacus's torchcsprng) is not applied to this release.
         rng = np.random.default_rng(noise_seed(site, ENCODER_ROUND))
         noisy = add_histogram_noise(counts, noise_multiplier=request.noise_multiplier, rng=rng)
         led.record(
