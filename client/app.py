@@ -166,3 +166,12 @@ def distdp_step(msg: Message, context: Context) -> Message:
     from client.distributed import handle_step  # torch: only for messages that compute
 
     return handle_step(msg, context, build_reply_content)
+
+
+@app.train(keys.ENCODER_HISTOGRAM)
+def encoder_histogram(msg: Message, context: Context) -> Message:
+    """DP encoder stage (before round 1): noisy histograms, charged first (:mod:`client.encoder`)."""
+    setup_logging()
+    from client.encoder import handle_histogram
+
+    return handle_histogram(msg, context, public_reason)

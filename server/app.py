@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
+from server.encoder import fit_encoder
 from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
@@ -26,6 +27,7 @@ from shared import keys
 from shared.config import RunSettings
 from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
+from shared.models.base import ENCODER_KEY
 from shared.schema import Schema
 
 log = logging.getLogger("fedsynth.server")
@@ -76,6 +78,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     if ckpt is not None:
         start, state, sites, history = ckpt.round, ckpt.state, ckpt.sites, ckpt.history
         log.info("resuming from the checkpoint of round %d", start)
+        family.load_state_dict(state)  # refuses damaged weights or a damaged numeric encoder
+    elif settings.fits_encoder:
+        # Before round 1: DP histograms from the sites -> public quantile maps in the model.
+        fit_encoder(grid, settings, family, sites, store.identity)
+        state = family.state_dict()
     trainer = None
     if settings.noise_placement == "distributed":
         trainer = DistributedTrainer(
@@ -114,7 +121,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             if agg is None:  # pragma: no cover - aggregate_train raises instead
                 continue
             update = agg.to_torch_state_dict()
-        state = {k: state[k] + update[k].to(state[k].dtype) for k in state}
+        # The numeric encoder is fixed before round 1 (sites never train it): keep it exact.
+        state = {
+            k: state[k] if k == ENCODER_KEY else state[k] + update[k].to(state[k].dtype)
+            for k in state
+        }
         for rep in strategy.last_replies:
             sites[rep.site] = site_entry(
                 rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.config import NOISE_PLACEMENTS, RunSettings
+from shared.config import NOISE_PLACEMENTS, NUMERIC_ENCODERS, RunSettings
 
 _D = RunSettings()
 
@@ -62,6 +62,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--generator", default=_D.model.generator)
     g.add_argument("--seed", type=int, default=_D.seed)
+    g.add_argument(
+        "--numeric-encoder",
+        choices=list(NUMERIC_ENCODERS),
+        default=_D.model.numeric_encoder,
+        help="numeric columns: min-max on public bounds, or a quantile map fitted from noisy "
+        f"site histograms before round 1 (default {_D.model.numeric_encoder})",
+    )
+    g.add_argument(
+        "--encoder-budget-fraction",
+        type=float,
+        default=_D.encoder_budget_fraction,
+        help="share of ε given up by DP-SGD for the dp-quantile histograms "
+        f"(default {_D.encoder_budget_fraction})",
+    )
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,6 +92,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "announced-rows": args.announced_rows,
         "generator": args.generator,
         "seed": args.seed,
+        "numeric-encoder": args.numeric_encoder,
+        "encoder-budget-fraction": args.encoder_budget_fraction,
     }
 
 

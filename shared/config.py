@@ -21,6 +21,7 @@ from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 
 T = TypeVar("T", int, float, str, bool)
+NUMERIC_ENCODERS: tuple[str, ...] = ("minmax", "dp-quantile")
 Scalar = bool | int | float | str
 NOISE_PLACEMENTS = ("local", "distributed")
 
@@ -88,11 +89,17 @@ class ModelSettings:
     #: ``"dp-ctgan"`` only: share of training draws with no conditional vector
     #: (what unconditional sampling uses); the rest condition on one category.
     gan_uncond_rate: float = 0.5
+    #: Numeric columns: ``"minmax"`` (public bounds) or ``"dp-quantile"`` (a CDF fitted
+    #: from noisy site histograms before round 1, see :mod:`shared.dp_quantile`).
+    numeric_encoder: str = "minmax"
+    #: Bins of the public grid of the ``"dp-quantile"`` histograms.
+    encoder_bins: int = 64
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``."""
+        ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
+        ``encoder-bins``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
@@ -121,6 +128,17 @@ class ModelSettings:
                 lambda v: 0 < v < 1,
                 "in (0, 1): 0 never trains unconditional sampling, 1 never conditions",
             ),
+            numeric_encoder=read_value(
+                config,
+                "numeric-encoder",
+                str,
+                d.numeric_encoder,
+                lambda v: v in NUMERIC_ENCODERS,
+                f"one of {list(NUMERIC_ENCODERS)}",
+            ),
+            encoder_bins=read_value(
+                config, "encoder-bins", int, d.encoder_bins, lambda v: 8 <= v <= 1024, "8..1024"
+            ),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -134,6 +152,8 @@ class ModelSettings:
             "diffusion-steps": self.diffusion_steps,
             "gan-noise": self.gan_noise,
             "gan-uncond-rate": self.gan_uncond_rate,
+            "numeric-encoder": self.numeric_encoder,
+            "encoder-bins": self.encoder_bins,
         }
 
 
@@ -292,6 +312,10 @@ class RunSettings:
     announced_rows : int
         Distributed only: the consortium's announced total row count; the server divides
         each summed gradient by the public expected batch q × this (row counts are private).
+    encoder_budget_fraction : float
+        With ``model.numeric_encoder == "dp-quantile"``: DP-SGD's σ is calibrated to
+        ``(1 - fraction) · ε``, and the encoder histograms get the noise σ_h that brings
+        the composition of both back to exactly ε.
     """
 
     rounds: int = 10
@@ -316,6 +340,7 @@ class RunSettings:
     secagg_bits: int = 24
     noise_placement: str = "local"
     announced_rows: int = 0
+    encoder_budget_fraction: float = 0.1
     model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
@@ -391,6 +416,14 @@ class RunSettings:
             announced_rows=read_value(
                 config, "announced-rows", int, d.announced_rows, lambda v: v >= 0, ">= 0"
             ),
+            encoder_budget_fraction=read_value(
+                config,
+                "encoder-budget-fraction",
+                float,
+                d.encoder_budget_fraction,
+                lambda v: 0 < v <= 0.5,
+                "in (0, 0.5]",
+            ),
             model=ModelSettings.from_config(config),
         )
         if not s.schema_path:
@@ -410,7 +443,8 @@ class RunSettings:
         ------
         ConfigError
             Without secure aggregation, without announced rows, with the PRV
-            accountant, or when ``min_sites`` cannot carry the secagg threshold.
+            accountant, with a DP numeric encoder (its budget would come on top), or
+            when ``min_sites`` cannot carry the secagg threshold.
         """
         # Checked first: with it off, nothing else about the plan matters.
         DistributedPlan.refuse_without_secure_aggregation(self.secure_aggregation)
@@ -423,6 +457,12 @@ class RunSettings:
         if self.accountant != "rdp":
             raise ConfigError(
                 "noise placement 'distributed' is accounted with RDP only; use --accountant rdp"
+            )
+        if self.model.numeric_encoder != "minmax":
+            raise ConfigError(
+                "noise placement 'distributed' calibrates σ for the whole ε, so it cannot also "
+                f"spend budget on the {self.model.numeric_encoder!r} encoder histograms; use "
+                "--numeric-encoder minmax with it, or noise placement 'local'"
             )
         threshold = self.secagg_threshold or max(2, self.min_sites // 2 + 1)
         if self.min_sites < 2 or threshold > self.min_sites:
@@ -449,13 +489,34 @@ class RunSettings:
         """DP-SGD steps each site runs in this run."""
         return self.rounds * self.local_steps
 
+    @property
+    def fits_encoder(self) -> bool:
+        """Whether the run starts with the DP histogram stage (``dp-quantile`` encoder)."""
+        return self.model.numeric_encoder == "dp-quantile"
+
     def noise_multiplier(self) -> float:
-        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`."""
+        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`.
+
+        With a DP encoder the steps get ``(1 - encoder_budget_fraction) · ε`` and
+        :meth:`encoder_noise_multiplier` brings the total back to ε.
+        """
+        share = 1.0 - self.encoder_budget_fraction if self.fits_encoder else 1.0
         return calibrate_noise(
-            target_epsilon=self.epsilon,
+            target_epsilon=self.epsilon * share,
             delta=self.delta,
             sample_rate=self.sample_rate,
             steps=self.planned_steps,
+            accountant=self.accountant,
+        )
+
+    def encoder_noise_multiplier(self) -> float:
+        """σ_h of the encoder histograms: DP-SGD at :meth:`noise_multiplier` plus it is ε."""
+        from shared.dp_quantile import calibrate_histogram_noise
+
+        return calibrate_histogram_noise(
+            target_epsilon=self.epsilon,
+            delta=self.delta,
+            training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
             accountant=self.accountant,
         )
 
@@ -511,5 +572,6 @@ def app_config_defaults() -> dict[str, Any]:
         "noise-placement": d.noise_placement,
         "announced-rows": d.announced_rows,
         "site-budget-epsilon": 0.0,
+        "encoder-budget-fraction": d.encoder_budget_fraction,
         **ModelSettings().to_config(),
     }

@@ -191,10 +191,19 @@ class ConstrainedDecoder:
                     known = ~np.isnan(prev)
                     raised = above(np.where(known, prev, lo), e.strict, integer)
                     lo = np.where(known, np.maximum(lo, raised), lo)
-            half = (col.maximum - col.minimum) / 2.0
-            loc = col.minimum + (dist.params[:, span.start].astype(np.float64) + 1.0) * half
-            scale = dist.scale[:, span.start].astype(np.float64) * half
-            x = truncated_normal(loc, scale, lo, hi, rng.random(n))
+            if name in self.transformer.numeric_maps:
+                # A quantile map is monotone: draw in encoded units between the mapped
+                # bounds, then map back (the Gaussian head lives in encoded units).
+                qmap = self.transformer.numeric_maps[name]
+                loc = dist.params[:, span.start].astype(np.float64)
+                scale = dist.scale[:, span.start].astype(np.float64)
+                u = truncated_normal(loc, scale, qmap.forward(lo), qmap.forward(hi), rng.random(n))
+                x = np.clip(qmap.inverse(u), lo, hi)
+            else:
+                half = (col.maximum - col.minimum) / 2.0
+                loc = col.minimum + (dist.params[:, span.start].astype(np.float64) + 1.0) * half
+                scale = dist.scale[:, span.start].astype(np.float64) * half
+                x = truncated_normal(loc, scale, lo, hi, rng.random(n))
             if integer:
                 x = np.round(x)  # lo and hi are whole numbers, so rounding stays inside
             miss = self.missing.get(name)

@@ -100,3 +100,18 @@ SECAGG_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
 }
+
+# --- DP numeric encoder (shared.dp_quantile): message type "train.encoder_histogram" ---
+# Sent once, before round 1, when the run's numeric-encoder is "dp-quantile".
+ENCODER_HISTOGRAM = "encoder_histogram"
+ENCODER_CONFIG = "encoder-config"  # ConfigRecord: shared.dp_quantile.HistogramRequest fields
+HISTOGRAM_ARRAYS = "histogram"  # ArrayRecord: the site's noisy (numeric columns, bins) counts
+HISTOGRAM_COUNTS = "counts"  # the array's name inside HISTOGRAM_ARRAYS
+# The reply carries the noisy histogram (Gaussian mechanism, charged to the ledger
+# first) and the same public accounting records as a train reply; STEPS is 1 and
+# NOISE_MULTIPLIER / SAMPLE_RATE / MAX_GRAD_NORM are σ_h, 1 and the sensitivity √d.
+ENCODER_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    HISTOGRAM_ARRAYS: (HISTOGRAM_COUNTS,),
+    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}

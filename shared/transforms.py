@@ -10,7 +10,8 @@ Layout of an encoded row, column by column in schema order:
   (k + 1 when nullable; the last slot means "missing");
 * numeric column: one value, min–max scaled from the public bounds to [-1, 1]
   (0 when missing); when nullable, followed by a 2-wide span
-  ``[present, missing]``.
+  ``[present, missing]``. A column with a :class:`shared.dp_quantile.QuantileMap`
+  (a public CDF fitted under DP) is mapped through it to [-1, 1] instead.
 
 :class:`SpanInfo` records tell models which output head each span needs.
 """
@@ -23,6 +24,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from shared.dp_quantile import QuantileMap
 from shared.errors import FedsynthError
 from shared.schema import Column, Schema
 
@@ -62,10 +64,14 @@ class TableTransformer:
     ----------
     schema : Schema
         The public schema; the only input the transformer is built from.
+    numeric_maps : dict of str to QuantileMap, optional
+        Public quantile maps (fitted under DP) for some numeric columns; the
+        others are min–max scaled. The layout does not depend on them.
     """
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, numeric_maps: dict[str, QuantileMap] | None = None) -> None:
         self.schema = schema
+        self.numeric_maps: dict[str, QuantileMap] = dict(numeric_maps or {})
         spans: list[SpanInfo] = []
         pos = 0
         for col in schema.columns:
@@ -98,13 +104,27 @@ class TableTransformer:
             if span.kind == "categorical":
                 out[np.arange(n), span.start + self._category_codes(col, values)] = 1.0
             elif span.kind == "numeric":
-                x = values.to_numpy(dtype=np.float64)
-                scaled = 2.0 * (x - col.minimum) / (col.maximum - col.minimum) - 1.0
+                scaled = self.scale(col, values.to_numpy(dtype=np.float64))
                 out[:, span.start] = np.nan_to_num(np.clip(scaled, -1.0, 1.0), nan=0.0)
             else:
                 is_missing = values.isna().to_numpy()
                 out[np.arange(n), span.start + is_missing.astype(np.int64)] = 1.0
         return out
+
+    def scale(self, col: Column, x: np.ndarray) -> np.ndarray:
+        """Numeric values in column units to encoded units ([-1, 1] within the bounds)."""
+        qmap = self.numeric_maps.get(col.name)
+        if qmap is not None:
+            return qmap.forward(x)
+        return 2.0 * (x - col.minimum) / (col.maximum - col.minimum) - 1.0
+
+    def unscale(self, col: Column, u: np.ndarray) -> np.ndarray:
+        """Encoded values (clipped to [-1, 1]) back to column units within the bounds."""
+        qmap = self.numeric_maps.get(col.name)
+        if qmap is not None:
+            return qmap.inverse(u)
+        x = (np.clip(u.astype(np.float64), -1.0, 1.0) + 1.0) / 2.0
+        return np.clip(col.minimum + x * (col.maximum - col.minimum), col.minimum, col.maximum)
 
     @staticmethod
     def _category_codes(col: Column, values: pd.Series) -> np.ndarray:
@@ -158,11 +178,8 @@ class TableTransformer:
                 data[col.name] = self._unscale(col, block[:, 0], missing.get(col.name))
         return pd.DataFrame(data, columns=self.schema.names)
 
-    @staticmethod
-    def _unscale(col: Column, scaled: np.ndarray, missing: np.ndarray | None) -> pd.Series:
-        x = (np.clip(scaled.astype(np.float64), -1.0, 1.0) + 1.0) / 2.0
-        x = col.minimum + x * (col.maximum - col.minimum)
-        x = np.clip(x, col.minimum, col.maximum)
+    def _unscale(self, col: Column, scaled: np.ndarray, missing: np.ndarray | None) -> pd.Series:
+        x = self.unscale(col, scaled)
         if col.kind == "integer":
             x = np.round(x)
         if missing is not None:

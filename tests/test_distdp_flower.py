@@ -201,6 +201,7 @@ def test_distributed_without_secure_aggregation_is_refused() -> None:
         ({"announced-rows": 0}, r"announced total row count"),
         ({"accountant": "prv"}, r"RDP only"),
         ({"min-sites": 1}, r"raise min-sites"),
+        ({"numeric-encoder": "dp-quantile"}, r"cannot also spend budget.*--numeric-encoder minmax"),
         ({"noise-placement": "central"}, r"'noise-placement'.*one of \['local', 'distributed'\]"),
     ],
 )

@@ -28,12 +28,16 @@ from torch import nn
 
 from shared.config import ModelSettings
 from shared.constrained import ConstrainedDecoder, RowDistribution
+from shared.dp_quantile import maps_from_cdfs
 from shared.errors import ConfigError, ModelError
 from shared.models import sampling
 from shared.schema import Schema
 from shared.transforms import TableTransformer
 
 _REGISTRY: dict[str, type[GeneratorFamily]] = {}
+#: State-dict key of the DP quantile encoder (``numeric-encoder = "dp-quantile"``): the
+#: ``(numeric columns, bins + 1)`` CDFs, a public part of the model that is not trained.
+ENCODER_KEY = "numeric_encoder_cdf"
 
 
 class LocalLoop(ABC):
@@ -79,6 +83,9 @@ class GeneratorFamily(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Whether the family encodes through :attr:`transformer` alone (so a DP quantile
+    #: encoder can be set on it); families made of sub-families set this to False.
+    supports_numeric_encoder: ClassVar[bool] = True
 
     def __init__(self, schema: Schema, settings: ModelSettings) -> None:
         self.schema = schema
@@ -86,6 +93,43 @@ class GeneratorFamily(ABC):
         self.transformer = TableTransformer(schema)
         self.decoder = ConstrainedDecoder(self.transformer)
         self.module: nn.Module = self.build_module()
+        numeric = [c for c in schema.columns if c.is_numeric]
+        if settings.numeric_encoder == "dp-quantile":
+            if not self.supports_numeric_encoder or not numeric:
+                raise ConfigError(
+                    f"numeric-encoder 'dp-quantile' needs numeric columns and a generator that "
+                    f"encodes through one transformer; {self.name!r} on schema {schema.name!r} "
+                    "does not: use numeric-encoder 'minmax'"
+                )
+            # Starts as the uniform CDF (exactly min-max scaling) until the encoder is fitted.
+            # float32 (MPS has no float64); CDF steps are >= 1e-5, far above its resolution.
+            uniform = torch.linspace(0.0, 1.0, settings.encoder_bins + 1, dtype=torch.float32)
+            self.module.register_buffer(ENCODER_KEY, uniform.repeat(len(numeric), 1))
+            self.set_numeric_encoder(uniform.double().repeat(len(numeric), 1).numpy())
+
+    def set_numeric_encoder(self, cdfs: np.ndarray) -> None:
+        """Install the DP quantile encoder: one CDF per numeric column at the grid edges.
+
+        Raises
+        ------
+        ModelError
+            If a CDF is not strictly increasing from 0 to 1 (a damaged model).
+        """
+        numeric = [c for c in self.schema.columns if c.is_numeric]
+        # Rounded to the buffer's float32 so the server and every site use the same map.
+        cdfs = np.asarray(cdfs, dtype=np.float32).astype(np.float64)
+        expected = (len(numeric), self.settings.encoder_bins + 1)
+        if cdfs.shape != expected:
+            raise ModelError(
+                f"numeric encoder has shape {cdfs.shape}, expected {expected} for schema "
+                f"{self.schema.name!r}; the model or checkpoint is damaged or from another run"
+            )
+        maps = maps_from_cdfs(
+            [c.name for c in numeric], [(c.minimum, c.maximum) for c in numeric], cdfs
+        )
+        buffer = getattr(self.module, ENCODER_KEY)
+        buffer.copy_(torch.from_numpy(cdfs).to(buffer.device, buffer.dtype))
+        self.transformer.numeric_maps = maps
 
     @abstractmethod
     def build_module(self) -> nn.Module:
@@ -191,6 +235,12 @@ class GeneratorFamily(ABC):
         """Load weights, refusing any mismatch of names or shapes."""
         state = {_strip(k): v for k, v in state.items()}
         own = self.module.state_dict()
+        if ENCODER_KEY in own and ENCODER_KEY not in state:
+            raise ModelError(
+                f"the weights hold no numeric encoder ({ENCODER_KEY!r}) although the model uses "
+                "numeric-encoder 'dp-quantile': the model folder or checkpoint is damaged or "
+                "from a 'minmax' run. Restore it from the run's original output."
+            )
         problems = [f"missing {k}" for k in own if k not in state]
         problems += [f"unexpected {k}" for k in state if k not in own]
         problems += [
@@ -204,6 +254,8 @@ class GeneratorFamily(ABC):
                 f"{'; '.join(problems[:5])}. Use weights saved for the same schema and settings."
             )
         self.module.load_state_dict(state)
+        if ENCODER_KEY in own:
+            self.set_numeric_encoder(state[ENCODER_KEY].detach().cpu().numpy())
 
 
 def _strip(key: str) -> str:

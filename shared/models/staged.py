@@ -133,6 +133,9 @@ class StagedLoss(nn.Module):
 class StagedGenerator(GeneratorFamily):
     """Covariates from any family, then DP propensity and DP outcome models."""
 
+    # Its stages encode through their own sub-transformers, so one encoder cannot be set.
+    supports_numeric_encoder = False
+
     def build_module(self) -> nn.Module:
         roles = self.schema.roles
         treatment, outcome = roles.get("treatment"), roles.get("outcome")
