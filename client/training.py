@@ -90,6 +90,7 @@ def train_dp(
     progress_every: int = 50,
     clipping: str = "auto",
     on_step: Callable[[nn.Module], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -130,6 +131,10 @@ def train_dp(
         weights are the new iterate and each parameter's ``.grad`` holds the step's
         clipped, noised, averaged gradient (what the DP guarantee covers). For the
         empirical audit; it must not modify the module. Sites never pass one.
+    proximal_mu : float
+        μ of the FedProx term μ/2‖w − w₀‖², w₀ the weights on entry (the global model).
+        Its gradient is added after clipping and noise (:mod:`client.steppers`), so
+        the privacy cost of the steps does not depend on μ.
 
     Returns
     -------
@@ -155,6 +160,7 @@ def train_dp(
         learning_rate=learning_rate,
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,
+        proximal_mu=proximal_mu,
     )
     step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg)
     batches = PoissonBatches(

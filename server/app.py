@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
+from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
@@ -71,9 +72,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     sites: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
     start = 0
+    optimiser = build_optimiser(settings.aggregation)
     ckpt = store.load_latest()
     if ckpt is not None:
         start, state, sites, history = ckpt.round, ckpt.state, ckpt.sites, ckpt.history
+        optimiser.load_state_dict(ckpt.optimiser)
         log.info("resuming from the checkpoint of round %d", start)
     sigma = settings.noise_multiplier()
     strategy = SiteAveraging(min_sites=settings.min_sites, expected_keys=set(state))
@@ -102,7 +105,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             if agg is None:  # pragma: no cover - aggregate_train raises instead
                 continue
             update = agg.to_torch_state_dict()
-        state = {k: state[k] + update[k].to(state[k].dtype) for k in state}
+        # The mean update is the pseudo-gradient of the server optimiser (fedavg: w + Δ̄).
+        state = optimiser.apply(state, update)
         for rep in strategy.last_replies:
             sites[rep.site] = site_entry(
                 rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed
@@ -120,7 +124,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 ),
             }
         )
-        store.save(rnd, state, sites, history)
+        store.save(rnd, state, sites, history, optimiser.state_dict())
         for line in site_status_lines(rnd, strategy.last_replies):
             log.info("%s", line)
         log.info(
