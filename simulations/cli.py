@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--schema", type=Path, help="public schema JSON (required with --data)")
     p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
+    p.add_argument(
+        "--partition", default="iid", help="iid | unequal | dirichlet:ALPHA | column:NAME"
+    )
     p.add_argument(
         "--site-budget",
         type=float,
