@@ -88,6 +88,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         settings.sample_rate,
         settings.epsilon,
     )
+    log.info(
+        "aggregation %s (server η = %g)",
+        settings.aggregation.aggregation,
+        settings.aggregation.learning_rate,
+    )
     for rnd in range(start + 1, settings.rounds + 1):
         t0 = time.perf_counter()
         train = settings.train_settings(

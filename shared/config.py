@@ -194,7 +194,7 @@ class AggregationSettings:
 
 #: η when ``server-learning-rate`` is 0. FedAdam moves every coordinate by about η
 #: per round whatever the update's size, so its η is on the scale of a weight step.
-DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 0.01, "fedprox": 1.0}
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 0.3, "fedadam": 0.01, "fedprox": 1.0}
 
 
 @dataclass(frozen=True)
