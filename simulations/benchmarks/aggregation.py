@@ -31,6 +31,7 @@ import torch
 
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import AGGREGATIONS, AggregationSettings, RunSettings
+from shared.errors import ConfigError
 from shared.evaluation.inputs import Limits
 from shared.evaluation.utility import utility
 from shared.models import build_generator
@@ -58,6 +59,21 @@ def _gb_auc(
     res = utility(train, test, synth, schema, schema.roles["target"], LIMITS, seed)
     gb = res["models"]["gradient_boosting"]
     return float(gb["tstr"].get("auc") or float("nan")), float(gb["trtr"]["auc"])
+
+
+def split_sites(
+    train: pd.DataFrame, schema: Schema, spec: str, sites: int, seed: int
+) -> list[pd.DataFrame]:
+    """``partition``; a draw that leaves a site under the minimum is redrawn (next seed)."""
+    for attempt in range(50):
+        try:
+            return partition(
+                train, schema, PartitionSpec.parse(spec), sites, seed=seed + 1000 * attempt
+            )
+        except ConfigError:
+            # Dirichlet(0.1) over 5 sites often leaves a site (almost) empty.
+            continue
+    raise ConfigError(f"{spec}: no draw in 50 gave every one of {sites} sites enough rows")
 
 
 def run_one(
@@ -139,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         schema, train, test = _cohort(args.rows, seed)
         for spec in args.partitions:
-            parts = partition(train, schema, PartitionSpec.parse(spec), args.sites, seed=seed)
+            parts = split_sites(train, schema, spec, args.sites, seed)
             family = build_generator(schema, run.model)
             sites = [torch.from_numpy(family.encode(part)) for part in parts]
             trtr = float("nan")
@@ -149,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - t0
                 tstr, trtr = _gb_auc(schema, train, test, synth, seed)
                 rows.append((spec, name, seed, tstr, seconds))
-                print(f"seed {seed} {spec:14s} {name:8s} TSTR AUC {tstr:.3f} ({seconds:.0f}s)")
+                print(
+                    f"seed {seed} {spec:14s} {name:8s} TSTR AUC {tstr:.3f} ({seconds:.0f}s)",
+                    flush=True,
+                )
             rows.append((spec, "TRTR", seed, trtr, 0.0))
     table = pd.DataFrame(rows, columns=["partition", "aggregation", "seed", "auc", "seconds"])
     summary = table.pivot_table(
