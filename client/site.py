@@ -173,6 +173,7 @@ def _train_round(
                 "site %s round %d: DP step %d/%d", site.site_name, train.server_round, step, steps
             ),
             progress_every=PROGRESS_EVERY,
+            proximal_mu=train.proximal_mu,
         )
         led.record(
             run=run,

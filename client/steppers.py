@@ -2,6 +2,15 @@
 
 Both produce the same DP-SGD step: the sum of per-row gradients clipped to C, plus
 Gaussian noise N(0, σ²C²) from Opacus, divided by the expected batch q·n.
+
+FedProx (Li et al., MLSys 2020) adds μ/2‖w − w_global‖² to the local objective. Its
+gradient μ(w − w_global) depends on no row, so both steppers add it to the already
+clipped and noised gradient, just before the optimiser step: post-processing of the
+DP output, at no privacy cost and with an unchanged ledger charge. Putting it into
+each row's loss instead would make it part of every per-row gradient, where it
+would be clipped with the data term and eat the clip budget C (far from the global
+weights a row's gradient would be mostly proximal term), and its weight would
+vary with the random Poisson batch size.
 """
 
 from __future__ import annotations
@@ -56,6 +65,22 @@ class StepConfig:
     learning_rate: float
     noise_generator: torch.Generator
     secure_mode: bool
+    #: μ of the FedProx term (0: none); the anchor is the weights the steppers start from.
+    proximal_mu: float = 0.0
+
+
+class Proximal:
+    """Adds μ(w − w_global) to each parameter's (noised) gradient; a no-op for μ = 0."""
+
+    def __init__(self, params: list[nn.Parameter], mu: float) -> None:
+        self.mu = mu
+        self.pairs = [(p, p.detach().clone()) for p in params] if mu > 0 else []
+
+    def add_to_grads(self) -> None:
+        with torch.no_grad():
+            for p, anchor in self.pairs:
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=self.mu)
 
 
 class FusedStepper:
@@ -69,6 +94,7 @@ class FusedStepper:
         setattr(self.criterion, "reduction", "none")  # noqa: B010 - per-row losses
         self.clipper = fused.FusedClipper(self.module, max_grad_norm=cfg.max_grad_norm)
         self.optimizer = torch.optim.Adam(self.clipper.params, lr=cfg.learning_rate)
+        self.proximal = Proximal(self.clipper.params, cfg.proximal_mu)
         self.cfg = cfg
         self.audit_hook = audit_hook
 
@@ -94,6 +120,7 @@ class FusedStepper:
             generator=self.cfg.noise_generator,
             secure_mode=self.cfg.secure_mode,
         )
+        self.proximal.add_to_grads()  # after the noise: see the module docstring
         self.optimizer.step()
         return loss
 
@@ -108,6 +135,9 @@ class GhostStepper:
         self, family: GeneratorFamily, cfg: StepConfig, audit_hook: ClippedSumHook | None = None
     ) -> None:
         module = family.private_module()
+        self.proximal = Proximal(
+            [p for p in module.parameters() if p.requires_grad], cfg.proximal_mu
+        )
         engine = PrivacyEngine(accountant="rdp", secure_mode=cfg.secure_mode)
         # Sampling IS Poisson, at exactly q: the caller draws every batch with
         # client.sampling.PoissonBatches and the site's ledger accounts that. Opacus's
@@ -153,7 +183,11 @@ class GhostStepper:
         else:
             loss = self.crit(self.private(batch), batch)
         loss.backward()
-        self.opt.step()
+        # DPOptimizer.step() is pre_step() (clip, noise, scale into .grad) and then the
+        # original optimiser's step; split so the proximal term joins after the noise.
+        if self.opt.pre_step():
+            self.proximal.add_to_grads()
+            self.opt.original_optimizer.step()
         out: torch.Tensor = loss.detach()
         return out
 

@@ -102,6 +102,7 @@ def train_dp(
     clipping: str = "auto",
     on_step: Callable[[nn.Module], None] | None = None,
     audit_hook: ClippedSumHook | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -146,6 +147,10 @@ def train_dp(
         Audit-only (:data:`client.steppers.ClippedSumHook`): may add gradient
         canaries to each step's clipped sum before the noise is added, so the
         canaries get exactly the noise the accountant assumes. Sites never pass one.
+    proximal_mu : float
+        μ of the FedProx term μ/2‖w − w₀‖², w₀ the weights on entry (the global model).
+        Its gradient is added after clipping and noise (:mod:`client.steppers`), so
+        the privacy cost of the steps does not depend on μ.
 
     Returns
     -------
@@ -171,6 +176,7 @@ def train_dp(
         learning_rate=learning_rate,
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,
+        proximal_mu=proximal_mu,
     )
     step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg, audit_hook)
     batches = PoissonBatches(

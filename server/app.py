@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
 from server.encoder import fit_encoder
+from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.report import site_entry
@@ -74,9 +75,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     sites: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
     start = 0
+    optimiser = build_optimiser(settings.aggregation)
     ckpt = store.load_latest()
     if ckpt is not None:
         start, state, sites, history = ckpt.round, ckpt.state, ckpt.sites, ckpt.history
+        optimiser.load_state_dict(ckpt.optimiser)
         log.info("resuming from the checkpoint of round %d", start)
         family.load_state_dict(state)  # refuses damaged weights or a damaged numeric encoder
     elif settings.fits_encoder:
@@ -102,6 +105,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         settings.sample_rate,
         settings.epsilon,
     )
+    log.info(
+        "aggregation %s (server η = %g)",
+        settings.aggregation.aggregation,
+        settings.aggregation.learning_rate,
+    )
     for rnd in range(start + 1, settings.rounds + 1):
         t0 = time.perf_counter()
         train = settings.train_settings(
@@ -121,11 +129,10 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             if agg is None:  # pragma: no cover - aggregate_train raises instead
                 continue
             update = agg.to_torch_state_dict()
-        # The numeric encoder is fixed before round 1 (sites never train it): keep it exact.
-        state = {
-            k: state[k] if k == ENCODER_KEY else state[k] + update[k].to(state[k].dtype)
-            for k in state
-        }
+        # The mean update is the pseudo-gradient of the server optimiser (fedavg: w + Δ̄);
+        # the numeric encoder is fixed before round 1 (sites never train it): keep it exact.
+        stepped = optimiser.apply(state, update)
+        state = {k: state[k] if k == ENCODER_KEY else stepped[k] for k in state}
         for rep in strategy.last_replies:
             sites[rep.site] = site_entry(
                 rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed
@@ -143,7 +150,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 ),
             }
         )
-        store.save(rnd, state, sites, history)
+        store.save(rnd, state, sites, history, optimiser.state_dict())
         for line in site_status_lines(rnd, strategy.last_replies):
             log.info("%s", line)
         log.info(

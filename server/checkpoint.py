@@ -2,14 +2,16 @@
 
 Each round writes ``round-NNNN.pt`` (the global ``state_dict``) and then
 ``latest.json`` (round, SHA-256 of the weights, the run's identity and the
-sites' latest privacy figures), both atomically. Resuming checks the SHA-256
-and that the run identity (schema, generator, DP settings) is unchanged.
+sites' latest privacy figures), both atomically. A stateful server optimiser
+(:mod:`server.optimisers`) adds ``optimiser-NNNN.pt`` (its momentum or moments), so
+a resumed run continues exactly. Resuming checks the SHA-256s and that the run
+identity (schema, generator, DP and aggregation settings) is unchanged.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ class Checkpoint:
     state: dict[str, torch.Tensor]
     sites: dict[str, dict[str, Any]]
     history: list[dict[str, Any]]
+    optimiser: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class CheckpointStore:
@@ -45,11 +48,21 @@ class CheckpointStore:
         state: dict[str, torch.Tensor],
         sites: dict[str, dict[str, Any]],
         history: list[dict[str, Any]],
+        optimiser: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Write round ``rnd`` (weights first, then the pointer to them)."""
+        """Write round ``rnd`` (weights and optimiser state first, then the pointer)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = self.folder / f"round-{rnd:04d}.pt"
         digest = save_state(weights, state)
+        keep = {weights}
+        extra: dict[str, str] = {}
+        if optimiser:
+            opt_file = self.folder / f"optimiser-{rnd:04d}.pt"
+            extra = {
+                "optimiser": opt_file.name,
+                "optimiser_sha256": save_state(opt_file, optimiser),
+            }
+            keep.add(opt_file)
         doc = {
             "round": rnd,
             "weights": weights.name,
@@ -57,10 +70,11 @@ class CheckpointStore:
             "identity": self.identity,
             "sites": sites,
             "history": history,
+            **extra,
         }
         atomic_write_bytes(self.folder / LATEST, json.dumps(doc, indent=1).encode())
-        for old in self.folder.glob("round-*.pt"):
-            if old != weights:
+        for old in [*self.folder.glob("round-*.pt"), *self.folder.glob("optimiser-*.pt")]:
+            if old not in keep:
                 old.unlink(missing_ok=True)
 
     def load_latest(self) -> Checkpoint | None:
@@ -89,6 +103,15 @@ class CheckpointStore:
             )
         try:
             state = load_state(self.folder / Path(name).name, digest)
+            optimiser = (
+                load_state(
+                    self.folder / Path(str(doc["optimiser"])).name, str(doc["optimiser_sha256"])
+                )
+                if "optimiser" in doc
+                else {}
+            )
         except ModelError as exc:
             raise CheckpointError(f"{exc} (checkpoint of round {rnd})") from None
-        return Checkpoint(rnd, state, dict(doc.get("sites", {})), list(doc.get("history", [])))
+        return Checkpoint(
+            rnd, state, dict(doc.get("sites", {})), list(doc.get("history", [])), optimiser
+        )

@@ -9,8 +9,10 @@ from server.deploy import ServerOptions, run_server
 from server.errors import DeploymentError
 from server.sites import SiteRegistry
 from shared.cli_options import (
+    add_aggregation_options,
     add_run_options,
     add_secagg_options,
+    aggregation_overrides,
     run_overrides,
     secagg_overrides,
 )
@@ -48,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--synthetic-rows", type=int, default=10_000)
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait per round")
     add_run_options(p)
+    add_aggregation_options(p)
     # Deployment: on by default (a cautious consortium requires it).
     add_secagg_options(p, default=True)
     p.set_defaults(handler=_run)
@@ -111,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         "synthetic-rows": args.synthetic_rows,
         "round-timeout": args.round_timeout,
         **run_overrides(args),
+        **aggregation_overrides(args),
         **secagg_overrides(args),
     }
     out = run_server(opts, overrides)

@@ -8,12 +8,32 @@ site's ε itself. The report also lists everything the sites sent.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from shared import keys
 from shared.config import RunSettings
 from shared.distdp.accounting import accounting_multiplier, largest_tolerated_collusion
+
+
+def _aggregation_text(settings: RunSettings) -> str:
+    """One line for the report: how the server combined the updates (post-processing)."""
+    agg = settings.aggregation
+    base = "uniform mean Δ̄ of L2-clipped site updates"
+    steps = {
+        "fedavg": f"w += η·Δ̄ (FedAvg, η = {agg.learning_rate:g})",
+        "fedavgm": f"server momentum (FedAvgM, η = {agg.learning_rate:g}, β = {agg.server_momentum:g})",
+        "fedadam": (
+            f"server Adam on Δ̄ (FedAdam, η = {agg.learning_rate:g}, β1 = {agg.server_momentum:g}, "
+            f"β2 = {agg.server_beta2:g}, τ = {agg.server_tau:g})"
+        ),
+        "fedprox": (
+            f"w += η·Δ̄ (FedProx: sites add μ/2‖w − w_global‖², μ = {agg.proximal_mu:g}, "
+            "after DP noise)"
+        ),
+    }
+    return f"{base}, then {steps[agg.aggregation]}"
 
 
 def site_entry(
@@ -77,8 +97,12 @@ def build_report(
                 "secure sum of the sites' noisy gradient shares divided by the public expected "
                 "batch, then one server-side Adam step per DP-SGD step"
                 if settings.noise_placement == "distributed"
-                else "uniform mean of L2-clipped site updates (FedAvg)"
+                else _aggregation_text(settings)
             ),
+            "server_optimiser": {
+                **asdict(settings.aggregation),
+                "server_learning_rate": settings.aggregation.learning_rate,
+            },
             "update_clip_norm": settings.update_clip_norm,
             "sampling": "Poisson, exact rate q per row and step (client.sampling)",
             "secure_aggregation": settings.secure_aggregation,

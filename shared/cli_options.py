@@ -10,9 +10,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.config import NOISE_PLACEMENTS, NUMERIC_ENCODERS, RunSettings
+from shared.config import (
+    AGGREGATIONS,
+    DEFAULT_SERVER_LR,
+    NOISE_PLACEMENTS,
+    NUMERIC_ENCODERS,
+    RunSettings,
+)
 
 _D = RunSettings()
+_A = _D.aggregation
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -78,6 +85,47 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_aggregation_options(p: argparse.ArgumentParser) -> None:
+    """Add the server aggregation options (``server`` and ``simulate``)."""
+    a = p.add_argument_group("aggregation (public server settings; see README 'Aggregation')")
+    a.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default=_A.aggregation,
+        help=f"how the server combines the sites' updates (default {_A.aggregation})",
+    )
+    a.add_argument(
+        "--server-learning-rate",
+        type=float,
+        default=_A.server_learning_rate,
+        help=f"server step η on the mean update (default 0: {DEFAULT_SERVER_LR})",
+    )
+    a.add_argument(
+        "--server-momentum",
+        type=float,
+        default=_A.server_momentum,
+        help=f"β of fedavgm, β1 of fedadam (default {_A.server_momentum})",
+    )
+    a.add_argument(
+        "--server-beta2",
+        type=float,
+        default=_A.server_beta2,
+        help=f"β2 of fedadam (default {_A.server_beta2})",
+    )
+    a.add_argument(
+        "--server-tau",
+        type=float,
+        default=_A.server_tau,
+        help=f"τ of fedadam (default {_A.server_tau:g})",
+    )
+    a.add_argument(
+        "--proximal-mu",
+        type=float,
+        default=_A.proximal_mu,
+        help=f"μ of fedprox's proximal term at the sites (default {_A.proximal_mu})",
+    )
+
+
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Run-config overrides (Flower's kebab-case keys) from :func:`add_run_options`."""
     return {
@@ -94,6 +142,18 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "numeric-encoder": args.numeric_encoder,
         "encoder-budget-fraction": args.encoder_budget_fraction,
+    }
+
+
+def aggregation_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Run-config overrides from :func:`add_aggregation_options`."""
+    return {
+        "aggregation": args.aggregation,
+        "server-learning-rate": args.server_learning_rate,
+        "server-momentum": args.server_momentum,
+        "server-beta2": args.server_beta2,
+        "server-tau": args.server_tau,
+        "proximal-mu": args.proximal_mu,
     }
 
 

@@ -157,6 +157,99 @@ class ModelSettings:
         }
 
 
+#: Server aggregation choices (see :mod:`server.optimisers`).
+AGGREGATIONS = ("fedavg", "fedavgm", "fedadam", "fedprox")
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    """How the server turns the sites' mean update into the next global model. Public.
+
+    Attributes
+    ----------
+    aggregation : str
+        ``fedavg`` (w += η·Δ̄), ``fedavgm`` (server momentum, Hsu et al. 2019),
+        ``fedadam`` (Reddi et al., ICLR 2021) or ``fedprox`` (FedAvg on the server
+        plus the proximal term μ/2‖w − w_global‖² in each site's local objective,
+        Li et al., MLSys 2020).
+    server_learning_rate : float
+        η, the server step on the mean update Δ̄ (treated as a pseudo-gradient).
+        0 means the aggregation's own default (:data:`DEFAULT_SERVER_LR`).
+    server_momentum : float
+        β (fedavgm) or β₁ (fedadam), in [0, 1).
+    server_beta2 : float
+        β₂ of fedadam, in [0, 1).
+    server_tau : float
+        τ, fedadam's adaptivity floor (v starts at τ², the step divides by √v + τ).
+    proximal_mu : float
+        μ of fedprox, in units of 1 / (weight units)²; sent to sites (0 for the others).
+    """
+
+    aggregation: str = "fedavg"
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    proximal_mu: float = 0.1
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> AggregationSettings:
+        """Read ``aggregation``, ``server-learning-rate``, ``server-momentum``,
+        ``server-beta2``, ``server-tau`` and ``proximal-mu``."""
+        d = cls()
+        unit = (lambda v: 0 <= v < 1, "in [0, 1)")
+        return cls(
+            aggregation=read_value(
+                config,
+                "aggregation",
+                str,
+                d.aggregation,
+                lambda v: v in AGGREGATIONS,
+                f"one of {list(AGGREGATIONS)}",
+            ),
+            server_learning_rate=read_value(
+                config,
+                "server-learning-rate",
+                float,
+                d.server_learning_rate,
+                lambda v: v >= 0,
+                ">= 0 (0: the aggregation's default)",
+            ),
+            server_momentum=read_value(config, "server-momentum", float, d.server_momentum, *unit),
+            server_beta2=read_value(config, "server-beta2", float, d.server_beta2, *unit),
+            server_tau=read_value(config, "server-tau", float, d.server_tau, _positive, "> 0"),
+            proximal_mu=read_value(
+                config, "proximal-mu", float, d.proximal_mu, lambda v: v >= 0, ">= 0"
+            ),
+        )
+
+    def to_config(self) -> dict[str, Scalar]:
+        """Flat Flower config form."""
+        return {
+            "aggregation": self.aggregation,
+            "server-learning-rate": self.server_learning_rate,
+            "server-momentum": self.server_momentum,
+            "server-beta2": self.server_beta2,
+            "server-tau": self.server_tau,
+            "proximal-mu": self.proximal_mu,
+        }
+
+    @property
+    def learning_rate(self) -> float:
+        """η actually used: the setting, or the aggregation's default when it is 0."""
+        return self.server_learning_rate or DEFAULT_SERVER_LR[self.aggregation]
+
+    @property
+    def site_proximal_mu(self) -> float:
+        """μ the sites add to their objective: ``proximal_mu`` under fedprox, else 0."""
+        return self.proximal_mu if self.aggregation == "fedprox" else 0.0
+
+
+#: η when ``server-learning-rate`` is 0. FedAdam moves every coordinate by about η
+#: per round whatever the update's size, so its η is on the scale of a weight step.
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 0.3, "fedadam": 0.01, "fedprox": 1.0}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """What one round asks of a site. Every field is public.
@@ -184,6 +277,8 @@ class TrainSettings:
     schema_fingerprint: str
     accountant: str = "rdp"
     model: ModelSettings = field(default_factory=ModelSettings)
+    #: μ of the FedProx term μ/2‖w − w_global‖² (0: none); see :mod:`client.steppers`.
+    proximal_mu: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -211,6 +306,7 @@ class TrainSettings:
                 f"one of {list(ACCOUNTANTS)}",
             ),
             model=ModelSettings.from_config(config),
+            proximal_mu=read_value(config, "proximal-mu", float, 0.0, lambda v: v >= 0, ">= 0"),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -227,6 +323,7 @@ class TrainSettings:
             "schema-fingerprint": self.schema_fingerprint,
             "accountant": self.accountant,
             **self.model.to_config(),
+            "proximal-mu": self.proximal_mu,
         }
 
 
@@ -342,6 +439,7 @@ class RunSettings:
     announced_rows: int = 0
     encoder_budget_fraction: float = 0.1
     model: ModelSettings = field(default_factory=ModelSettings)
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
@@ -425,6 +523,7 @@ class RunSettings:
                 "in (0, 0.5]",
             ),
             model=ModelSettings.from_config(config),
+            aggregation=AggregationSettings.from_config(config),
         )
         if not s.schema_path:
             raise ConfigError(
@@ -457,6 +556,12 @@ class RunSettings:
         if self.accountant != "rdp":
             raise ConfigError(
                 "noise placement 'distributed' is accounted with RDP only; use --accountant rdp"
+            )
+        if self.aggregation.aggregation != "fedavg":
+            raise ConfigError(
+                "noise placement 'distributed' takes its own server-side Adam step on every "
+                f"summed gradient, so aggregation {self.aggregation.aggregation!r} does not "
+                "apply; use --aggregation fedavg with it"
             )
         if self.model.numeric_encoder != "minmax":
             raise ConfigError(
@@ -536,12 +641,15 @@ class RunSettings:
             schema_fingerprint=schema_fingerprint,
             accountant=self.accountant,
             model=self.model,
+            proximal_mu=self.aggregation.site_proximal_mu,
         )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for manifests and reports)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        nested = ("model", "aggregation")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in nested}
         out["model"] = asdict(self.model)
+        out["aggregation"] = asdict(self.aggregation)
         return out
 
 
@@ -574,4 +682,5 @@ def app_config_defaults() -> dict[str, Any]:
         "site-budget-epsilon": 0.0,
         "encoder-budget-fraction": d.encoder_budget_fraction,
         **ModelSettings().to_config(),
+        **AggregationSettings().to_config(),
     }

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from shared.cli_options import (
+    add_aggregation_options,
     add_run_options,
     add_secagg_options,
+    aggregation_overrides,
     run_overrides,
     secagg_overrides,
 )
@@ -27,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--schema", type=Path, help="public schema JSON (required with --data)")
     p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
+    p.add_argument(
+        "--partition", default="iid", help="iid | unequal | dirichlet:ALPHA | column:NAME"
+    )
     p.add_argument(
         "--site-budget",
         type=float,
@@ -59,12 +63,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run the sites on an existing Ray cluster (HOST:PORT of its head, see README)",
     )
     add_run_options(p)
+    add_aggregation_options(p)
     add_secagg_options(p, default=False)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = {**run_overrides(args), **secagg_overrides(args), "device": args.device}
+    settings = {
+        **run_overrides(args),
+        **aggregation_overrides(args),
+        **secagg_overrides(args),
+        "device": args.device,
+    }
     if args.synthetic_rows is not None:
         settings["synthetic-rows"] = args.synthetic_rows
     plan = SimulationPlan(

@@ -3,6 +3,8 @@
 Specs (``--partition``):
 
 * ``iid``: rows shuffled and dealt into equal shares;
+* ``unequal``: rows shuffled (no label skew) and dealt into shares proportional to
+  1, 2, …, K (the largest site has K times the rows of the smallest);
 * ``dirichlet:ALPHA``: label skew with unequal site sizes. For each class of
   the target column, site shares are drawn from Dirichlet(α); small α means
   strong skew (α = 0.1: sites see mostly one class; α = 100: close to IID);
@@ -33,9 +35,9 @@ class PartitionSpec:
 
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
-        """Parse ``iid``, ``dirichlet:ALPHA`` or ``column:NAME``."""
-        if text == "iid":
-            return cls("iid")
+        """Parse ``iid``, ``unequal``, ``dirichlet:ALPHA`` or ``column:NAME``."""
+        if text in ("iid", "unequal"):
+            return cls(text)
         kind, _, arg = text.partition(":")
         if kind == "dirichlet":
             try:
@@ -49,7 +51,9 @@ class PartitionSpec:
             return cls("dirichlet", alpha=alpha)
         if kind == "column" and arg:
             return cls("column", column=arg)
-        raise ConfigError(f"--partition {text!r} is not one of iid, dirichlet:ALPHA, column:NAME")
+        raise ConfigError(
+            f"--partition {text!r} is not one of iid, unequal, dirichlet:ALPHA, column:NAME"
+        )
 
 
 DEFAULT_HOLDOUT = 0.2  # share of rows no site trains on (kept for evaluation)
@@ -83,6 +87,11 @@ def partition(
         if spec.kind == "iid":
             order = rng.permutation(len(frame))
             parts = [frame.iloc[idx] for idx in np.array_split(order, sites)]
+        elif spec.kind == "unequal":
+            order = rng.permutation(len(frame))
+            weights = np.arange(1, sites + 1)
+            cuts = (np.cumsum(weights)[:-1] / weights.sum() * len(frame)).round().astype(int)
+            parts = [frame.iloc[idx] for idx in np.split(order, cuts)]
         else:
             parts = _dirichlet(frame, schema, spec.alpha, sites, rng)
     small = [i for i, p in enumerate(parts) if len(p) < MIN_SITE_ROWS]

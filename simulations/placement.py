@@ -20,7 +20,10 @@ import torch
 
 from client.site import clip_update
 from client.training import train_dp
+from server.optimisers import build_optimiser
+from server.strategy import mean_update
 from shared.accounting import calibrate_noise
+from shared.config import AggregationSettings
 from shared.distdp.encoding import ModularCodec
 from shared.distdp.plan import DistributedPlan
 from shared.distdp.step import (
@@ -130,8 +133,15 @@ def train_local(
     learning_rate: float,
     update_clip_norm: float,
     seed: int,
+    aggregation: AggregationSettings | None = None,
 ) -> None:
-    """FedAvg of local DP-SGD updates (mean of clipped updates), ε per row at each site."""
+    """Rounds of local DP-SGD at each site, ε per row at each site.
+
+    The server step is ``aggregation``'s optimiser (:mod:`server.optimisers`) on the
+    mean of the clipped updates, as in ``fedsynth simulate``; default FedAvg.
+    """
+    agg = aggregation or AggregationSettings()
+    server = build_optimiser(agg)
     sigma = calibrate_noise(
         target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=rounds * local_steps
     )
@@ -150,9 +160,10 @@ def train_local(
                 learning_rate=learning_rate,
                 device=torch.device("cpu"),
                 seed=seed * 100_003 + rnd * 101 + i,
+                proximal_mu=agg.site_proximal_mu,
             )
             new = family.state_dict()
             upd, _ = clip_update({k: new[k] - state[k] for k in state}, update_clip_norm)
             updates.append(upd)
-        state = {k: state[k] + sum(u[k] for u in updates) / len(updates) for k in state}
+        state = server.apply(state, mean_update(updates))
     family.load_state_dict(state)

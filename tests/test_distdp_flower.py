@@ -202,6 +202,7 @@ def test_distributed_without_secure_aggregation_is_refused() -> None:
         ({"accountant": "prv"}, r"RDP only"),
         ({"min-sites": 1}, r"raise min-sites"),
         ({"numeric-encoder": "dp-quantile"}, r"cannot also spend budget.*--numeric-encoder minmax"),
+        ({"aggregation": "fedadam"}, r"own server-side Adam step.*--aggregation fedavg"),
         ({"noise-placement": "central"}, r"'noise-placement'.*one of \['local', 'distributed'\]"),
     ],
 )

@@ -73,3 +73,12 @@ def test_numeric_column_cannot_define_sites(table: pd.DataFrame) -> None:
 def test_too_many_sites_for_the_rows_is_refused(table: pd.DataFrame) -> None:
     with pytest.raises(ConfigError, match="fewer than 20 rows"):
         partition(table.head(100), SCHEMA, PartitionSpec.parse("iid"), 10)
+
+
+def test_unequal_gives_iid_sites_of_sizes_proportional_to_1_to_k(table: pd.DataFrame) -> None:
+    parts = partition(table, SCHEMA, PartitionSpec.parse("unequal"), 4, seed=0)
+
+    # 3000 rows in shares 1:2:3:4 of 10.
+    assert [len(p) for p in parts] == [300, 600, 900, 1200]
+    rows = pd.concat(parts).sort_values(SCHEMA.names).reset_index(drop=True)
+    assert rows.equals(table.sort_values(SCHEMA.names).reset_index(drop=True))
