@@ -48,6 +48,11 @@ def test_single_site_baseline_can_be_limited_to_some_site_counts() -> None:
     assert {c.sites for c in cells if c.placement == "single-best"} == {5}
 
 
+def test_no_dp_pooled_baseline_runs_without_a_no_dp_column() -> None:
+    cells = _plan(epsilons=[1.0], families=["a"])
+    assert [c.placement for c in cells if c.epsilon is None] == ["trtr", "pooled"]
+
+
 def test_distributed_support_needs_every_weight_private() -> None:
     fam = build_generator(load_bench_table("cohort", max_rows=200, seed=0).schema, ModelSettings())
     assert grid.supports_distributed(fam)

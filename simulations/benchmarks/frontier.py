@@ -230,7 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=30, help="local: FedAvg rounds")
     p.add_argument("--local-steps", type=int, default=10, help="local: steps per round")
     p.add_argument("--learning-rate", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
     p.add_argument("--out", default="frontier-out", help="folder for CSV, JSON and plot")
     return p
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         for f, ok in probe.items():
             if not ok:
                 skipped[f"{name}/{f}/distributed"] = "private module does not hold every weight"
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             split = make_split(bench, seed, args.alpha, site_counts)
             cells = grid.plan_cells(
                 tables=[name],

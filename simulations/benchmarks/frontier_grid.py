@@ -97,10 +97,11 @@ def plan_cells(
         for seed in seeds:
             cells.append(Cell(table, "-", "trtr", None, 0, seed))
             for fam in families:
+                # The no-DP pooled baseline runs even when the grid has no no-DP column.
+                cells.append(Cell(table, fam, "pooled", None, 0, seed))
                 for eps in epsilons:
-                    cells.append(
-                        Cell(table, fam, "pooled" if eps is None else "pooled-dp", eps, 0, seed)
-                    )
+                    if eps is not None:
+                        cells.append(Cell(table, fam, "pooled-dp", eps, 0, seed))
                     for k in site_counts:
                         cells.append(Cell(table, fam, "local", eps, k, seed))
                         if k >= 2 and eps is not None and distributed_ok(fam):
