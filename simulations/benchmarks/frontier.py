@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilons", default="0.5,1,3,10,none", help="ε per row; 'none' = no DP")
     p.add_argument("--sites", default="1,3,5,10", help="site counts")
     p.add_argument("--families", default="all", help="'all' = every registered family")
-    p.add_argument("--rows", type=int, default=3000, help="rows per table (cap; cohort size)")
+    p.add_argument(
+        "--rows", type=int, help="rows per table (cap; cohort size) (default: the mode's preset)"
+    )
     p.add_argument(
         "--single-best-sites",
         default="5",
@@ -225,56 +228,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
     p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--steps", type=int, default=300, help="pooled, distributed, single site")
+    p.add_argument(
+        "--steps", type=int, help="pooled, distributed, single site (default: the mode's preset)"
+    )
     p.add_argument("--sample-rate", type=float, default=0.11)
-    p.add_argument("--rounds", type=int, default=30, help="local: FedAvg rounds")
-    p.add_argument("--local-steps", type=int, default=10, help="local: steps per round")
+    p.add_argument("--rounds", type=int, help="local: FedAvg rounds (default: the mode's preset)")
+    p.add_argument(
+        "--local-steps", type=int, help="local: steps per round (default: the mode's preset)"
+    )
     p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (one core each)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
     p.add_argument("--out", default="frontier-out", help="folder for CSV, JSON and plot")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the frontier, print its table and checks, write CSV/JSON and the plot."""
-    args = _parser().parse_args(argv)
-    if args.reduced:
-        args.tables, args.epsilons, args.sites = "cohort", "1", "5"
-        args.families = ModelSettings().generator
-    tables = [t.strip() for t in args.tables.split(",")]
+#: Sizes per mode: the reduced run can afford the rows and steps #8 was tuned on.
+PRESETS: dict[str, dict[str, int]] = {
+    "full": {"rows": 3000, "steps": 300, "rounds": 30, "local_steps": 10},
+    "reduced": {"rows": 9000, "steps": 450, "rounds": 50, "local_steps": 9},
+}
+
+
+def _plan(args: argparse.Namespace, skipped: dict[str, str]) -> list[tuple[grid.Cell, Split]]:
+    """Every (cell, split) of the run, tables loaded and split once per seed."""
     epsilons = _epsilons(args.epsilons)
     site_counts = [int(k) for k in args.sites.split(",")]
-    single_counts = (
-        None
-        if args.single_best_sites == "all"
-        else [int(k) for k in args.single_best_sites.split(",")]
-    )
+    single = args.single_best_sites
+    single_counts = None if single == "all" else [int(k) for k in single.split(",")]
     wanted = available_families() if args.families == "all" else args.families.split(",")
-    cfg = Training(
-        args.delta,
-        args.steps,
-        args.sample_rate,
-        args.rounds,
-        args.local_steps,
-        args.learning_rate,
-        args.alpha,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
-    start = time.perf_counter()
-    for name in tables:
+    tasks: list[tuple[grid.Cell, Split]] = []
+    for name in [t.strip() for t in args.tables.split(",")]:
         bench = load_bench_table(name, max_rows=args.rows, seed=0)
         families = _usable_families(bench, wanted, skipped)
+        schema = bench.schema
         probe = {
-            f: grid.supports_distributed(build_generator(bench.schema, ModelSettings(generator=f)))
+            f: grid.supports_distributed(build_generator(schema, ModelSettings(generator=f)))
             for f in families
         }
-        for f, ok in probe.items():
-            if not ok:
-                skipped[f"{name}/{f}/distributed"] = "private module does not hold every weight"
+        for f in [f for f, ok in probe.items() if not ok]:
+            skipped[f"{name}/{f}/distributed"] = "its private module does not hold every weight"
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             split = make_split(bench, seed, args.alpha, site_counts)
             cells = grid.plan_cells(
@@ -286,18 +280,60 @@ def main(argv: list[str] | None = None) -> int:
                 distributed_ok=probe.__getitem__,
                 single_site_counts=single_counts,
             )
+            n_train, n_hold = len(split.train), len(split.holdout)
             print(
-                f"{name} seed {seed}: {len(split.train)} training rows, {len(split.holdout)} holdout, {len(cells)} cells",
+                f"{name} seed {seed}: {n_train} training rows, {n_hold} holdout, {len(cells)} cells"
+            )
+            tasks.extend((cell, split) for cell in cells)
+    return tasks
+
+
+def _run_task(task: tuple[grid.Cell, Split, Training]) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one core per worker: --jobs sets the parallelism
+    return run_cell(*task)
+
+
+def _run_all(
+    tasks: list[tuple[grid.Cell, Split]], cfg: Training, jobs: int
+) -> list[dict[str, Any]]:
+    work = [(cell, split, cfg) for cell, split in tasks]
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(_run_task, work) if jobs > 1 else map(_run_task, work):
+            rows.append(row)
+            eps = "no DP" if row["epsilon"] is None else f"ε={row['epsilon']:g}"
+            print(
+                f"  {row['table']} {row['family']:8} {row['placement']:11} {eps:7} "
+                f"sites={row['sites']:<2} AUC gb {row['auc_gb']:.3f} ({row['train_s']:.0f}s)",
                 flush=True,
             )
-            for cell in cells:
-                row = run_cell(cell, split, cfg)
-                rows.append(row)
-                eps = "no DP" if cell.epsilon is None else f"ε={cell.epsilon:g}"
-                print(
-                    f"  {cell.family:8} {cell.placement:11} {eps:7} sites={cell.sites:<2} AUC gb {row['auc_gb']:.3f} ({row['train_s']:.0f}s)",
-                    flush=True,
-                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the frontier, print its table and checks, write CSV/JSON and the plot."""
+    args = _parser().parse_args(argv)
+    preset = PRESETS["reduced" if args.reduced else "full"]
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.reduced:
+        args.tables, args.epsilons, args.sites = "cohort", "1", "5"
+        args.families = ModelSettings().generator
+    cfg = Training(
+        args.delta,
+        args.steps,
+        args.sample_rate,
+        args.rounds,
+        args.local_steps,
+        args.learning_rate,
+        args.alpha,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, str] = {}
+    start = time.perf_counter()
+    rows = _run_all(_plan(args, skipped), cfg, args.jobs)
     elapsed = time.perf_counter() - start
     summary = grid.summarise(rows)
     checks = grid.acceptance(summary, epsilon=1.0, sites=5)
@@ -311,9 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     (out / "checks.json").write_text(json.dumps([asdict(c) for c in checks], indent=1))
-    plot = plot_frontier(
-        summary, out / "frontier.png", sites=5 if 5 in site_counts else site_counts[-1]
-    )
+    counts = sorted(summary.sites.unique())
+    plot = plot_frontier(summary, out / "frontier.png", sites=5 if 5 in counts else counts[-1])
     with pd.option_context("display.width", 200, "display.max_rows", 1000):
         print(summary.round(3).to_string(index=False))
     for name, why in skipped.items():
