@@ -14,8 +14,9 @@ holdout, TV similarity, the association ratio against a column-shuffled copy,
 DCR share and exact-match rate against the holdout's chance rate.
 
 Writes ``cells.csv`` / ``cells.json`` (every cell and seed), ``summary.csv``,
-``checks.json`` and ``frontier.png`` under ``--out``, and prints the summary
-and the PASS/FAIL acceptance checks at ε = 1 with 5 sites.
+``checks.json`` and ``frontier.png`` under ``--out`` (``cells.partial.jsonl``
+grows cell by cell while it runs), and prints the summary and the PASS/FAIL
+acceptance checks at ε = 1 with 5 sites. Cells run in ``--jobs`` processes.
 
 Run: ``python -m simulations.benchmarks.frontier --reduced`` (cohort, ε = 1,
 5 sites, the default family) or without ``--reduced`` for the full grid.
@@ -294,13 +295,20 @@ def _run_task(task: tuple[grid.Cell, Split, Training]) -> dict[str, Any]:
 
 
 def _run_all(
-    tasks: list[tuple[grid.Cell, Split]], cfg: Training, jobs: int
+    tasks: list[tuple[grid.Cell, Split]], cfg: Training, jobs: int, partial: Path
 ) -> list[dict[str, Any]]:
+    """Run every cell (``jobs`` processes); each finished cell is appended to ``partial``.
+
+    The JSON-lines file keeps the cells of a run that is stopped before the end.
+    """
     work = [(cell, split, cfg) for cell, split in tasks]
     rows: list[dict[str, Any]] = []
+    partial.write_text("")
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for row in pool.map(_run_task, work) if jobs > 1 else map(_run_task, work):
             rows.append(row)
+            with partial.open("a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
             eps = "no DP" if row["epsilon"] is None else f"ε={row['epsilon']:g}"
             print(
                 f"  {row['table']} {row['family']:8} {row['placement']:11} {eps:7} "
@@ -333,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
     start = time.perf_counter()
-    rows = _run_all(_plan(args, skipped), cfg, args.jobs)
+    rows = _run_all(_plan(args, skipped), cfg, args.jobs, out / "cells.partial.jsonl")
     elapsed = time.perf_counter() - start
     summary = grid.summarise(rows)
     checks = grid.acceptance(summary, epsilon=1.0, sites=5)
