@@ -44,7 +44,8 @@ def plot_frontier(summary: pd.DataFrame, path: Path, *, sites: int) -> Path:
                     nodp = fam[fam.placement == "pooled"]
                     pts = pd.concat([pts, nodp]).sort_values("eps")
                 if not pts.empty:
-                    ax.plot(_x(pts.eps), pts.auc_gb, style, label=f"{family} {placement}")
+                    label = "pooled (curator; ∞ = no DP)" if placement == "pooled-dp" else placement
+                    ax.plot(_x(pts.eps), pts.auc_gb, style, label=f"{family} {label}")
         trtr = mine[mine.placement == "trtr"]
         if not trtr.empty:
             ax.axhline(float(trtr.auc_gb.iloc[0]), color="black", lw=1, label="TRTR (real data)")
