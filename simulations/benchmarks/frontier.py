@@ -115,7 +115,9 @@ def _train(
             update_clip_norm=10.0,
             **common,
         )
-    elif cell.placement == "distributed" and cell.epsilon is not None:
+    elif cell.placement == "distributed":
+        if cell.epsilon is None:
+            raise ConfigError("placement 'distributed' needs a finite ε; without DP use 'pooled'")
         plan = DistributedPlan(
             epsilon=cell.epsilon,
             delta=cfg.delta,
