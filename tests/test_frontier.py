@@ -106,11 +106,11 @@ def _summary(local: float, dist: float | None) -> pd.DataFrame:
     rows = [
         ("pooled-dp", 1.0, 0, 0.80, 0.95, 0.3, 0.50, 0.0, 0.0),
         ("local", 1.0, 5, local, 0.92, 0.4, 0.52, 0.0, 0.0),
-        ("single-best", 1.0, 5, 0.70, 0.90, 0.6, 0.56, 0.0, 0.0),
+        ("single-best", 1.0, 5, 0.70, 0.90, 0.6, 0.70, 0.0, 0.0),
         ("local", math.inf, 5, 0.9, 0.97, 0.1, 0.60, 0.0, 0.0),  # no DP: not a privacy check
     ]
     if dist is not None:
-        rows.append(("distributed", 1.0, 5, dist, 0.85, 0.6, 0.51, 0.01, 0.0))
+        rows.append(("distributed", 1.0, 5, dist, 0.85, 0.6, 0.56, 0.01, 0.0))
     cols = ["placement", "eps", "sites", "auc_gb", "tv_similarity", "association_ratio"]
     cols += ["dcr_share", "exact_match", "exact_match_chance"]
     frame = pd.DataFrame(rows, columns=cols)
@@ -129,7 +129,8 @@ def test_acceptance_checks_compare_the_right_cells() -> None:
     assert checks["distributed: TV similarity >= 0.9"] == "FAIL"
     assert checks["local: association ratio <= 0.5"] == "PASS"
     assert checks["distributed: association ratio <= 0.5"] == "FAIL"
-    # The single-site cell's DCR 0.56 fails; the no-DP cell's 0.60 is not checked.
+    # Distributed's DCR 0.56 fails; the single site's 0.70 (skewed members) and the
+    # no-DP cell's 0.60 are not checked.
     assert checks["DCR share <= 0.55 (every ε)"] == "FAIL"
     assert checks["exact match <= chance (every ε)"] == "FAIL"
 
@@ -137,6 +138,7 @@ def test_acceptance_checks_compare_the_right_cells() -> None:
 def test_acceptance_fails_a_weak_federated_cell_and_skips_missing_ones() -> None:
     checks = {c.name: c.verdict for c in grid.acceptance(_summary(local=0.77, dist=None))}
     assert checks["federated (local) >= pooled-DP - 0.02"] == "FAIL"
+    assert checks["DCR share <= 0.55 (every ε)"] == "PASS"
     assert checks["distributed > local"] == "n/a"
     assert checks["distributed: TV similarity >= 0.9"] == "n/a"
 
