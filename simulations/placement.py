@@ -8,6 +8,8 @@
 * ``pooled``: the trusted-curator baseline, DP-SGD on the union of the rows.
 
 Every placement spends the same ε per row; ``calibrated_sigma`` gives σ.
+``epsilon=None`` in ``local`` and ``pooled`` is the non-private baseline of the
+same loop (:func:`client.training.train_plain`: no clipping, no noise).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from client.site import clip_update
-from client.training import train_dp
+from client.training import train_dp, train_plain
 from server.optimisers import build_optimiser
 from server.strategy import mean_update
 from shared.accounting import calibrate_noise
@@ -95,7 +97,7 @@ def train_pooled(
     family: GeneratorFamily,
     data: torch.Tensor,
     *,
-    epsilon: float,
+    epsilon: float | None,
     delta: float,
     steps: int,
     sample_rate: float,
@@ -103,7 +105,19 @@ def train_pooled(
     learning_rate: float,
     seed: int,
 ) -> None:
-    """Trusted curator: central DP-SGD (Opacus) on all rows, ε per row."""
+    """Trusted curator: central DP-SGD (Opacus) on all rows, ε per row (None: no DP)."""
+    if epsilon is None:
+        cpu = torch.device("cpu")
+        train_plain(
+            family,
+            data,
+            steps=steps,
+            sample_rate=sample_rate,
+            learning_rate=learning_rate,
+            device=cpu,
+            seed=seed,
+        )
+        return
     sigma = calibrate_noise(
         target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=steps
     )
@@ -124,7 +138,7 @@ def train_local(
     family: GeneratorFamily,
     sites: list[torch.Tensor],
     *,
-    epsilon: float,
+    epsilon: float | None,
     delta: float,
     rounds: int,
     local_steps: int,
@@ -138,30 +152,48 @@ def train_local(
     """Rounds of local DP-SGD at each site, ε per row at each site.
 
     The server step is ``aggregation``'s optimiser (:mod:`server.optimisers`) on the
-    mean of the clipped updates, as in ``fedsynth simulate``; default FedAvg.
+    mean of the clipped updates, as in ``fedsynth simulate``; default FedAvg. With
+    ``epsilon=None`` the sites train without DP (the no-DP column of the frontier);
+    the update clip stays, so only the privacy noise differs.
     """
     agg = aggregation or AggregationSettings()
     server = build_optimiser(agg)
-    sigma = calibrate_noise(
-        target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=rounds * local_steps
+    sigma = (
+        None
+        if epsilon is None
+        else calibrate_noise(
+            target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=rounds * local_steps
+        )
     )
     state = {k: v.clone() for k, v in family.state_dict().items()}
     for rnd in range(rounds):
         updates = []
         for i, data in enumerate(sites):
             family.load_state_dict(state)
-            train_dp(
-                family,
-                data,
-                steps=local_steps,
-                noise_multiplier=sigma,
-                max_grad_norm=clip_norm,
-                sample_rate=sample_rate,
-                learning_rate=learning_rate,
-                device=torch.device("cpu"),
-                seed=seed * 100_003 + rnd * 101 + i,
-                proximal_mu=agg.site_proximal_mu,
-            )
+            site_seed = seed * 100_003 + rnd * 101 + i
+            if sigma is None:
+                train_plain(
+                    family,
+                    data,
+                    steps=local_steps,
+                    sample_rate=sample_rate,
+                    learning_rate=learning_rate,
+                    device=torch.device("cpu"),
+                    seed=site_seed,
+                )
+            else:
+                train_dp(
+                    family,
+                    data,
+                    steps=local_steps,
+                    noise_multiplier=sigma,
+                    max_grad_norm=clip_norm,
+                    sample_rate=sample_rate,
+                    learning_rate=learning_rate,
+                    device=torch.device("cpu"),
+                    seed=site_seed,
+                    proximal_mu=agg.site_proximal_mu,
+                )
             new = family.state_dict()
             upd, _ = clip_update({k: new[k] - state[k] for k in state}, update_clip_norm)
             updates.append(upd)

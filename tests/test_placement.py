@@ -10,7 +10,7 @@ from shared.config import ModelSettings
 from shared.distdp.plan import DistributedPlan
 from shared.models import GeneratorFamily, build_generator
 from shared.secagg.errors import SecAggAbortedError
-from simulations.placement import train_distributed
+from simulations.placement import train_distributed, train_local, train_pooled
 
 
 def _setup(noise_sites: int) -> tuple[GeneratorFamily, list[torch.Tensor], DistributedPlan]:
@@ -45,3 +45,36 @@ def test_fewer_sites_than_noise_shares_abort_the_round() -> None:
     family, sites, plan = _setup(noise_sites=4)
     with pytest.raises(SecAggAbortedError, match="too little noise"):
         train_distributed(family, sites, plan, seed=1)
+
+
+def test_no_dp_baselines_train_without_noise_or_accounting() -> None:
+    family, sites, _ = _setup(noise_sites=3)
+    before = {k: v.clone() for k, v in family.state_dict().items()}
+    # ε = None: no σ is calibrated (it would raise for an infinite budget).
+    train_pooled(
+        family,
+        torch.cat(sites),
+        epsilon=None,
+        delta=1e-5,
+        steps=3,
+        sample_rate=0.3,
+        clip_norm=1.0,
+        learning_rate=0.01,
+        seed=0,
+    )
+    pooled = family.state_dict()
+    assert any(not torch.equal(before[k], pooled[k]) for k in before)
+    train_local(
+        family,
+        sites,
+        epsilon=None,
+        delta=1e-5,
+        rounds=2,
+        local_steps=2,
+        sample_rate=0.3,
+        clip_norm=1.0,
+        learning_rate=0.01,
+        update_clip_norm=10.0,
+        seed=0,
+    )
+    assert any(not torch.equal(pooled[k], v) for k, v in family.state_dict().items())

@@ -1,178 +1,376 @@
-"""Privacy–utility frontier: TSTR AUC of each noise placement at the same ε per row.
+"""Privacy–utility frontier: every generator family, noise placement and baseline.
 
-On the built-in cohort (holdout 20 %), split over ``--sites`` Dirichlet(``--alpha``)
-label-skewed sites, trains the same DP-VAE with
+Grid (issue #4 item 5, #8 item 4): tables ``cohort``, ``nhefs`` and ``randhie``
+(:mod:`simulations.benchmarks.frontier_tables`), ε ∈ {0.5, 1, 3, 10, no DP}
+per row (per site), sites ∈ {1, 3, 5, 10} with Dirichlet(0.5) label skew, each
+registered generator family, placements ``local`` and ``distributed``, and the
+baselines TRTR, pooled without DP, pooled with DP at the same ε (trusted
+curator) and the best single site alone (:mod:`.frontier_grid`). Each table is
+split once per seed into a 20 % holdout and training rows; the sites share the
+training rows. Every synthetic table has as many rows as the training set.
 
-* ``local``: FedAvg of local DP-SGD (``--rounds`` × ``--local-steps``);
-* ``distributed``: distributed DP-SGD under secure aggregation (``--steps``);
-* ``pooled``: the trusted curator, DP-SGD on all training rows (``--steps``);
+Metrics per cell: TSTR AUC (gradient boosting, logistic regression) on the
+holdout, TV similarity, the association ratio against a column-shuffled copy,
+DCR share and exact-match rate against the holdout's chance rate.
 
-then samples as many rows as the training set and prints one table of TSTR AUC
-(gradient boosting and logistic regression, tested on the holdout) next to TRTR.
-Distributed and pooled use the same q and steps, so their σ differ only by the
-rounding slack of the integer encoding.
+Writes ``cells.csv`` / ``cells.json`` (every cell and seed), ``summary.csv``,
+``checks.json`` and ``frontier.png`` under ``--out`` (``cells.partial.jsonl``
+grows cell by cell while it runs), and prints the summary and the PASS/FAIL
+acceptance checks at ε = 1 with 5 sites. Cells run in ``--jobs`` processes.
 
-Run: ``python -m simulations.benchmarks.frontier [--epsilon 1] [--steps 450] [--seeds 1]``.
+Run: ``python -m simulations.benchmarks.frontier --reduced`` (cohort, ε = 1,
+5 sites, the default family) or without ``--reduced`` for the full grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings
 from shared.distdp.plan import DistributedPlan
-from shared.distdp.step import parameter_count
-from shared.evaluation.inputs import Limits
-from shared.evaluation.utility import utility
-from shared.models import build_generator
+from shared.errors import ConfigError
+from shared.evaluation.association import associations
+from shared.models import available_families, build_generator
 from shared.models.base import GeneratorFamily
-from shared.schema import Schema
-from shared.tables import validate_frame
-from simulations.partition import PartitionSpec, partition
+from simulations.benchmarks import frontier_grid as grid
+from simulations.benchmarks.frontier_plot import plot_frontier
+from simulations.benchmarks.frontier_tables import TABLES, BenchTable, load_bench_table
+from simulations.partition import PartitionSpec, partition, split_holdout
 from simulations.placement import train_distributed, train_local, train_pooled
 
-LIMITS = Limits(importance_rows=200, importance_repeats=1)
+PARTITION_TRIES = 20
 
 
-def _split(
-    seed: int, sites: int, alpha: float, rows: int
-) -> tuple[Schema, pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
-    schema = cohort_schema()
-    raw = generate_cohort(rows, seed=seed + 7)
-    frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
-    order = np.random.default_rng(seed).permutation(len(frame))
-    n_hold = round(0.2 * len(frame))
-    test, train = frame.iloc[order[:n_hold]], frame.iloc[order[n_hold:]].reset_index(drop=True)
-    parts = partition(train, schema, PartitionSpec("dirichlet", alpha=alpha), sites, seed=seed)
-    return schema, train, test, parts
+@dataclass(frozen=True)
+class Training:
+    """Public hyper-parameters shared by every cell (δ, q, steps; C = 1)."""
+
+    delta: float
+    steps: int
+    sample_rate: float
+    rounds: int
+    local_steps: int
+    learning_rate: float
+    alpha: float
 
 
-def _aucs(
-    schema: Schema, train: pd.DataFrame, test: pd.DataFrame, synth: pd.DataFrame, seed: int
-) -> tuple[float, float, float]:
-    res = utility(train, test, synth, schema, schema.roles["target"], LIMITS, seed)["models"]
-    gb, lin = res["gradient_boosting"], res["linear"]
-    return (
-        gb["tstr"].get("auc", float("nan")),
-        lin["tstr"].get("auc", float("nan")),
-        gb["trtr"]["auc"],
-    )
+@dataclass
+class Split:
+    """One table split for one seed: holdout, training rows, and the sites per site count."""
+
+    bench: BenchTable
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    shuffled_diff: float
+    sites: dict[int, list[pd.DataFrame]]
 
 
-Row = tuple[str, int, float, float, float, float]
+def make_split(bench: BenchTable, seed: int, alpha: float, site_counts: list[int]) -> Split:
+    """Holdout and Dirichlet(α) partitions; a partition with a too-small site is redrawn.
+
+    Raises
+    ------
+    ConfigError
+        If no partition into ``k`` sites of at least the minimum size is found.
+    """
+    holdout, train = split_holdout(bench.frame, 0.2, seed=seed)
+    shuffled = grid.shuffled_copy(train, seed)
+    diff = float(associations(train, shuffled, bench.schema)["abs_diff_mean"])
+    sites: dict[int, list[pd.DataFrame]] = {}
+    spec = PartitionSpec("dirichlet", alpha=alpha)
+    for k in site_counts:
+        error: ConfigError | None = None
+        for attempt in range(PARTITION_TRIES):
+            try:
+                sites[k] = partition(train, bench.schema, spec, k, seed=seed * 1000 + attempt)
+                break
+            except ConfigError as exc:
+                error = exc
+        if k not in sites:
+            raise ConfigError(f"{bench.name}: no Dirichlet({alpha}) split into {k} sites: {error}")
+    return Split(bench, train, holdout, diff, sites)
 
 
 def _train(
-    name: str,
-    f: GeneratorFamily,
-    args: argparse.Namespace,
-    seed: int,
-    sites: list[torch.Tensor],
-    n_train: int,
-) -> float:
-    """Train ``f`` in place with placement ``name``; returns seconds per secure round (or NaN)."""
-    if name == "local":
+    cell: grid.Cell, fam: GeneratorFamily, rows: list[torch.Tensor], n: int, cfg: Training
+) -> None:
+    common: dict[str, Any] = {"delta": cfg.delta, "sample_rate": cfg.sample_rate}
+    common |= {"clip_norm": 1.0, "learning_rate": cfg.learning_rate, "seed": cell.seed}
+    if cell.placement == "local":
         train_local(
-            f,
-            sites,
-            epsilon=args.epsilon,
-            delta=args.delta,
-            rounds=args.rounds,
-            local_steps=args.local_steps,
-            sample_rate=args.sample_rate,
-            clip_norm=1.0,
-            learning_rate=args.learning_rate,
+            fam,
+            rows,
+            epsilon=cell.epsilon,
+            rounds=cfg.rounds,
+            local_steps=cfg.local_steps,
             update_clip_norm=10.0,
-            seed=seed,
+            **common,
         )
-        return float("nan")
-    if name == "distributed":
+    elif cell.placement == "distributed":
+        if cell.epsilon is None:
+            raise ConfigError("placement 'distributed' needs a finite ε; without DP use 'pooled'")
         plan = DistributedPlan(
-            epsilon=args.epsilon,
-            delta=args.delta,
-            steps=args.steps,
-            sample_rate=args.sample_rate,
+            epsilon=cell.epsilon,
+            delta=cfg.delta,
+            steps=cfg.steps,
+            sample_rate=cfg.sample_rate,
             clip_norm=1.0,
-            learning_rate=args.learning_rate,
+            learning_rate=cfg.learning_rate,
             # Public: q times the consortium's announced total row count.
-            expected_batch=args.sample_rate * n_train,
-            noise_sites=len(sites),
-            threshold=len(sites) // 2 + 1,
+            expected_batch=cfg.sample_rate * n,
+            noise_sites=len(rows),
+            threshold=len(rows) // 2 + 1,
         )
-        cost = train_distributed(f, sites, plan, seed=seed)
-        if seed == args.first_seed:
-            print(plan.privacy_statement(dim=parameter_count(f.private_module())))
-        print(f"  distributed: {cost}")
-        return cost.total_s
-    train_pooled(
-        f,
-        torch.cat(sites),
-        epsilon=args.epsilon,
-        delta=args.delta,
-        steps=args.steps,
-        sample_rate=args.sample_rate,
-        clip_norm=1.0,
-        learning_rate=args.learning_rate,
-        seed=seed,
+        train_distributed(fam, rows, plan, seed=cell.seed)
+    else:  # pooled, pooled-dp, and each site of single-best
+        train_pooled(fam, torch.cat(rows), epsilon=cell.epsilon, steps=cfg.steps, **common)
+
+
+def _fresh(cell: grid.Cell, split: Split) -> GeneratorFamily:
+    torch.manual_seed(cell.seed)
+    return build_generator(split.bench.schema, ModelSettings(generator=cell.family))
+
+
+def run_cell(cell: grid.Cell, split: Split, cfg: Training) -> dict[str, Any]:
+    """Train and evaluate one cell; returns its metrics, seconds and notes."""
+    b, train, hold = split.bench, split.train, split.holdout
+    row: dict[str, Any] = asdict(cell)
+    t0 = time.perf_counter()
+    if cell.placement == "trtr":
+        aucs = grid.auc_scores(train, hold, train, b.schema, b.target, cell.seed)
+        row.update(auc_gb=aucs["trtr_gb"], auc_linear=aucs["trtr_linear"], train_s=0.0)
+        return row
+    members = train
+    if cell.placement == "single-best":
+        tried = []
+        for i, site in enumerate(split.sites[cell.sites]):
+            fam = _fresh(cell, split)
+            _train(cell, fam, [torch.from_numpy(fam.encode(site))], len(site), cfg)
+            synth = fam.sample(len(train), seed=cell.seed)
+            auc = grid.auc_scores(train, hold, synth, b.schema, b.target, cell.seed)["auc_gb"]
+            tried.append((auc, i, synth))
+        # The holdout picks the site: optimistic for this baseline, so conservative for ours.
+        _, best, synth = max(tried, key=lambda t: t[0])
+        members = split.sites[cell.sites][best]
+        row["note"] = f"best site {best} of {cell.sites}"
+    else:
+        fam = _fresh(cell, split)
+        parts = split.sites[cell.sites] if cell.sites else [train]
+        _train(cell, fam, [torch.from_numpy(fam.encode(p)) for p in parts], len(train), cfg)
+        synth = fam.sample(len(train), seed=cell.seed)
+    row["train_s"] = time.perf_counter() - t0
+    row.update(grid.auc_scores(train, hold, synth, b.schema, b.target, cell.seed))
+    row.update(
+        grid.fidelity_privacy(
+            train,
+            hold,
+            synth,
+            b.schema,
+            members=members,
+            shuffled_diff=split.shuffled_diff,
+            privacy_checks=b.privacy_checks,
+            seed=cell.seed,
+        )
     )
-    return float("nan")
+    return row
 
 
-def _run_seed(args: argparse.Namespace, seed: int) -> list[Row]:
-    schema, train, test, parts = _split(seed, args.sites, args.alpha, args.rows)
-    settings = ModelSettings()
-    sites = [torch.from_numpy(build_generator(schema, settings).encode(p)) for p in parts]
-    rows: list[Row] = []
-    trtr = float("nan")
-    for name in ("local", "distributed", "pooled"):
-        torch.manual_seed(seed)
-        f = build_generator(schema, settings)
-        t0 = time.perf_counter()
-        per_round = _train(name, f, args, seed, sites, len(train))
-        seconds = time.perf_counter() - t0
-        gb, lin, trtr = _aucs(schema, train, test, f.sample(len(train), seed=seed), seed)
-        rows.append((name, seed, gb, lin, seconds, per_round))
-        print(f"seed {seed} {name}: TSTR AUC gb {gb:.3f} linear {lin:.3f} ({seconds:.0f}s)")
-    rows.append(("TRTR", seed, trtr, float("nan"), 0.0, float("nan")))
+def _usable_families(bench: BenchTable, wanted: list[str], skipped: dict[str, str]) -> list[str]:
+    out = []
+    for name in wanted:
+        try:
+            build_generator(bench.schema, ModelSettings(generator=name))
+            out.append(name)
+        except ConfigError as exc:
+            skipped[f"{bench.name}/{name}"] = str(exc)
+    return out
+
+
+def _epsilons(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("none", "inf", "nodp"):
+            out.append(None)
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise ConfigError(
+                f"--epsilons: {part!r} is not a positive ε or 'none'; e.g. 0.5,1,none"
+            )
+        out.append(value)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--reduced", action="store_true", help="cohort, ε = 1, 5 sites, default family")
+    p.add_argument("--tables", default=",".join(TABLES))
+    p.add_argument("--epsilons", default="0.5,1,3,10,none", help="ε per row; 'none' = no DP")
+    p.add_argument("--sites", default="1,3,5,10", help="site counts")
+    p.add_argument("--families", default="all", help="'all' = every registered family")
+    p.add_argument(
+        "--rows", type=int, help="rows per table (cap; cohort size) (default: the mode's preset)"
+    )
+    p.add_argument(
+        "--single-best-sites",
+        default="5",
+        help="site counts at which the best-single-site baseline runs ('all' = every one)",
+    )
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument(
+        "--steps", type=int, help="pooled, distributed, single site (default: the mode's preset)"
+    )
+    p.add_argument("--sample-rate", type=float, default=0.11)
+    p.add_argument("--rounds", type=int, help="local: FedAvg rounds (default: the mode's preset)")
+    p.add_argument(
+        "--local-steps", type=int, help="local: steps per round (default: the mode's preset)"
+    )
+    p.add_argument("--learning-rate", type=float, default=1e-2)
+    p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (one core each)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
+    p.add_argument("--out", default="frontier-out", help="folder for CSV, JSON and plot")
+    return p
+
+
+#: Sizes per mode: the reduced run can afford the rows and steps #8 was tuned on.
+PRESETS: dict[str, dict[str, int]] = {
+    "full": {"rows": 3000, "steps": 300, "rounds": 30, "local_steps": 10},
+    "reduced": {"rows": 9000, "steps": 450, "rounds": 50, "local_steps": 9},
+}
+
+
+def _plan(args: argparse.Namespace, skipped: dict[str, str]) -> list[tuple[grid.Cell, Split]]:
+    """Every (cell, split) of the run, tables loaded and split once per seed."""
+    epsilons = _epsilons(args.epsilons)
+    site_counts = [int(k) for k in args.sites.split(",")]
+    single = args.single_best_sites
+    single_counts = None if single == "all" else [int(k) for k in single.split(",")]
+    wanted = available_families() if args.families == "all" else args.families.split(",")
+    tasks: list[tuple[grid.Cell, Split]] = []
+    for name in [t.strip() for t in args.tables.split(",")]:
+        bench = load_bench_table(name, max_rows=args.rows, seed=0)
+        families = _usable_families(bench, wanted, skipped)
+        schema = bench.schema
+        probe = {
+            f: grid.supports_distributed(build_generator(schema, ModelSettings(generator=f)))
+            for f in families
+        }
+        for f in [f for f, ok in probe.items() if not ok]:
+            skipped[f"{name}/{f}/distributed"] = "its private module does not hold every weight"
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            split = make_split(bench, seed, args.alpha, site_counts)
+            cells = grid.plan_cells(
+                tables=[name],
+                families=families,
+                epsilons=epsilons,
+                site_counts=site_counts,
+                seeds=[seed],
+                distributed_ok=probe.__getitem__,
+                single_site_counts=single_counts,
+            )
+            n_train, n_hold = len(split.train), len(split.holdout)
+            print(
+                f"{name} seed {seed}: {n_train} training rows, {n_hold} holdout, {len(cells)} cells"
+            )
+            tasks.extend((cell, split) for cell in cells)
+    return tasks
+
+
+def _run_task(task: tuple[grid.Cell, Split, Training]) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one core per worker: --jobs sets the parallelism
+    return run_cell(*task)
+
+
+def _run_all(
+    tasks: list[tuple[grid.Cell, Split]], cfg: Training, jobs: int, partial: Path
+) -> list[dict[str, Any]]:
+    """Run every cell (``jobs`` processes); each finished cell is appended to ``partial``.
+
+    The JSON-lines file keeps the cells of a run that is stopped before the end.
+    """
+    work = [(cell, split, cfg) for cell, split in tasks]
+    rows: list[dict[str, Any]] = []
+    partial.write_text("")
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(_run_task, work) if jobs > 1 else map(_run_task, work):
+            rows.append(row)
+            with partial.open("a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
+            eps = "no DP" if row["epsilon"] is None else f"ε={row['epsilon']:g}"
+            print(
+                f"  {row['table']} {row['family']:8} {row['placement']:11} {eps:7} "
+                f"sites={row['sites']:<2} AUC gb {row['auc_gb']:.3f} ({row['train_s']:.0f}s)",
+                flush=True,
+            )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the frontier and print its table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epsilon", type=float, default=1.0, help="ε per row (per site)")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--sites", type=int, default=5)
-    p.add_argument("--rows", type=int, default=9000, help="cohort rows (simulate's default)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
-    p.add_argument("--steps", type=int, default=450, help="steps of pooled and distributed")
-    p.add_argument("--sample-rate", type=float, default=0.11)
-    p.add_argument("--rounds", type=int, default=50, help="local: FedAvg rounds")
-    p.add_argument("--local-steps", type=int, default=9, help="local: steps per round")
-    p.add_argument("--learning-rate", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
-    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
-    args = p.parse_args(argv)
-    rows: list[tuple[str, int, float, float, float, float]] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        rows.extend(_run_seed(args, seed))
-    table = pd.DataFrame(
-        rows,
-        columns=["placement", "seed", "tstr_auc_gb", "tstr_auc_linear", "train_s", "s_per_round"],
+    """Run the frontier, print its table and checks, write CSV/JSON and the plot."""
+    args = _parser().parse_args(argv)
+    preset = PRESETS["reduced" if args.reduced else "full"]
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.reduced:
+        args.tables, args.epsilons, args.sites = "cohort", "1", "5"
+        args.families = ModelSettings().generator
+    cfg = Training(
+        args.delta,
+        args.steps,
+        args.sample_rate,
+        args.rounds,
+        args.local_steps,
+        args.learning_rate,
+        args.alpha,
     )
-    summary = table.groupby("placement", sort=False)[
-        ["tstr_auc_gb", "tstr_auc_linear", "train_s"]
-    ].mean()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, str] = {}
+    start = time.perf_counter()
+    rows = _run_all(_plan(args, skipped), cfg, args.jobs, out / "cells.partial.jsonl")
+    elapsed = time.perf_counter() - start
+    summary = grid.summarise(rows)
+    checks = grid.acceptance(summary, epsilon=1.0, sites=5)
+    pd.DataFrame(rows).to_csv(out / "cells.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "cells.json").write_text(
+        json.dumps(
+            {"cells": rows, "skipped": skipped, "seconds": elapsed, "settings": vars(args)},
+            indent=1,
+            default=str,
+        )
+    )
+    (out / "checks.json").write_text(json.dumps([asdict(c) for c in checks], indent=1))
+    counts = sorted(summary.sites.unique())
+    plot = plot_frontier(summary, out / "frontier.png", sites=5 if 5 in counts else counts[-1])
+    with pd.option_context("display.width", 200, "display.max_rows", 1000):
+        print(summary.round(3).to_string(index=False))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
     print(
-        f"\nε = {args.epsilon} per row, δ = {args.delta}, {args.sites} sites Dirichlet({args.alpha}), built-in cohort, {args.seeds} seed(s)"
+        f"\nacceptance at ε = 1 per site, 5 Dirichlet({args.alpha}) sites (gradient-boosting TSTR AUC):"
     )
-    print(summary.round(3).to_string())
+    for c in checks:
+        print(f"  {c.verdict:4} {c.table}/{c.family}: {c.name} ({c.detail})")
+    print(
+        f"\n{len(rows)} cells in {elapsed:.0f} s; wrote {out}/cells.csv, cells.json, summary.csv, checks.json, {plot.name}"
+    )
     return 0
 
 
