@@ -59,17 +59,6 @@ def cohort() -> Schema:
     return cohort_schema()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every real-process test on one xdist worker, one after another.
-
-    With ``-n 2 --dist loadgroup`` (``make test``) the unit tests share the other
-    worker; end-to-end runs never compete with each other for ports, Ray or time-outs.
-    """
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Attach the fuzz counts of a test to its report (they travel back from workers)."""
