@@ -5,380 +5,51 @@ process reads its config exactly once, through one of these classes, and gets
 a clear :class:`ConfigError` naming the key and the fix if anything is off.
 
 * :class:`ModelSettings`: generator family and its hyper-parameters (public).
+* :class:`AggregationSettings`: how the server combines the sites' updates.
 * :class:`TrainSettings`: what one round asks of a site (sent server → site).
+* :class:`DistributedStepSettings`: what one distributed DP-SGD step asks of a site.
 * :class:`RunSettings`: the ServerApp's run config (``[tool.flwr.app.config]``).
+
+The parts live in ``config_read``, ``config_model`` and ``config_site``; this module
+is the one place to import them from.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 
 from shared.accounting import ACCOUNTANTS, calibrate_noise
+from shared.config_model import (
+    AGGREGATIONS,
+    DEFAULT_SERVER_LR,
+    NUMERIC_ENCODERS,
+    AggregationSettings,
+    ModelSettings,
+)
+from shared.config_read import Scalar, positive, read_value
+from shared.config_site import DistributedStepSettings, TrainSettings
 from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 
-T = TypeVar("T", int, float, str, bool)
-NUMERIC_ENCODERS: tuple[str, ...] = ("minmax", "dp-quantile")
-Scalar = bool | int | float | str
+__all__ = [
+    "AGGREGATIONS",
+    "DEFAULT_SERVER_LR",
+    "NOISE_PLACEMENTS",
+    "NUMERIC_ENCODERS",
+    "AggregationSettings",
+    "ConfigError",
+    "DistributedStepSettings",
+    "ModelSettings",
+    "RunSettings",
+    "Scalar",
+    "TrainSettings",
+    "app_config_defaults",
+    "read_value",
+]
+
 NOISE_PLACEMENTS = ("local", "distributed")
-
-
-def read_value(
-    config: Mapping[str, Any],
-    key: str,
-    kind: type[T],
-    default: T | None = None,
-    check: Callable[[T], bool] | None = None,
-    rule: str = "",
-) -> T:
-    """Read one typed value from a Flower config mapping.
-
-    Parameters
-    ----------
-    config : Mapping
-        Run, node or message config.
-    key : str
-        Key to read (kebab-case, as written in TOML).
-    kind : type
-        Expected type; ints are accepted where floats are expected.
-    default : optional
-        Value when the key is absent; ``None`` makes the key required.
-    check : callable, optional
-        Extra validation; ``rule`` describes it in the error.
-    """
-    if key not in config:
-        if default is None:
-            raise ConfigError(f"config key {key!r} is required ({rule or kind.__name__}); set it")
-        return default
-    value = config[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(
-            f"config key {key!r} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key {key!r} must be finite, got {value!r}")
-    if check is not None and not check(value):
-        raise ConfigError(f"config key {key!r} = {value!r} is invalid: must be {rule}")
-    return value
-
-
-def _positive(x: float) -> bool:
-    return x > 0
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """Generator family and hyper-parameters. Public: chosen without private data."""
-
-    generator: str = "dp-vae"
-    hidden: int = 64
-    latent: int = 8
-    kl_weight: float = 0.5
-    #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
-    covariate_generator: str = "dp-vae"
-    #: Number of diffusion steps T of the ``"dp-diffusion"`` family (ignored by others):
-    #: sampling runs T denoiser passes; training cost does not depend on T.
-    diffusion_steps: int = 50
-    #: ``"dp-ctgan"`` only: dimension of the generator's Gaussian noise input z.
-    gan_noise: int = 16
-    #: ``"dp-ctgan"`` only: share of training draws with no conditional vector
-    #: (what unconditional sampling uses); the rest condition on one category.
-    gan_uncond_rate: float = 0.5
-    #: Numeric columns: ``"minmax"`` (public bounds) or ``"dp-quantile"`` (a CDF fitted
-    #: from noisy site histograms before round 1, see :mod:`shared.dp_quantile`).
-    numeric_encoder: str = "minmax"
-    #: Bins of the public grid of the ``"dp-quantile"`` histograms.
-    encoder_bins: int = 64
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
-        """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
-        ``encoder-bins``."""
-        d = cls()
-        return cls(
-            generator=read_value(config, "generator", str, d.generator),
-            hidden=read_value(config, "hidden", int, d.hidden, lambda v: 4 <= v <= 4096, "4..4096"),
-            latent=read_value(config, "latent", int, d.latent, lambda v: 1 <= v <= 512, "1..512"),
-            kl_weight=read_value(config, "kl-weight", float, d.kl_weight, _positive, "> 0"),
-            covariate_generator=read_value(
-                config, "covariate-generator", str, d.covariate_generator
-            ),
-            diffusion_steps=read_value(
-                config,
-                "diffusion-steps",
-                int,
-                d.diffusion_steps,
-                lambda v: 2 <= v <= 1000,
-                "2..1000",
-            ),
-            gan_noise=read_value(
-                config, "gan-noise", int, d.gan_noise, lambda v: 1 <= v <= 512, "1..512"
-            ),
-            gan_uncond_rate=read_value(
-                config,
-                "gan-uncond-rate",
-                float,
-                d.gan_uncond_rate,
-                lambda v: 0 < v < 1,
-                "in (0, 1): 0 never trains unconditional sampling, 1 never conditions",
-            ),
-            numeric_encoder=read_value(
-                config,
-                "numeric-encoder",
-                str,
-                d.numeric_encoder,
-                lambda v: v in NUMERIC_ENCODERS,
-                f"one of {list(NUMERIC_ENCODERS)}",
-            ),
-            encoder_bins=read_value(
-                config, "encoder-bins", int, d.encoder_bins, lambda v: 8 <= v <= 1024, "8..1024"
-            ),
-        )
-
-    def to_config(self) -> dict[str, Scalar]:
-        """Flat Flower config form."""
-        return {
-            "generator": self.generator,
-            "hidden": self.hidden,
-            "latent": self.latent,
-            "kl-weight": self.kl_weight,
-            "covariate-generator": self.covariate_generator,
-            "diffusion-steps": self.diffusion_steps,
-            "gan-noise": self.gan_noise,
-            "gan-uncond-rate": self.gan_uncond_rate,
-            "numeric-encoder": self.numeric_encoder,
-            "encoder-bins": self.encoder_bins,
-        }
-
-
-#: Server aggregation choices (see :mod:`server.optimisers`).
-AGGREGATIONS = ("fedavg", "fedavgm", "fedadam", "fedprox")
-
-
-@dataclass(frozen=True)
-class AggregationSettings:
-    """How the server turns the sites' mean update into the next global model. Public.
-
-    Attributes
-    ----------
-    aggregation : str
-        ``fedavg`` (w += η·Δ̄), ``fedavgm`` (server momentum, Hsu et al. 2019),
-        ``fedadam`` (Reddi et al., ICLR 2021) or ``fedprox`` (FedAvg on the server
-        plus the proximal term μ/2‖w − w_global‖² in each site's local objective,
-        Li et al., MLSys 2020).
-    server_learning_rate : float
-        η, the server step on the mean update Δ̄ (treated as a pseudo-gradient).
-        0 means the aggregation's own default (:data:`DEFAULT_SERVER_LR`).
-    server_momentum : float
-        β (fedavgm) or β₁ (fedadam), in [0, 1).
-    server_beta2 : float
-        β₂ of fedadam, in [0, 1).
-    server_tau : float
-        τ, fedadam's adaptivity floor (v starts at τ², the step divides by √v + τ).
-    proximal_mu : float
-        μ of fedprox, in units of 1 / (weight units)²; sent to sites (0 for the others).
-    """
-
-    aggregation: str = "fedavg"
-    server_learning_rate: float = 0.0
-    server_momentum: float = 0.9
-    server_beta2: float = 0.99
-    server_tau: float = 1e-3
-    proximal_mu: float = 0.1
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> AggregationSettings:
-        """Read ``aggregation``, ``server-learning-rate``, ``server-momentum``,
-        ``server-beta2``, ``server-tau`` and ``proximal-mu``."""
-        d = cls()
-        unit = (lambda v: 0 <= v < 1, "in [0, 1)")
-        return cls(
-            aggregation=read_value(
-                config,
-                "aggregation",
-                str,
-                d.aggregation,
-                lambda v: v in AGGREGATIONS,
-                f"one of {list(AGGREGATIONS)}",
-            ),
-            server_learning_rate=read_value(
-                config,
-                "server-learning-rate",
-                float,
-                d.server_learning_rate,
-                lambda v: v >= 0,
-                ">= 0 (0: the aggregation's default)",
-            ),
-            server_momentum=read_value(config, "server-momentum", float, d.server_momentum, *unit),
-            server_beta2=read_value(config, "server-beta2", float, d.server_beta2, *unit),
-            server_tau=read_value(config, "server-tau", float, d.server_tau, _positive, "> 0"),
-            proximal_mu=read_value(
-                config, "proximal-mu", float, d.proximal_mu, lambda v: v >= 0, ">= 0"
-            ),
-        )
-
-    def to_config(self) -> dict[str, Scalar]:
-        """Flat Flower config form."""
-        return {
-            "aggregation": self.aggregation,
-            "server-learning-rate": self.server_learning_rate,
-            "server-momentum": self.server_momentum,
-            "server-beta2": self.server_beta2,
-            "server-tau": self.server_tau,
-            "proximal-mu": self.proximal_mu,
-        }
-
-    @property
-    def learning_rate(self) -> float:
-        """η actually used: the setting, or the aggregation's default when it is 0."""
-        return self.server_learning_rate or DEFAULT_SERVER_LR[self.aggregation]
-
-    @property
-    def site_proximal_mu(self) -> float:
-        """μ the sites add to their objective: ``proximal_mu`` under fedprox, else 0."""
-        return self.proximal_mu if self.aggregation == "fedprox" else 0.0
-
-
-#: η when ``server-learning-rate`` is 0. FedAdam moves every coordinate by about η
-#: per round whatever the update's size, so its η is on the scale of a weight step.
-DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 0.3, "fedadam": 0.01, "fedprox": 1.0}
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What one round asks of a site. Every field is public.
-
-    Attributes
-    ----------
-    noise_multiplier : float
-        σ, Gaussian noise std in units of the clip norm C.
-    sample_rate : float
-        q, Poisson sampling rate of rows per step.
-    max_grad_norm : float
-        C, L2 bound on each row's gradient.
-    update_clip_norm : float
-        L2 bound on the whole model update a site sends.
-    """
-
-    server_round: int
-    local_steps: int
-    noise_multiplier: float
-    sample_rate: float
-    max_grad_norm: float
-    learning_rate: float
-    update_clip_norm: float
-    seed: int
-    schema_fingerprint: str
-    accountant: str = "rdp"
-    model: ModelSettings = field(default_factory=ModelSettings)
-    #: μ of the FedProx term μ/2‖w − w_global‖² (0: none); see :mod:`client.steppers`.
-    proximal_mu: float = 0.0
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
-        """Parse the ``train-config`` record a site receives."""
-        return cls(
-            server_round=read_value(config, "server-round", int, None, lambda v: v >= 1, ">= 1"),
-            local_steps=read_value(
-                config, "local-steps", int, None, lambda v: 1 <= v <= 100_000, "1..100000"
-            ),
-            noise_multiplier=read_value(config, "noise-multiplier", float, None, _positive, "> 0"),
-            sample_rate=read_value(
-                config, "sample-rate", float, None, lambda v: 0 < v <= 1, "in (0, 1]"
-            ),
-            max_grad_norm=read_value(config, "max-grad-norm", float, None, _positive, "> 0"),
-            learning_rate=read_value(config, "learning-rate", float, None, _positive, "> 0"),
-            update_clip_norm=read_value(config, "update-clip-norm", float, None, _positive, "> 0"),
-            seed=read_value(config, "seed", int, 0),
-            schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
-            accountant=read_value(
-                config,
-                "accountant",
-                str,
-                "rdp",
-                lambda v: v in ACCOUNTANTS,
-                f"one of {list(ACCOUNTANTS)}",
-            ),
-            model=ModelSettings.from_config(config),
-            proximal_mu=read_value(config, "proximal-mu", float, 0.0, lambda v: v >= 0, ">= 0"),
-        )
-
-    def to_config(self) -> dict[str, Scalar]:
-        """Flat Flower config form (round trip of :meth:`from_config`)."""
-        return {
-            "server-round": self.server_round,
-            "local-steps": self.local_steps,
-            "noise-multiplier": self.noise_multiplier,
-            "sample-rate": self.sample_rate,
-            "max-grad-norm": self.max_grad_norm,
-            "learning-rate": self.learning_rate,
-            "update-clip-norm": self.update_clip_norm,
-            "seed": self.seed,
-            "schema-fingerprint": self.schema_fingerprint,
-            "accountant": self.accountant,
-            **self.model.to_config(),
-            "proximal-mu": self.proximal_mu,
-        }
-
-
-@dataclass(frozen=True)
-class DistributedStepSettings:
-    """What one distributed DP-SGD step asks of a site (sent server → site). All public.
-
-    Attributes
-    ----------
-    train : TrainSettings
-        The round's settings; ``noise_multiplier`` is the *total* σ (units of C) of
-        the sum over all K shares, ``local_steps`` the steps of this round.
-    step : int
-        Global index of the step in the run (1-based).
-    noise_sites : int
-        K: the noise is split into K shares; each site adds variance σ²C²/K.
-    grid_bits : int
-        Grid step γ = C · 2**-grid_bits of the integer encoding.
-    modulus_bits : int
-        Sums are taken modulo ``2**modulus_bits``.
-    """
-
-    train: TrainSettings
-    step: int
-    noise_sites: int
-    grid_bits: int
-    modulus_bits: int
-
-    @property
-    def grid(self) -> float:
-        """γ: float value of one integer unit."""
-        return self.train.max_grad_norm * 2.0**-self.grid_bits
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DistributedStepSettings:
-        """Parse the ``train-config`` record of a distributed step."""
-        return cls(
-            train=TrainSettings.from_config(config),
-            step=read_value(config, "step", int, None, lambda v: v >= 1, ">= 1"),
-            noise_sites=read_value(config, "noise-sites", int, None, lambda v: v >= 2, ">= 2"),
-            grid_bits=read_value(config, "grid-bits", int, None, lambda v: 4 <= v <= 30, "4..30"),
-            modulus_bits=read_value(
-                config, "modulus-bits", int, None, lambda v: 8 <= v <= 48, "8..48"
-            ),
-        )
-
-    def to_config(self) -> dict[str, Scalar]:
-        """Flat Flower config form (round trip of :meth:`from_config`)."""
-        return {
-            **self.train.to_config(),
-            "step": self.step,
-            "noise-sites": self.noise_sites,
-            "grid-bits": self.grid_bits,
-            "modulus-bits": self.modulus_bits,
-        }
 
 
 @dataclass(frozen=True)
@@ -452,19 +123,19 @@ class RunSettings:
             local_steps=read_value(
                 config, "local-steps", int, d.local_steps, lambda v: 1 <= v <= 100_000, "1..100000"
             ),
-            epsilon=read_value(config, "epsilon", float, d.epsilon, _positive, "> 0"),
+            epsilon=read_value(config, "epsilon", float, d.epsilon, positive, "> 0"),
             delta=read_value(config, "delta", float, d.delta, lambda v: 0 < v < 1, "in (0, 1)"),
             sample_rate=read_value(
                 config, "sample-rate", float, d.sample_rate, lambda v: 0 < v <= 1, "in (0, 1]"
             ),
             max_grad_norm=read_value(
-                config, "max-grad-norm", float, d.max_grad_norm, _positive, "> 0"
+                config, "max-grad-norm", float, d.max_grad_norm, positive, "> 0"
             ),
             learning_rate=read_value(
-                config, "learning-rate", float, d.learning_rate, _positive, "> 0"
+                config, "learning-rate", float, d.learning_rate, positive, "> 0"
             ),
             update_clip_norm=read_value(
-                config, "update-clip-norm", float, d.update_clip_norm, _positive, "> 0"
+                config, "update-clip-norm", float, d.update_clip_norm, positive, "> 0"
             ),
             accountant=read_value(
                 config,
@@ -489,7 +160,7 @@ class RunSettings:
             device=read_value(config, "device", str, d.device),
             min_sites=read_value(config, "min-sites", int, d.min_sites, lambda v: v >= 1, ">= 1"),
             round_timeout=read_value(
-                config, "round-timeout", float, d.round_timeout, _positive, "> 0"
+                config, "round-timeout", float, d.round_timeout, positive, "> 0"
             ),
             secure_aggregation=read_value(config, "secure-aggregation", bool, d.secure_aggregation),
             secagg_threshold=read_value(
