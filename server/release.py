@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server.report import build_report, distributed_facts, write_report
+from server.report import build_report, write_report
+from server.report_facts import distributed_facts
 from shared.config import RunSettings
 from shared.distdp.step import parameter_count
 from shared.manifest import save_model

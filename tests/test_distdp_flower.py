@@ -236,7 +236,8 @@ def test_the_cli_passes_the_placement_to_the_run_config(command: list[str]) -> N
 
 
 def test_the_report_states_epsilon_per_collusion_level_and_the_trust() -> None:
-    from server.report import build_report, distributed_facts, render_markdown
+    from server.report import build_report, render_markdown
+    from server.report_facts import distributed_facts
 
     settings = RunSettings.from_run_config(_cfg(**{"min-sites": 5, "rounds": 3}))
     plan = settings.distributed_plan()
