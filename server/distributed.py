@@ -46,6 +46,7 @@ from server.secagg import (
     _roster_record,
     _shares,
     _stage,
+    _unmask_requests,
 )
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
@@ -123,17 +124,7 @@ def secure_step(
             )
         strategy.check_quorum(rnd, parsed, len(survivors))
         dropped = sorted(set(inboxes) - survivors)
-        unmask = {}
-        for i in survivors:
-            senders = sorted(inboxes[i])
-            fields = {
-                **base,
-                keys.SA_SURVIVORS: sorted(survivors),
-                keys.SA_DROPPED: dropped,
-                keys.SA_PEERS: senders,
-                keys.SA_CIPHERTEXTS: [inboxes[i][s] for s in senders],
-            }
-            unmask[node_of[i]] = RecordDict({keys.SECAGG: ConfigRecord(fields)})  # type: ignore[arg-type]
+        unmask = _unmask_requests(base, survivors, inboxes, node_of)
         replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
         total = codec.decode(proto.unmask(_read(replies, index, _shares)))
     except SecAggAbortedError as exc:

@@ -174,17 +174,7 @@ def secure_round(
         strategy.check_quorum(server_round, parsed, len(survivors))
         # Stage 4: unmask.
         dropped = sorted(set(inboxes) - survivors)
-        unmask = {}
-        for i in survivors:
-            senders = sorted(inboxes[i])
-            fields = {
-                **base,
-                keys.SA_SURVIVORS: sorted(survivors),
-                keys.SA_DROPPED: dropped,
-                keys.SA_PEERS: senders,
-                keys.SA_CIPHERTEXTS: [inboxes[i][s] for s in senders],
-            }
-            unmask[node_of[i]] = RecordDict({keys.SECAGG: ConfigRecord(fields)})  # type: ignore[arg-type]
+        unmask = _unmask_requests(base, survivors, inboxes, node_of)
         replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
         total = proto.unmask(_read(replies, index, _shares))
         mean = codec.decode_sum(total, len(survivors)) / len(survivors)
@@ -205,6 +195,28 @@ def secure_round(
         len(dropped),
     )
     return unflatten_state(mean, state), info
+
+
+def _unmask_requests(
+    base: dict[str, object],
+    survivors: set[int],
+    inboxes: dict[int, dict[int, bytes]],
+    node_of: dict[int, int],
+) -> dict[int, RecordDict]:
+    """Stage 4's message per survivor: who survived, who dropped, and its inbox of shares."""
+    dropped = sorted(set(inboxes) - survivors)
+    out = {}
+    for i in survivors:
+        senders = sorted(inboxes[i])
+        fields = {
+            **base,
+            keys.SA_SURVIVORS: sorted(survivors),
+            keys.SA_DROPPED: dropped,
+            keys.SA_PEERS: senders,
+            keys.SA_CIPHERTEXTS: [inboxes[i][s] for s in senders],
+        }
+        out[node_of[i]] = RecordDict({keys.SECAGG: ConfigRecord(fields)})  # type: ignore[arg-type]
+    return out
 
 
 def _read(
