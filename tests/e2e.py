@@ -110,3 +110,20 @@ def kill_tree(pid: int) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
     return sorted(doomed)
+
+
+def simulate_small(out: Path, *options: str, rows: int = 300) -> dict[str, Any]:
+    """``fedsynth simulate --sites 2 OPTIONS``; check the released table, return the report.
+
+    Asserts the run succeeded and wrote ``rows`` schema-valid synthetic rows; returns
+    the parsed ``privacy_report.json``.
+    """
+    from shared.schema import Schema
+    from shared.tables import load_table
+
+    args = ["simulate", "--sites", "2", *options, "--synthetic-rows", str(rows)]
+    res = run_cli([*args, "--out", str(out)])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(load_table(out / "synthetic.csv", Schema.load(out / "schema.json"))) == rows
+    report: dict[str, Any] = json.loads((out / "privacy_report.json").read_text())
+    return report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from shared.manifest import load_model, save_model
 from shared.models import available_families, build_generator
 from shared.models.diffusion import DPDiffusion, TabularDenoiser, cosine_alpha_bar
 from shared.schema import Schema
-from shared.tables import load_table, validate_frame
-from tests.e2e import independent_epsilon, run_cli
+from shared.tables import validate_frame
+from tests.e2e import independent_epsilon, simulate_small
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
@@ -305,29 +304,9 @@ def test_site_round_charges_the_expected_epsilon(cohort: Schema, tmp_path: Path)
 def test_simulate_trains_and_releases_the_diffusion_generator(tmp_path: Path) -> None:
     # Execute: 2 sites, 1 round of 5 DP steps each, on Flower's simulation engine.
     out = tmp_path / "out"
-    res = run_cli(
-        [
-            "simulate",
-            "--generator",
-            "dp-diffusion",
-            "--sites",
-            "2",
-            "--rounds",
-            "1",
-            "--local-steps",
-            "5",
-            "--synthetic-rows",
-            "300",
-            "--no-evaluate",
-            "--out",
-            str(out),
-        ]
-    )
-    # Assert: a valid table, each site charged for its 5 steps, the model reloads
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    schema = Schema.load(out / "schema.json")
-    assert len(load_table(out / "synthetic.csv", schema)) == 300
-    report = json.loads((out / "privacy_report.json").read_text())
+    opts = ["--generator", "dp-diffusion", "--rounds", "1", "--local-steps", "5", "--no-evaluate"]
+    report = simulate_small(out, *opts)
+    # Assert: each site charged for its 5 steps, the model reloads
     assert report["generator"] == "dp-diffusion"
     assert all(site["steps"] == 5 and 0 < site["epsilon"] <= 3.0 for site in report["sites"])
     family, manifest = load_model(out / "model")
