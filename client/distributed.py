@@ -48,6 +48,7 @@ from client.ledger import PrivacyLedger
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
+from client.site import site_schema
 from shared import keys
 from shared.config import DistributedStepSettings, TrainSettings
 from shared.distdp.accounting import accounting_multiplier
@@ -55,7 +56,6 @@ from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import FedsynthError
 from shared.models import build_generator
-from shared.schema import Schema
 from shared.secagg import site_mask
 from shared.streaming import encode_table
 
@@ -91,13 +91,7 @@ def run_site_step(
         Before any budget is charged; the caller declines the step.
     """
     train = step.train
-    schema = Schema.load(site.schema_path)
-    if schema.fingerprint() != train.schema_fingerprint:
-        raise SiteConfigError(
-            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
-            f"differs from the server's ({train.schema_fingerprint[:12]}); install the "
-            "consortium's current schema at this site"
-        )
+    schema = site_schema(site, train.schema_fingerprint)
     family = build_generator(schema, train.model)
     family.load_state_dict(global_state)
     module = family.private_module().train()

@@ -78,6 +78,18 @@ def noise_seed(site: SiteSettings, server_round: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
+def site_schema(site: SiteSettings, fingerprint: str) -> Schema:
+    """The site's schema file, refused unless it is the consortium's (same fingerprint)."""
+    schema = Schema.load(site.schema_path)
+    if schema.fingerprint() != fingerprint:
+        raise SiteConfigError(
+            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
+            f"differs from the server's ({fingerprint[:12]}); install the "
+            "consortium's current schema at this site"
+        )
+    return schema
+
+
 def run_site_round(
     site: SiteSettings, train: TrainSettings, global_state: StateDict, *, run: str
 ) -> RoundResult:
@@ -88,13 +100,7 @@ def run_site_round(
     SiteConfigError, SchemaError, DataValidationError, LedgerError, TrainingError
         Before any budget is charged; the caller declines the round.
     """
-    schema = Schema.load(site.schema_path)
-    if schema.fingerprint() != train.schema_fingerprint:
-        raise SiteConfigError(
-            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
-            f"differs from the server's ({train.schema_fingerprint[:12]}); install the "
-            "consortium's current schema at this site"
-        )
+    schema = site_schema(site, train.schema_fingerprint)
     family = build_generator(schema, train.model)
     family.load_state_dict(global_state)
     site.state_dir.mkdir(parents=True, exist_ok=True)
