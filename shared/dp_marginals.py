@@ -1,6 +1,6 @@
 """Noisy 2-way marginals of discretised columns, and a Chow–Liu tree fitted from them.
 
-Release (per site). Every column is discretised from the public schema alone
+Structure release (per site; the first of the two releases of ``dp-marginal``). Every column is discretised from the public schema alone
 (categories as they are, numerics into equal-width bins on the public bounds, a
 null bucket for nullable columns), and the site counts the 2-way contingency
 table of every pair of columns: m = d(d − 1)/2 tables. Adding or removing one
@@ -16,13 +16,11 @@ table of its own would be at the same total budget.
 
 Fit (server; post-processing only). Negative cells are clipped to zero, each
 pair table is raked to the 1-way estimates (iterative proportional fitting,
-Deming & Stephan 1940), and a maximum spanning forest on the pairs' mutual
-information is learnt (Chow & Liu 1968), as in the tree-structured selection
-step of MST (McKenna, Miklau & Sheldon, "Winning the NIST Contest", 2021) and
-the degree-1 case of PrivBayes (Zhang et al., TODS 2017). Noise inflates the
-measured information of large tables, so each pair's information is reduced by
-a noise correction (:func:`noise_information`) before the tree is chosen, and
-a pair whose corrected information is not positive is not joined.
+Deming & Stephan 1940), and the pairs' mutual information is measured
+(:func:`pair_information`) to choose the structure of a Bayesian network
+(:mod:`shared.dp_bayesnet`). Noise inflates the measured information of large
+tables, so each pair's information is reduced by a noise correction
+(:func:`noise_information`).
 """
 
 from __future__ import annotations
@@ -143,62 +141,10 @@ def noise_information(k_i: int, k_j: int, *, noise_std: float, total: float) -> 
     return noise_std**2 * (k_i - 1) * (k_j - 1) * k_i * k_j / (2.0 * total**2)
 
 
-def maximum_spanning_forest(d: int, weights: dict[tuple[int, int], float], root: int) -> np.ndarray:
-    """Parents of a maximum-weight spanning forest (Prim), ``-1`` for each tree's root.
-
-    Only edges of positive weight are used; ``root`` roots its tree, and any
-    column left out becomes the root of a tree of its own (in column order).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(d,)`` int64: ``parent[c]`` or -1.
-    """
-    parent = np.full(d, -1, dtype=np.int64)
-    done = np.zeros(d, dtype=bool)
-    for start in [root, *range(d)]:
-        if done[start]:
-            continue
-        done[start] = True
-        while True:
-            best, edge = 0.0, None
-            for (i, j), w in weights.items():
-                if w > best and done[i] != done[j]:
-                    best, edge = w, (i, j)
-            if edge is None:
-                break
-            i, j = edge
-            child, par = (j, i) if done[i] else (i, j)
-            parent[child], done[child] = par, True
-    return parent
-
-
-def topological_order(parent: np.ndarray) -> np.ndarray:
-    """Columns ordered so that every parent comes before its children.
-
-    Raises
-    ------
-    ValueError
-        If ``parent`` has a cycle or an out-of-range entry (a damaged model).
-    """
-    d = len(parent)
-    order: list[int] = []
-    placed = np.zeros(d, dtype=bool)
-    while len(order) < d:
-        ready = [c for c in range(d) if not placed[c] and (parent[c] < 0 or placed[int(parent[c])])]
-        bad = any(p >= d for p in parent.tolist())
-        if not ready or bad:
-            raise ValueError(f"parents {parent.tolist()} are not a forest over {d} columns")
-        for c in ready:
-            placed[c] = True
-            order.append(c)
-    return np.asarray(order, dtype=np.int64)
-
-
-def fit_tree(
-    noisy: np.ndarray, sizes: Sequence[int], *, noise_std: float, root: int
-) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Chow–Liu forest and its conditional tables from (noisy) summed pair tables.
+def pair_information(
+    noisy: np.ndarray, sizes: Sequence[int], *, noise_std: float
+) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Noise-corrected mutual information of every pair, the margins, and N.
 
     Parameters
     ----------
@@ -208,36 +154,23 @@ def fit_tree(
         Domain size of each column.
     noise_std : float
         Public std of the noise on each cell of ``noisy`` (0 without DP).
-    root : int
-        Column that roots its tree (e.g. the target).
 
     Returns
     -------
-    (parent, marginals, conditionals)
-        ``parent[c]`` (-1 for roots); ``marginals[c]`` the column's distribution;
-        ``conditionals[c]`` the ``(k_parent, k_c)`` table of P(c | parent) (for a
-        root, one row: its marginal).
+    (information, margins, total)
+        ``(d, d)`` symmetric matrix of I(i; j) minus :func:`noise_information`
+        (diagonal: the column's entropy); each column's distribution; the
+        estimated row count N (from the tables' own noisy totals: post-processing).
     """
     d = len(sizes)
     tables = split_tables(noisy, sizes)
     margins = one_way_estimates(tables, sizes)
-    # N from the tables' own (noisy) totals: post-processing, no extra release.
     total = max(float(np.mean([t.sum() for t in tables.values()])) if tables else 0.0, 1.0)
-    joints = {ij: rake(t, margins[ij[0]], margins[ij[1]]) for ij, t in tables.items()}
-    weights = {
-        (i, j): mutual_information(p)
-        - noise_information(sizes[i], sizes[j], noise_std=noise_std, total=total)
-        for (i, j), p in joints.items()
-    }
-    parent = maximum_spanning_forest(d, weights, root)
-    conditionals: list[np.ndarray] = []
-    for c in range(d):
-        par = int(parent[c])
-        if par < 0:
-            conditionals.append(margins[c][None, :])
-            continue
-        joint = joints[(par, c)] if par < c else joints[(c, par)].T
-        rows = joint.sum(axis=1, keepdims=True)
-        cond = np.where(rows > 0, joint / np.maximum(rows, 1e-300), margins[c][None, :])
-        conditionals.append(cond / cond.sum(axis=1, keepdims=True))
-    return parent, margins, conditionals
+    info = np.zeros((d, d))
+    for (i, j), t in tables.items():
+        joint = rake(t, margins[i], margins[j])
+        bias = noise_information(sizes[i], sizes[j], noise_std=noise_std, total=total)
+        info[i, j] = info[j, i] = mutual_information(joint) - bias
+    for c, p in enumerate(margins):
+        info[c, c] = float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+    return info, margins, total

@@ -1,16 +1,17 @@
 """In-process noise placements for release families (no Flower, no ledgers).
 
 A release family (:class:`shared.models.release.ReleaseFamily`) is fitted from
-one Gaussian release of statistics with L2 sensitivity Δ; σ is the plain
-Gaussian mechanism's noise multiplier for (ε, δ) (the project's accountant with
-q = 1 and one step: what a site's ledger would record). Every placement spends
-ε per row:
+Gaussian releases of statistics, one per stage, stage ``s`` with L2 sensitivity
+Δ_s and noise multiplier σ_s = σ/√ρ_s, where σ is the plain Gaussian mechanism's
+noise multiplier for (ε, δ) (the project's accountant with q = 1 and one step:
+what a site's ledger would record, once per stage). Every placement spends ε
+per row:
 
-* ``local``: each site releases its statistics with its own full noise (std σΔ
+* ``local``: each site releases its statistics with its own full noise (std σ_sΔ_s
   per coordinate); the server sees every site's noisy vector and sums them, so
   the sum carries √K times the central noise;
 * ``distributed``: each site adds a discrete Gaussian share of variance
-  (σΔ)²/K to its integer statistics, and the shares are summed by secure
+  (σ_sΔ_s)²/K to its integer statistics, and the shares are summed by secure
   aggregation (:func:`shared.distdp.step.secure_sum`, the protocol maths run in
   process): the server learns only the sum, which carries the central noise.
   As for distributed DP-SGD, the sum of K discrete Gaussians is close to, not
@@ -28,26 +29,23 @@ from shared.accounting import calibrate_noise
 from shared.distdp.encoding import ModularCodec
 from shared.distdp.step import secure_sum, site_share
 from shared.errors import ConfigError
-from shared.models.release import ReleaseFamily
+from shared.models.release import ReleaseFamily, stage_noise_multipliers
 
 
 def release_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
-    """σ of one Gaussian release at (ε, δ): the accountant's ``(σ, q = 1, 1 step)``."""
+    """σ of one Gaussian release at (ε, δ): the accountant's ``(σ, q = 1, 1 step)``.
+
+    A family's stages split it as σ_s = σ / √ρ_s (:func:`stage_noise_multipliers`).
+    """
     return calibrate_noise(
         target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant
     )
 
 
-def release_pooled(
-    family: ReleaseFamily, data: np.ndarray, *, epsilon: float | None, delta: float, seed: int
-) -> None:
-    """Trusted curator: one release on all rows at ε (None: exact statistics, no DP)."""
-    if epsilon is None:
-        family.fit_release(family.statistics(data), noise_std=0.0)
-        return
-    sigma = release_sigma(epsilon=epsilon, delta=delta)
-    noisy = family.local_release(data, noise_multiplier=sigma, rng=np.random.default_rng(seed))
-    family.fit_release(noisy, noise_std=sigma * family.release_sensitivity())
+def _sigmas(family: ReleaseFamily, epsilon: float, delta: float) -> list[float]:
+    return stage_noise_multipliers(
+        release_sigma(epsilon=epsilon, delta=delta), family.release_shares()
+    )
 
 
 def release_local(
@@ -58,45 +56,52 @@ def release_local(
     delta: float,
     seed: int,
 ) -> None:
-    """Each site releases with its own full noise; the server sums the noisy vectors."""
-    if epsilon is None:
-        family.fit_release(sum(family.statistics(s) for s in sites), noise_std=0.0)
-        return
-    sigma = release_sigma(epsilon=epsilon, delta=delta)
-    total = np.zeros(family.release_length())
-    for i, rows in enumerate(sites):
-        rng = np.random.default_rng([seed, i])
-        total += family.local_release(rows, noise_multiplier=sigma, rng=rng)
-    family.fit_release(total, noise_std=sigma * family.release_sensitivity() * len(sites) ** 0.5)
+    """Each site releases each stage with its own full noise; the server sums them.
+
+    One site is the trusted curator (``pooled-dp``); ``epsilon=None`` fits from
+    the exact statistics (no DP).
+    """
+    stages = len(family.release_shares())
+    for stage in range(stages):
+        if epsilon is None:
+            exact = sum(family.statistics(s, stage) for s in sites)
+            family.fit_release(np.asarray(exact), stage=stage, noise_std=0.0)
+            continue
+        sigma = _sigmas(family, epsilon, delta)[stage]
+        total = np.zeros(family.release_length(stage))
+        for i, rows in enumerate(sites):
+            rng = np.random.default_rng([seed, stage, i])
+            total += family.local_release(rows, stage=stage, noise_multiplier=sigma, rng=rng)
+        std = sigma * family.release_sensitivity(stage) * len(sites) ** 0.5
+        family.fit_release(total, stage=stage, noise_std=std)
 
 
 def distributed_total(
     family: ReleaseFamily,
     sites: list[np.ndarray],
     *,
-    epsilon: float,
-    delta: float,
+    stage: int,
+    noise_multiplier: float,
     seed: int,
     threshold: int | None = None,
 ) -> np.ndarray:
-    """The securely summed statistics with discrete Gaussian shares of the central noise.
+    """Securely summed statistics of ``stage``, with discrete Gaussian noise shares.
 
     Statistics are integer counts, so the grid step is 1 and rounding is exact;
-    each share's noise has scale σΔ/√K, the K shares together σΔ.
+    each share's noise has scale σ_sΔ_s/√K, the K shares together σ_sΔ_s.
     """
     k = len(sites)
     if k < 2:
         raise ConfigError("placement 'distributed' needs at least 2 sites; with one use 'pooled'")
-    sigma = release_sigma(epsilon=epsilon, delta=delta)
-    delta_l2 = family.release_sensitivity()
+    delta_l2 = family.release_sensitivity(stage)
     codec = ModularCodec(grid=1.0)
     rows = sum(len(s) for s in sites)
-    codec.check_headroom(bound=float(rows + 20 * sigma * delta_l2))
-    rng = np.random.default_rng(seed)
+    codec.check_headroom(bound=float(rows + 20 * noise_multiplier * delta_l2))
+    rng = np.random.default_rng([seed, stage])
     shares = {
         i: site_share(
-            torch.from_numpy(family.statistics(s)),
-            sigma=sigma,
+            torch.from_numpy(family.statistics(s, stage)),
+            sigma=noise_multiplier,
             clip_norm=delta_l2,
             noise_sites=k,
             codec=codec,
@@ -110,10 +115,11 @@ def distributed_total(
 def release_distributed(
     family: ReleaseFamily, sites: list[np.ndarray], *, epsilon: float, delta: float, seed: int
 ) -> None:
-    """Fit from the secure sum of the sites' noise shares (central noise σΔ)."""
-    total = distributed_total(family, sites, epsilon=epsilon, delta=delta, seed=seed)
-    sigma = release_sigma(epsilon=epsilon, delta=delta)
-    family.fit_release(total, noise_std=sigma * family.release_sensitivity())
+    """Fit each stage from the secure sum of the sites' noise shares (central noise)."""
+    for stage, sigma in enumerate(_sigmas(family, epsilon, delta)):
+        total = distributed_total(family, sites, stage=stage, noise_multiplier=sigma, seed=seed)
+        std = sigma * family.release_sensitivity(stage)
+        family.fit_release(total, stage=stage, noise_std=std)
 
 
 def fit_placement(
@@ -136,4 +142,5 @@ def fit_placement(
             raise ConfigError("placement 'distributed' needs a finite ε; without DP use 'pooled'")
         release_distributed(family, sites, epsilon=epsilon, delta=delta, seed=seed)
     else:
-        release_pooled(family, np.concatenate(sites), epsilon=epsilon, delta=delta, seed=seed)
+        pooled = [np.concatenate(sites)]
+        release_local(family, pooled, epsilon=epsilon, delta=delta, seed=seed)
