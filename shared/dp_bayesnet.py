@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 #: Expected rows per cell per unit of per-cell noise std for a table to be used.
-USEFULNESS = 2.0
+USEFULNESS = 4.0
 MAX_PARENTS = 2
 
 

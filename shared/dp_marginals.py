@@ -116,7 +116,7 @@ def rake(table: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     for _ in range(RAKING_SWEEPS):
         t *= (row / np.maximum(t.sum(axis=1), 1e-300))[:, None]
         t *= (col / np.maximum(t.sum(axis=0), 1e-300))[None, :]
-    return t / t.sum()
+    return np.asarray(t / t.sum(), dtype=np.float64)
 
 
 def mutual_information(joint: np.ndarray) -> float:

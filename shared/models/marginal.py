@@ -13,10 +13,13 @@ nullable. It is fitted in two Gaussian releases (stages of
    information and picks a network with at most two parents per column
    (:func:`shared.dp_bayesnet.select_network`);
 1. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
-   of that network (sensitivity √d); the server fits P(X | parents).
+   of that network and the fine histograms of the b binned numeric columns
+   (:mod:`shared.models.marginal_columns`; sensitivity √(d + b)); the server
+   fits P(X | parents) and where values fall within each bin.
 
 The network (``order``, ``parents``), the margins (``marginal``) and the
-conditional tables (``conditional``, padded to the largest domain) are buffers,
+conditional tables (``conditional``, padded to the largest domain) and the fine
+histograms (``fine``) are buffers,
 so the model is a ``state_dict`` like every family. Sampling is ancestral in
 ``order``; a numeric value is drawn uniformly within its bin (or is the bin's
 integer). Rows go through the base class as point distributions, so
@@ -30,8 +33,6 @@ synthetic data", J. Privacy and Confidentiality 11(3), 2021.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -39,39 +40,9 @@ from torch import nn
 from shared import dp_bayesnet as bn
 from shared import dp_marginals as dm
 from shared.errors import ModelError
+from shared.models import marginal_columns as mc
 from shared.models.base import register_family
 from shared.models.release import ReleaseFamily
-from shared.schema import Column
-from shared.transforms import SpanInfo
-
-
-@dataclass(frozen=True)
-class _Discrete:
-    """How one column maps to codes ``0..size-1`` and back (public, from the schema)."""
-
-    column: Column
-    span: SpanInfo
-    missing: SpanInfo | None
-    size: int
-    #: Numeric only: each bin's low edge and width in encoded units ([-1, 1]).
-    low: np.ndarray | None = None
-    width: np.ndarray | None = None
-
-
-def _discretise(col: Column, span: SpanInfo, missing: SpanInfo | None, bins: int) -> _Discrete:
-    if not col.is_numeric:
-        return _Discrete(col, span, None, span.width)
-    lo, hi = float(col.minimum), float(col.maximum)
-    n_values = round(hi - lo) + 1
-    if col.kind == "integer" and n_values <= bins:
-        edges = np.linspace(-1.0, 1.0, n_values)  # one point per integer value
-        low, width = edges, np.zeros(n_values)
-    else:
-        edges = np.linspace(-1.0, 1.0, bins + 1)
-        low, width = edges[:-1], np.diff(edges)
-    size = len(low) + (1 if col.nullable else 0)
-    return _Discrete(col, span, missing, size, low, width)
-
 
 #: Share ρ of the release budget spent on the structure (PrivBayes's β = 0.3, Zhang et al.
 #: 2017, Sec. 6); the conditional tables get the rest.
@@ -85,8 +56,9 @@ class _Network(nn.Module):
     parents: torch.Tensor
     marginal: torch.Tensor
     conditional: torch.Tensor
+    fine: torch.Tensor
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], fine: np.ndarray) -> None:
         super().__init__()
         d, k = len(sizes), max(sizes)
         marginal = torch.zeros(d, k, dtype=torch.float64)
@@ -96,6 +68,7 @@ class _Network(nn.Module):
         self.register_buffer("parents", torch.full((d, bn.MAX_PARENTS), -1, dtype=torch.int64))
         self.register_buffer("marginal", marginal)
         self.register_buffer("conditional", marginal[:, None, :].repeat(1, k * k, 1))
+        self.register_buffer("fine", torch.from_numpy(fine))
 
 
 @register_family("dp-marginal")
@@ -103,16 +76,20 @@ class MarginalGenerator(ReleaseFamily):
     """Degree-2 Bayesian network over discretised columns, fitted from noisy marginals."""
 
     def build_module(self) -> nn.Module:
-        missing = {s.column: s for s in self.transformer.spans if s.kind == "missing"}
-        spans = [s for s in self.transformer.spans if s.kind != "missing"]
-        bins = self.settings.marginal_bins
-        self.columns = [
-            _discretise(self.schema.column(s.column), s, missing.get(s.column), bins) for s in spans
-        ]
+        self.bins = self.settings.marginal_bins
+        self.columns = mc.discretise(self.transformer, self.bins)
         self.sizes = [c.size for c in self.columns]
+        self.n_binned = sum(c.binned for c in self.columns)
         target = self.schema.roles.get("target")
         self.root = self.schema.names.index(target) if target else 0
-        return _Network(self.sizes)
+        return _Network(self.sizes, mc.uniform_fine(self.columns, self.bins))
+
+    @property
+    def net(self) -> _Network:
+        """The module, typed (it holds the network's buffers)."""
+        if not isinstance(self.module, _Network):  # only a subclass could replace it
+            raise ModelError(f"dp-marginal's module is a {type(self.module).__name__}")
+        return self.module
 
     # -- release -------------------------------------------------------------------
     def release_shares(self) -> tuple[float, ...]:
@@ -120,48 +97,40 @@ class MarginalGenerator(ReleaseFamily):
         return (STRUCTURE_SHARE, 1.0 - STRUCTURE_SHARE)
 
     def _parents(self) -> np.ndarray:
-        return self.module.parents.cpu().numpy()
+        return self.net.parents.cpu().numpy()
 
     def release_length(self, stage: int) -> int:
         """Cells of all pair tables (stage 0) or of the network's tables (stage 1)."""
         if _stage(stage) == 0:
             return dm.release_length(self.sizes)
         parents = self._parents()
-        return sum(
+        tables = sum(
             int(np.prod(bn.table_shape(self.sizes, x, parents[x]))) for x in range(len(self.sizes))
         )
+        return tables + self.n_binned * mc.fine_width(self.bins)
 
     def release_sensitivity(self, stage: int) -> float:
-        """√m for the m = d(d − 1)/2 pair tables (stage 0), √d for the d tables (stage 1)."""
+        """√m for the m = d(d − 1)/2 pair tables (stage 0); √(d + b) for stage 1.
+
+        Stage 1 holds the d network tables and the fine histograms of the b
+        binned numeric columns: one row adds 1 to one cell of each table and to
+        at most one cell of each histogram.
+        """
         d = len(self.sizes)
-        return dm.release_sensitivity(len(dm.pair_list(d)) if _stage(stage) == 0 else d)
+        count = len(dm.pair_list(d)) if _stage(stage) == 0 else d + self.n_binned
+        return dm.release_sensitivity(count)
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
         """``(n, d)`` codes of encoded rows (a pure function of each row)."""
-        x = np.asarray(rows, dtype=np.float64)
-        out = np.empty((len(x), len(self.columns)), dtype=np.int64)
-        for i, c in enumerate(self.columns):
-            s = c.span
-            if c.low is None:
-                out[:, i] = np.argmax(x[:, s.start : s.stop], axis=1)
-                continue
-            v = x[:, s.start]
-            n_bins = len(c.low)
-            if c.width is not None and not c.width.any():  # one bin per integer value
-                code = np.rint((v + 1.0) / 2.0 * (n_bins - 1))
-            else:
-                code = np.floor((v + 1.0) / 2.0 * n_bins)
-            out[:, i] = np.clip(code, 0, n_bins - 1)
-            if c.missing is not None:
-                out[x[:, c.missing.start + 1] > 0.5, i] = n_bins
-        return out
+        return mc.codes(self.columns, rows)
 
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
         """Exact pair tables (stage 0) or network tables (stage 1) of the rows' codes."""
         codes = self.codes(rows)
         if _stage(stage) == 0:
             return dm.pair_tables(codes, self.sizes)
-        return bn.node_tables(codes, self.sizes, self._parents())
+        tables = bn.node_tables(codes, self.sizes, self._parents())
+        return np.concatenate([tables, mc.fine_counts(self.columns, rows, self.bins)])
 
     def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
         """Stage 0: choose the network; stage 1: fit its conditional tables."""
@@ -173,7 +142,7 @@ class MarginalGenerator(ReleaseFamily):
                 f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
                 "schema and settings, and stage 1 must follow stage 0's fit"
             )
-        net = self.module
+        net = self.net
         if _stage(stage) == 0:
             info, margins, rows = dm.pair_information(total, self.sizes, noise_std=noise_std)
             # Per-cell noise the stage-1 tables will carry (σ_s ∝ 1/√ρ_s): public.
@@ -191,9 +160,12 @@ class MarginalGenerator(ReleaseFamily):
             net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
             return
         margins = [net.marginal[c, :k].cpu().numpy() for c, k in enumerate(self.sizes)]
+        split = len(total) - self.n_binned * mc.fine_width(self.bins)
         tables = bn.fit_conditionals(
-            total, self.sizes, self._parents(), margins, noise_std=noise_std
+            total[:split], self.sizes, self._parents(), margins, noise_std=noise_std
         )
+        fine = mc.fine_table(self.columns, total[split:], self.bins)
+        net.fine.copy_(torch.from_numpy(fine))
         cond = torch.zeros_like(net.conditional)
         for c, table in enumerate(tables):
             cond[c, : table.shape[0], : table.shape[1]] = torch.from_numpy(table)
@@ -211,39 +183,28 @@ class MarginalGenerator(ReleaseFamily):
         """Ancestral sampling in the network's order, then encoded rows (point values)."""
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
         parents = self._parents()
-        cond = self.module.conditional.cpu().numpy()
+        cond = self.net.conditional.cpu().numpy()
         codes = np.zeros((n, len(self.sizes)), dtype=np.int64)
-        for x in self.module.order.cpu().numpy().tolist():
+        for x in self.net.order.cpu().numpy().tolist():
             given = self._configurations(codes, x, parents)
             cdf = np.cumsum(cond[x][given, : self.sizes[x]], axis=1)
             u = rng.random(n)[:, None] * cdf[:, -1:]
             codes[:, x] = np.minimum((u >= cdf).sum(axis=1), self.sizes[x] - 1)
-        return torch.from_numpy(self._encode_codes(codes, rng))
-
-    def _encode_codes(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        out = np.zeros((len(codes), self.transformer.width), dtype=np.float32)
-        rows = np.arange(len(codes))
-        for i, c in enumerate(self.columns):
-            code = codes[:, i]
-            if c.low is None or c.width is None:
-                out[rows, c.span.start + code] = 1.0
-                continue
-            n_bins = len(c.low)
-            present = code < n_bins
-            b = np.minimum(code, n_bins - 1)
-            value = c.low[b] + rng.random(len(code)) * c.width[b]
-            out[:, c.span.start] = np.where(present, value, 0.0)
-            if c.missing is not None:
-                out[rows, c.missing.start + (~present).astype(np.int64)] = 1.0
-        return out
+        fine = self.net.fine.cpu().numpy()
+        rows = mc.encode_codes(
+            self.columns, codes, fine, width=self.transformer.width, bins=self.bins, rng=rng
+        )
+        return torch.from_numpy(rows)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load the network, refusing one that is not a DAG in order or not a distribution."""
         super().load_state_dict(state)
-        net = self.module
+        net = self.net
         parents, cond = self._parents(), net.conditional.cpu().numpy()
+        fine = net.fine.cpu().numpy()
         ok = bn.check_network(net.order.cpu().numpy(), parents)
         ok = ok and bool(np.isfinite(cond).all() and (cond >= 0).all())
+        ok = ok and bool(np.isfinite(fine).all() and (fine >= 0).all())
         for x, size in enumerate(self.sizes if ok else []):
             configs = int(np.prod(bn.table_shape(self.sizes, x, parents[x])[:-1]))
             ok = ok and bool(np.allclose(cond[x, :configs, :size].sum(axis=1), 1.0, atol=1e-6))
