@@ -129,3 +129,27 @@ class ReleaseFamily(GeneratorFamily):
         stats = self.statistics(rows, stage)
         std = noise_multiplier * self.release_sensitivity(stage)
         return stats + rng.normal(0.0, std, stats.shape)
+
+
+def refuse_release_family(generator: str) -> None:
+    """Refuse a release family for a Flower run (``simulate``, ``server``): frontier-only.
+
+    The sites' release stage is not wired into the Flower apps yet; refusing
+    before anything is written or started keeps a half-wired path from running.
+
+    Raises
+    ------
+    ConfigError
+        If ``generator`` names a release family.
+    """
+    from shared.models.base import _REGISTRY, available_families
+
+    cls = _REGISTRY.get(generator)
+    if cls is not None and issubclass(cls, ReleaseFamily):
+        runnable = [f for f in available_families() if not issubclass(_REGISTRY[f], ReleaseFamily)]
+        raise ConfigError(
+            f"generator {generator!r} is fitted from noisy marginal releases and runs only in "
+            "the in-process frontier benchmark for now (python -m "
+            "simulations.benchmarks.frontier --families dp-marginal); its Flower release "
+            f"stage is not built yet. Use one of {runnable} for fedsynth simulate/server."
+        )
