@@ -48,6 +48,22 @@ def _sigmas(family: ReleaseFamily, epsilon: float, delta: float) -> list[float]:
     )
 
 
+def local_total(
+    family: ReleaseFamily,
+    sites: list[np.ndarray],
+    *,
+    stage: int,
+    noise_multiplier: float,
+    seed: int,
+) -> np.ndarray:
+    """Sum of the sites' own Gaussian releases of ``stage`` (each with the full σ_sΔ_s)."""
+    total = np.zeros(family.release_length(stage))
+    for i, rows in enumerate(sites):
+        rng = np.random.default_rng([seed, stage, i])
+        total += family.local_release(rows, stage=stage, noise_multiplier=noise_multiplier, rng=rng)
+    return total
+
+
 def release_local(
     family: ReleaseFamily,
     sites: list[np.ndarray],
@@ -61,17 +77,13 @@ def release_local(
     One site is the trusted curator (``pooled-dp``); ``epsilon=None`` fits from
     the exact statistics (no DP).
     """
-    stages = len(family.release_shares())
-    for stage in range(stages):
+    for stage in range(len(family.release_shares())):
         if epsilon is None:
             exact = sum(family.statistics(s, stage) for s in sites)
             family.fit_release(np.asarray(exact), stage=stage, noise_std=0.0)
             continue
         sigma = _sigmas(family, epsilon, delta)[stage]
-        total = np.zeros(family.release_length(stage))
-        for i, rows in enumerate(sites):
-            rng = np.random.default_rng([seed, stage, i])
-            total += family.local_release(rows, stage=stage, noise_multiplier=sigma, rng=rng)
+        total = local_total(family, sites, stage=stage, noise_multiplier=sigma, seed=seed)
         std = sigma * family.release_sensitivity(stage) * len(sites) ** 0.5
         family.fit_release(total, stage=stage, noise_std=std)
 
