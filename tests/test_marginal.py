@@ -199,6 +199,15 @@ def test_state_dict_and_model_folder_round_trip(
 
 
 def test_release_family_refuses_dp_sgd_and_bad_releases(fitted: MarginalGenerator) -> None:
+    one = Schema.from_dict(
+        {
+            "fedsynth_schema_version": 1,
+            "name": "one",
+            "columns": [_chain_schema().to_dict()["columns"][0]],
+        }
+    )
+    with pytest.raises(ConfigError, match="at least two columns"):
+        _family(one)
     with pytest.raises(ConfigError, match="not trained with DP-SGD"):
         fitted.private_module()
     with pytest.raises(ModelError, match="expected"):

@@ -39,7 +39,7 @@ from torch import nn
 
 from shared import dp_bayesnet as bn
 from shared import dp_marginals as dm
-from shared.errors import ModelError
+from shared.errors import ConfigError, ModelError
 from shared.models import marginal_columns as mc
 from shared.models.base import register_family
 from shared.models.release import ReleaseFamily
@@ -76,6 +76,11 @@ class MarginalGenerator(ReleaseFamily):
     """Degree-2 Bayesian network over discretised columns, fitted from noisy marginals."""
 
     def build_module(self) -> nn.Module:
+        if len(self.schema.columns) < 2:
+            raise ConfigError(
+                f"generator 'dp-marginal' models pairs of columns; schema {self.schema.name!r} "
+                "has one column. Use a schema with at least two columns, or 'dp-vae'."
+            )
         self.bins = self.settings.marginal_bins
         self.columns = mc.discretise(self.transformer, self.bins)
         self.sizes = [c.size for c in self.columns]
