@@ -161,8 +161,10 @@ class MarginalGenerator(ReleaseFamily):
             net.parents.copy_(torch.from_numpy(parents))
             for c, p in enumerate(margins):
                 net.marginal[c, : len(p)] = torch.from_numpy(p)
-            # Until stage 1 is fitted, each column follows its margin whatever its parents.
+            # Until stage 1 is fitted, each column follows its margin whatever its parents,
+            # uniformly within its bins (nothing from an earlier fit is kept).
             net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
+            net.fine.copy_(torch.from_numpy(mc.uniform_fine(self.columns, self.bins)))
             return
         margins = [net.marginal[c, :k].cpu().numpy() for c, k in enumerate(self.sizes)]
         split = len(total) - self.n_binned * mc.fine_width(self.bins)
