@@ -29,6 +29,7 @@ from shared.config import RunSettings
 from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
 from shared.models.base import ENCODER_KEY
+from shared.models.release import refuse_release_family
 from shared.schema import Schema
 
 log = logging.getLogger("fedsynth.server")
@@ -54,6 +55,7 @@ def run_identity(settings: RunSettings, schema: Schema) -> dict[str, Any]:
 
 def initial_model(schema: Schema, settings: RunSettings) -> GeneratorFamily:
     """Build the generator with a seeded, reproducible initialisation."""
+    refuse_release_family(settings.model.generator)
     torch.manual_seed(settings.seed)
     return build_generator(schema, settings.model)
 

@@ -34,12 +34,15 @@ class ModelSettings:
     numeric_encoder: str = "minmax"
     #: Bins of the public grid of the ``"dp-quantile"`` histograms.
     encoder_bins: int = 64
+    #: ``"dp-marginal"`` only: equal-width bins of each numeric column on its public
+    #: bounds (an integer column with at most this many values gets one bin per value).
+    marginal_bins: int = 8
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
         ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
-        ``encoder-bins``."""
+        ``encoder-bins``, ``marginal-bins``."""
         d = cls()
         return cls(
             generator=read_value(config, "generator", str, d.generator),
@@ -79,6 +82,9 @@ class ModelSettings:
             encoder_bins=read_value(
                 config, "encoder-bins", int, d.encoder_bins, lambda v: 8 <= v <= 1024, "8..1024"
             ),
+            marginal_bins=read_value(
+                config, "marginal-bins", int, d.marginal_bins, lambda v: 2 <= v <= 64, "2..64"
+            ),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -94,6 +100,7 @@ class ModelSettings:
             "gan-uncond-rate": self.gan_uncond_rate,
             "numeric-encoder": self.numeric_encoder,
             "encoder-bins": self.encoder_bins,
+            "marginal-bins": self.marginal_bins,
         }
 
 

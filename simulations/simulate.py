@@ -102,6 +102,9 @@ def prepare_sites(
 def run_simulation(plan: SimulationPlan) -> Path:
     """Prepare the sites and run the federation on Flower's simulation engine."""
     t0 = time.perf_counter()
+    from shared.models.release import refuse_release_family  # imports torch: only here
+
+    refuse_release_family(str(plan.settings.get("generator", "")))  # before any file is written
     if plan.settings.get("noise-placement") == "distributed":
         # Refuse before any file is written or process started.
         DistributedPlan.refuse_without_secure_aggregation(

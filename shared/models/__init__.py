@@ -2,6 +2,7 @@
 
 from shared.models import diffusion as _diffusion  # noqa: F401  (registers "dp-diffusion")
 from shared.models import gan as _gan  # noqa: F401  (registers "dp-ctgan")
+from shared.models import marginal as _marginal  # noqa: F401  (registers "dp-marginal")
 from shared.models import staged as _staged  # noqa: F401  (registers "staged")
 from shared.models import vae as _vae  # noqa: F401  (registers "dp-vae")
 from shared.models.base import (

@@ -17,6 +17,7 @@ constraints, and can be conditioned on column values
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import ClassVar
@@ -212,7 +213,8 @@ class GeneratorFamily(ABC):
         if n < 0:
             raise ConfigError(f"cannot sample a negative number of rows ({n})")
         conds = sampling.check_conditions(self.schema, conditions, rebalance)
-        device = next(self.module.parameters()).device
+        # Buffers too: a release family (shared.models.release) holds no parameters.
+        device = next(itertools.chain(self.module.parameters(), self.module.buffers())).device
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
         rng = np.random.default_rng(seed)

@@ -41,11 +41,13 @@ from shared.errors import ConfigError
 from shared.evaluation.association import associations
 from shared.models import available_families, build_generator
 from shared.models.base import GeneratorFamily
+from shared.models.release import ReleaseFamily
 from simulations.benchmarks import frontier_grid as grid
 from simulations.benchmarks.frontier_plot import plot_frontier
 from simulations.benchmarks.frontier_tables import TABLES, BenchTable, load_bench_table
 from simulations.partition import PartitionSpec, partition, split_holdout
 from simulations.placement import train_distributed, train_local, train_pooled
+from simulations.placement_release import fit_placement
 
 PARTITION_TRIES = 20
 
@@ -103,6 +105,12 @@ def make_split(bench: BenchTable, seed: int, alpha: float, site_counts: list[int
 def _train(
     cell: grid.Cell, fam: GeneratorFamily, rows: list[torch.Tensor], n: int, cfg: Training
 ) -> None:
+    if isinstance(fam, ReleaseFamily):  # fitted from one noisy release, not DP-SGD
+        data = [r.numpy() for r in rows]
+        fit_placement(
+            fam, cell.placement, data, epsilon=cell.epsilon, delta=cfg.delta, seed=cell.seed
+        )
+        return
     common: dict[str, Any] = {"delta": cfg.delta, "sample_rate": cfg.sample_rate}
     common |= {"clip_norm": 1.0, "learning_rate": cfg.learning_rate, "seed": cell.seed}
     if cell.placement == "local":

@@ -31,6 +31,7 @@ from shared.evaluation.inputs import Limits
 from shared.evaluation.privacy import privacy
 from shared.evaluation.utility import utility
 from shared.models.base import GeneratorFamily
+from shared.models.release import ReleaseFamily
 from shared.schema import Schema
 
 FEDERATED = ("local", "distributed", "single-best")
@@ -70,8 +71,11 @@ def supports_distributed(family: GeneratorFamily) -> bool:
     """Whether the distributed loop can train ``family``: its private module holds every weight.
 
     The distributed loop steps only the private module's parameters; a family
-    with weights outside it (a GAN's generator) needs its own loop.
+    with weights outside it (a GAN's generator) needs its own loop. A release
+    family has its own distributed placement (:mod:`simulations.placement_release`).
     """
+    if isinstance(family, ReleaseFamily):
+        return True
     private = {id(p) for p in family.private_module().parameters()}
     return private == {id(p) for p in family.module.parameters()}
 

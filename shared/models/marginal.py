@@ -1,0 +1,229 @@
+"""``dp-marginal``: a degree-2 Bayesian network fitted from noisy marginals (PrivBayes-style).
+
+The family discretises every column from the public schema alone:
+categoricals into their categories (plus a null slot when nullable), numerics
+into ``marginal_bins`` equal-width bins on the public bounds (an integer column
+with at most that many values gets one bin per value), plus a null bucket when
+nullable. It is fitted in two Gaussian releases (stages of
+:class:`shared.models.release.ReleaseFamily`):
+
+0. *structure* (share :data:`STRUCTURE_SHARE` of the budget): every site releases
+   all 2-way tables (:mod:`shared.dp_marginals`: m = d(d − 1)/2 tables, L2
+   sensitivity √m); the server estimates the margins and the pairs' mutual
+   information and picks a network with at most two parents per column
+   (:func:`shared.dp_bayesnet.select_network`);
+1. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
+   of that network and the fine histograms of the b binned numeric columns
+   (:mod:`shared.models.marginal_columns`; sensitivity √(d + b)); the server
+   fits P(X | parents) and where values fall within each bin.
+
+The network (``order``, ``parents``), the margins (``marginal``) and the
+conditional tables (``conditional``, padded to the largest domain) and the fine
+histograms (``fine``) are buffers,
+so the model is a ``state_dict`` like every family. Sampling is ancestral in
+``order``; a numeric value is drawn uniformly within its bin (or is the bin's
+integer). Rows go through the base class as point distributions, so
+constraints and conditions are met by bounded redraws (:mod:`shared.models.sampling`).
+
+References: Chow & Liu, IEEE Trans. Inf. Theory 14(3), 1968; Zhang et al.,
+"PrivBayes", ACM TODS 42(4), 2017; McKenna, Miklau & Sheldon, "Winning the
+NIST Contest: A scalable and general approach to differentially private
+synthetic data", J. Privacy and Confidentiality 11(3), 2021.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared import dp_bayesnet as bn
+from shared import dp_marginals as dm
+from shared.errors import ConfigError, ModelError
+from shared.models import marginal_columns as mc
+from shared.models.base import register_family
+from shared.models.release import ReleaseFamily
+
+#: Share ρ of the release budget spent on the structure (PrivBayes's β = 0.3, Zhang et al.
+#: 2017, Sec. 6); the conditional tables get the rest.
+STRUCTURE_SHARE = 0.3
+
+
+class _Network(nn.Module):
+    """Buffers only: the network, margins and conditional tables (no trained weights)."""
+
+    order: torch.Tensor
+    parents: torch.Tensor
+    marginal: torch.Tensor
+    conditional: torch.Tensor
+    fine: torch.Tensor
+
+    def __init__(self, sizes: list[int], fine: np.ndarray) -> None:
+        super().__init__()
+        d, k = len(sizes), max(sizes)
+        marginal = torch.zeros(d, k, dtype=torch.float64)
+        for c, size in enumerate(sizes):
+            marginal[c, :size] = 1.0 / size  # unfitted: independent uniform columns
+        self.register_buffer("order", torch.arange(d, dtype=torch.int64))
+        self.register_buffer("parents", torch.full((d, bn.MAX_PARENTS), -1, dtype=torch.int64))
+        self.register_buffer("marginal", marginal)
+        self.register_buffer("conditional", marginal[:, None, :].repeat(1, k * k, 1))
+        self.register_buffer("fine", torch.from_numpy(fine))
+
+
+@register_family("dp-marginal")
+class MarginalGenerator(ReleaseFamily):
+    """Degree-2 Bayesian network over discretised columns, fitted from noisy marginals."""
+
+    def build_module(self) -> nn.Module:
+        if len(self.schema.columns) < 2:
+            raise ConfigError(
+                f"generator 'dp-marginal' models pairs of columns; schema {self.schema.name!r} "
+                "has one column. Use a schema with at least two columns, or 'dp-vae'."
+            )
+        self.bins = self.settings.marginal_bins
+        self.columns = mc.discretise(self.transformer, self.bins)
+        self.sizes = [c.size for c in self.columns]
+        self.n_binned = sum(c.binned for c in self.columns)
+        target = self.schema.roles.get("target")
+        self.root = self.schema.names.index(target) if target else 0
+        return _Network(self.sizes, mc.uniform_fine(self.columns, self.bins))
+
+    @property
+    def net(self) -> _Network:
+        """The module, typed (it holds the network's buffers)."""
+        if not isinstance(self.module, _Network):  # only a subclass could replace it
+            raise ModelError(f"dp-marginal's module is a {type(self.module).__name__}")
+        return self.module
+
+    # -- release -------------------------------------------------------------------
+    def release_shares(self) -> tuple[float, ...]:
+        """Structure, then conditional tables."""
+        return (STRUCTURE_SHARE, 1.0 - STRUCTURE_SHARE)
+
+    def _parents(self) -> np.ndarray:
+        return self.net.parents.cpu().numpy()
+
+    def release_length(self, stage: int) -> int:
+        """Cells of all pair tables (stage 0) or of the network's tables (stage 1)."""
+        if _stage(stage) == 0:
+            return dm.release_length(self.sizes)
+        parents = self._parents()
+        tables = sum(
+            int(np.prod(bn.table_shape(self.sizes, x, parents[x]))) for x in range(len(self.sizes))
+        )
+        return tables + self.n_binned * mc.fine_width(self.bins)
+
+    def release_sensitivity(self, stage: int) -> float:
+        """√m for the m = d(d − 1)/2 pair tables (stage 0); √(d + b) for stage 1.
+
+        Stage 1 holds the d network tables and the fine histograms of the b
+        binned numeric columns: one row adds 1 to one cell of each table and to
+        at most one cell of each histogram.
+        """
+        d = len(self.sizes)
+        count = len(dm.pair_list(d)) if _stage(stage) == 0 else d + self.n_binned
+        return dm.release_sensitivity(count)
+
+    def codes(self, rows: np.ndarray) -> np.ndarray:
+        """``(n, d)`` codes of encoded rows (a pure function of each row)."""
+        return mc.codes(self.columns, rows)
+
+    def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
+        """Exact pair tables (stage 0) or network tables (stage 1) of the rows' codes."""
+        codes = self.codes(rows)
+        if _stage(stage) == 0:
+            return dm.pair_tables(codes, self.sizes)
+        tables = bn.node_tables(codes, self.sizes, self._parents())
+        return np.concatenate([tables, mc.fine_counts(self.columns, rows, self.bins)])
+
+    def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
+        """Stage 0: choose the network; stage 1: fit its conditional tables."""
+        total = np.asarray(total, dtype=np.float64)
+        if total.shape != (self.release_length(stage),):
+            raise ModelError(
+                f"stage {stage} release has shape {total.shape}, expected "
+                f"({self.release_length(stage)},) for schema {self.schema.name!r} with "
+                f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
+                "schema and settings, and stage 1 must follow stage 0's fit"
+            )
+        net = self.net
+        if _stage(stage) == 0:
+            info, margins, rows = dm.pair_information(total, self.sizes, noise_std=noise_std)
+            # Per-cell noise the stage-1 tables will carry (σ_s ∝ 1/√ρ_s): public.
+            rho0, rho1 = self.release_shares()
+            later = noise_std * (rho0 / rho1) ** 0.5 * self.release_sensitivity(1)
+            later /= self.release_sensitivity(0)
+            order, parents = bn.select_network(
+                info, self.sizes, root=self.root, total=rows, cell_noise_std=later
+            )
+            net.order.copy_(torch.from_numpy(order))
+            net.parents.copy_(torch.from_numpy(parents))
+            for c, p in enumerate(margins):
+                net.marginal[c, : len(p)] = torch.from_numpy(p)
+            # Until stage 1 is fitted, each column follows its margin whatever its parents,
+            # uniformly within its bins (nothing from an earlier fit is kept).
+            net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
+            net.fine.copy_(torch.from_numpy(mc.uniform_fine(self.columns, self.bins)))
+            return
+        margins = [net.marginal[c, :k].cpu().numpy() for c, k in enumerate(self.sizes)]
+        split = len(total) - self.n_binned * mc.fine_width(self.bins)
+        tables = bn.fit_conditionals(
+            total[:split], self.sizes, self._parents(), margins, noise_std=noise_std
+        )
+        fine = mc.fine_table(self.columns, total[split:], self.bins)
+        net.fine.copy_(torch.from_numpy(fine))
+        cond = torch.zeros_like(net.conditional)
+        for c, table in enumerate(tables):
+            cond[c, : table.shape[0], : table.shape[1]] = torch.from_numpy(table)
+        net.conditional.copy_(cond)
+
+    # -- sampling ------------------------------------------------------------------
+    def _configurations(self, codes: np.ndarray, x: int, parents: np.ndarray) -> np.ndarray:
+        cols = [int(p) for p in parents[x] if p >= 0]
+        if not cols:
+            return np.zeros(len(codes), dtype=np.int64)
+        shape = tuple(self.sizes[p] for p in cols)
+        return np.ravel_multi_index(tuple(codes[:, p] for p in cols), shape)
+
+    def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Ancestral sampling in the network's order, then encoded rows (point values)."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        parents = self._parents()
+        cond = self.net.conditional.cpu().numpy()
+        codes = np.zeros((n, len(self.sizes)), dtype=np.int64)
+        for x in self.net.order.cpu().numpy().tolist():
+            given = self._configurations(codes, x, parents)
+            cdf = np.cumsum(cond[x][given, : self.sizes[x]], axis=1)
+            u = rng.random(n)[:, None] * cdf[:, -1:]
+            codes[:, x] = np.minimum((u >= cdf).sum(axis=1), self.sizes[x] - 1)
+        fine = self.net.fine.cpu().numpy()
+        rows = mc.encode_codes(
+            self.columns, codes, fine, width=self.transformer.width, bins=self.bins, rng=rng
+        )
+        return torch.from_numpy(rows)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the network, refusing one that is not a DAG in order or not a distribution."""
+        super().load_state_dict(state)
+        net = self.net
+        parents, cond = self._parents(), net.conditional.cpu().numpy()
+        fine = net.fine.cpu().numpy()
+        ok = bn.check_network(net.order.cpu().numpy(), parents)
+        ok = ok and bool(np.isfinite(cond).all() and (cond >= 0).all())
+        ok = ok and bool(np.isfinite(fine).all() and (fine >= 0).all())
+        for x, size in enumerate(self.sizes if ok else []):
+            configs = int(np.prod(bn.table_shape(self.sizes, x, parents[x])[:-1]))
+            ok = ok and bool(np.allclose(cond[x, :configs, :size].sum(axis=1), 1.0, atol=1e-6))
+        if not ok:
+            raise ModelError(
+                f"the dp-marginal model for schema {self.schema.name!r} is damaged (its network "
+                "is not ordered parents-first or a conditional table is not a distribution); "
+                "restore the model folder from the run's original output"
+            )
+
+
+def _stage(stage: int) -> int:
+    if stage not in (0, 1):
+        raise ModelError(f"dp-marginal has release stages 0 and 1, not {stage}")
+    return stage
