@@ -3,7 +3,7 @@
 Kotelnikov et al., "TabDDPM: Modelling Tabular Data with Diffusion Models"
 (ICML 2023): Gaussian diffusion (Ho et al., NeurIPS 2020) on the scaled numeric
 values and multinomial diffusion (Hoogeboom et al., NeurIPS 2021) on each one-hot
-span (categorical columns and missing indicators), with one MLP denoiser that
+span (categorical columns, missing indicators and atoms modes), with one MLP denoiser that
 sees the whole noised row and the timestep.
 
 * Noise schedule: cosine ᾱ_t (Nichol & Dhariwal, ICML 2021), shared by both
@@ -15,7 +15,7 @@ sees the whole noised row and the timestep.
   a fixed buffer, so every trainable layer is ``nn.Linear`` (fused clipping applies)
   and each runs once per forward pass.
 * Loss per row: mean squared error of ε̂ over the numeric values (masked where
-  the value is missing) plus the multinomial KL(q(x_{t-1} | x_t, x₀) ‖ p(x_{t-1} | x_t)),
+  the value is missing or at an atom) plus the multinomial KL(q(x_{t-1} | x_t, x₀) ‖ p(x_{t-1} | x_t)),
   weighted by T as in the ELBO estimate, averaged over the spans. At t = 1 the KL
   is the cross-entropy of x₀ itself. The timestep and noise are drawn per row
   inside ``forward``, so each row's loss depends on that row only (what DP-SGD's
@@ -32,7 +32,7 @@ from torch import nn
 
 from shared.constrained import RowDistribution
 from shared.models.base import GeneratorFamily, register_family
-from shared.transforms import SpanInfo
+from shared.transforms import SpanInfo, mode_spans
 
 _TIME_DIM = 16  # width of the fixed sinusoidal timestep embedding
 _TINY = 1e-12  # keeps log() finite on probabilities that are exactly 0
@@ -177,7 +177,7 @@ class DiffusionLoss(nn.Module):
         self.model, self.reduction = model, "mean"
         self.width, self.steps = model.width, model.steps
         self.numeric = [s for s in spans if s.kind == "numeric"]
-        self.missing_of = {s.column: s for s in spans if s.kind == "missing"}
+        self.missing_of = mode_spans(spans)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d, m = self.width, self.model
@@ -189,7 +189,7 @@ class DiffusionLoss(nn.Module):
             for span in self.numeric:
                 err = (out[:, span.start] - eps[:, span.start]) ** 2
                 miss = self.missing_of.get(span.column)
-                if miss is not None:  # a missing value's slot holds no information
+                if miss is not None:  # a missing value's or an atom's slot holds nothing
                     err = err * target[:, miss.start]
                 mse = mse + err
             loss = loss + mse / len(self.numeric)
