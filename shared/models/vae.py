@@ -1,8 +1,9 @@
 """DP tabular variational autoencoder (the default family, ``"dp-vae"``).
 
 Kingma & Welling, "Auto-Encoding Variational Bayes" (ICLR 2014). Heads follow
-the schema-only encoding: a softmax per categorical, missing-indicator or atoms span,
-and a heteroscedastic Gaussian per numeric value (tanh mean, learned log-std).
+the schema-only encoding: a softmax per categorical, missing-indicator or atoms
+span, and a heteroscedastic Gaussian per numeric value (tanh mean, learned
+log-std), whose loss is masked where the value is missing or at an atom.
 
 Kept deliberately small (one hidden layer of 64, latent 8): under DP-SGD the
 noise grows with the parameter count while the clipped signal does not, and
