@@ -205,6 +205,10 @@ def test_family_trained_without_dp_puts_mass_on_the_atoms(generator: str) -> Non
         assert abs(zero_cost - 0.4) < 0.1, zero_cost
         assert abs(float(np.mean(limit == 0)) - 0.5) < 0.1
         assert abs(float(np.mean(limit == 1)) - 0.3) < 0.1
+    # Conditional sampling goes through the same decoder: atoms survive it
+    cond = family.sample(500, seed=4, conditions={"group": "b"})
+    validate_frame(cond, SCHEMA)
+    assert (cond["group"] == "b").all() and (cond["cost"] == 0).any()
 
 
 # ---------------------------------------------------------------------- constraints
