@@ -20,7 +20,8 @@ Layout of an encoded row, column by column in schema order:
   value 0; any other present value in the ``continuous`` slot.
 
 In both the ``missing`` and the ``atoms`` span, slot 0 means "the value slot
-holds a value": models mask the value's loss with it (:func:`mode_spans`).
+holds a value" (:func:`mode_spans`): the VAE and the staged heads mask the value's
+loss with it; the diffusion model masks only missing values (see its loss).
 
 :class:`SpanInfo` records tell models which output head each span needs.
 """
