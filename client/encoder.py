@@ -70,6 +70,7 @@ def raw_histograms(site: SiteSettings, request: HistogramRequest) -> np.ndarray:
                 minimum=c.minimum,
                 maximum=c.maximum,
                 bins=request.bins,
+                atoms=c.atoms,
             )
             for c in numeric
         ]

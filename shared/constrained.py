@@ -13,7 +13,13 @@ construction (see :mod:`shared.constraint_plan` for why no dead end exists):
   probabilities (the row's distribution renormalised over the feasible tuples);
 * numeric columns are drawn in topological order of the comparisons, each from
   its Gaussian truncated (inverse CDF) to the interval its bounds and the
-  already-drawn columns allow; integers are rounded inside that interval.
+  already-drawn columns allow; integers are rounded inside that interval;
+* a numeric column with public atoms first draws its mode (continuous, one of
+  the atoms, or missing) from the row's mode probabilities with every atom
+  outside that row's allowed interval set to 0 and the rest renormalised, then
+  the value only for rows whose mode is continuous. The plan guarantees that
+  any value inside the interval (an atom included) can be completed, and the
+  continuous mode always can, so no row reaches a dead end.
 
 A row whose distribution gives zero probability to every feasible tuple (only
 possible with point distributions) is returned as *unmet*: the caller redraws it
@@ -93,10 +99,13 @@ class ConstrainedDecoder:
         if problems:  # Schema.from_dict already refuses these; a hand-built Schema may not
             raise SchemaError(self.schema.name, problems)
         self.span: dict[str, SpanInfo] = {
-            s.column: s for s in transformer.spans if s.kind != "missing"
+            s.column: s for s in transformer.spans if s.kind not in ("missing", "atoms")
         }
         self.missing: dict[str, SpanInfo] = {
             s.column: s for s in transformer.spans if s.kind == "missing"
+        }
+        self.atoms: dict[str, SpanInfo] = {
+            s.column: s for s in transformer.spans if s.kind == "atoms"
         }
         in_component = {c for comp in self.plan.components for c in comp.columns}
         self.free = [
@@ -170,13 +179,16 @@ class ConstrainedDecoder:
             if not col.is_numeric:
                 labels = np.array([*col.categories, None], dtype=object)
                 data[col.name] = pd.Series(labels[slots[col.name]], dtype=object)
-        values = self._numeric(dist, rng)
+        values = self._numeric(dist, rng, unmet)
         for name, x in values.items():
             kind = "Int64" if self.schema.column(name).kind == "integer" else "float64"
             data[name] = pd.Series(x, dtype=kind)
         return pd.DataFrame(data, columns=self.schema.names), unmet
 
-    def _numeric(self, dist: RowDistribution, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _numeric(
+        self, dist: RowDistribution, rng: np.random.Generator, unmet: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Draw every numeric column in the plan's order; flag rows with no allowed mode."""
         n = len(dist)
         values: dict[str, np.ndarray] = {}
         for name in self.plan.order:
@@ -210,8 +222,31 @@ class ConstrainedDecoder:
             if miss is not None:
                 p_missing = self.probs_missing(dist, miss)
                 x = np.where(rng.random(n) < p_missing, np.nan, x)
+            modes = self.atoms.get(name)
+            if modes is not None:
+                p = self.mode_probs(dist, modes, np.array(col.atoms), lo, hi)
+                unmet |= p.sum(axis=1) == 0  # only point rows at a forbidden atom
+                mode = _draw(p, rng)
+                points = np.array([np.nan, *col.atoms, np.nan])
+                x = np.where(mode == 0, x, points[mode])
             values[name] = x
         return values
+
+    @staticmethod
+    def mode_probs(
+        dist: RowDistribution, span: SpanInfo, atoms: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
+        """Unnormalised ``(n, slots)`` mode probabilities, 0 on atoms outside ``[lo, hi]``.
+
+        ``lo`` and ``hi`` are each row's allowed interval (bounds, ``range``
+        constraints, comparisons with the columns drawn before). The continuous
+        and missing slots are kept: the interval is never empty (the plan checks it).
+        """
+        p = np.clip(dist.params[:, span.start : span.stop].astype(np.float64), 0.0, None)
+        k = len(atoms)
+        allowed = (atoms[None, :] >= lo[:, None]) & (atoms[None, :] <= hi[:, None])
+        p[:, 1 : 1 + k] *= allowed
+        return p
 
     @staticmethod
     def probs_missing(dist: RowDistribution, span: SpanInfo) -> np.ndarray:

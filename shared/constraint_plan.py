@@ -11,6 +11,10 @@ The plan is what makes construction possible (no rejection for the VAE):
   columns in topological order, each inside ``[above(predecessors), upper]``,
   never meets an empty interval. Strict comparisons use the next representable
   value (next integer, or the next float), so rounding cannot break them.
+  A public atom (:mod:`shared.schema`) is one such value: the sampler allows it
+  in a row only when it lies inside that row's interval. An atom outside the
+  column's planned interval could never occur, which contradicts the schema
+  that declares it, so the plan refuses it (as it refuses a dead category).
 * **Categorical columns.** Columns linked by ``implies``/``combinations`` form
   components. The joint values of each component are enumerated once (the
   product of the category counts must stay below :data:`MAX_JOINT`) and the
@@ -145,6 +149,15 @@ def _numeric(
                 f"constraints: column {name!r} cannot satisfy {rules} within the columns' bounds "
                 f"(it would need {lower[name]:g} <= {name} <= {upper[name]:g}); widen the bounds "
                 "or correct the comparison"
+            )
+    for name, c in cols.items():
+        dead = [a for a in c.atoms if not lower[name] <= a <= upper[name]]
+        if dead and lower[name] <= upper[name]:
+            problems.append(
+                f"constraints contradict the schema: {name!r} could never be at its atom(s) "
+                f"{[int(a) if c.kind == 'integer' else a for a in dead]} (the constraints allow "
+                f"only {lower[name]:g} <= {name} <= {upper[name]:g}); correct the constraints "
+                "or drop the atom"
             )
     return lower, upper, order, tuple(edges)
 

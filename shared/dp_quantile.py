@@ -7,7 +7,8 @@ piecewise-linear CDF (:class:`QuantileMap`). The map is public post-processing
 of DP releases, so it can be shipped with the model and applied by every site.
 
 Sensitivity: adding or removing one row changes one bin of each of the d
-numeric columns by 1 (a missing value changes none), so the L2 sensitivity of
+numeric columns by at most 1 (a missing value, or a value at one of the column's
+public atoms, changes none), so the L2 sensitivity of
 the stacked ``(d, bins)`` histogram is √d. With noise std ``σ_h · √d`` per bin
 the release is the Gaussian mechanism with noise multiplier σ_h, accounted as
 ``(σ_h, q = 1, 1 step)`` in the same RDP/PRV composition as DP-SGD.
@@ -17,6 +18,10 @@ non-decreasing sequences (pool-adjacent-violators, Ayer et al. 1955), clipped
 to ``[0, total]`` (so no bin is negative), normalised, and mixed with a small
 uniform share so the CDF is strictly increasing (invertible, every part of the
 bounds reachable). A uniform CDF is exactly min–max scaling.
+
+Columns with public atoms: only the continuous part is counted (rows at an
+atom have a slot of their own in the encoding and no value to map), so the map
+describes exactly the values it is applied to.
 """
 
 from __future__ import annotations
@@ -43,15 +48,22 @@ def histogram_sensitivity(n_numeric: int) -> float:
 
 
 def column_histogram(
-    values: np.ndarray, *, minimum: float, maximum: float, bins: int
+    values: np.ndarray,
+    *,
+    minimum: float,
+    maximum: float,
+    bins: int,
+    atoms: Sequence[float] = (),
 ) -> np.ndarray:
-    """Counts of ``values`` in ``bins`` equal bins over ``[minimum, maximum]`` (NaN skipped).
+    """Counts of ``values`` in ``bins`` equal bins over ``[minimum, maximum]``.
 
-    Values outside the bounds (a validated table has none) fall in the end bins,
-    so each row still moves exactly one count.
+    NaN and values equal to one of the column's public ``atoms`` are skipped:
+    the quantile map serves the continuous part only. Values outside the
+    bounds (a validated table has none) fall in the end bins, so each row
+    still moves at most one count.
     """
     x = np.asarray(values, dtype=np.float64)
-    x = x[~np.isnan(x)]
+    x = x[~np.isnan(x) & ~np.isin(x, np.asarray(atoms, dtype=np.float64))]
     idx = np.floor((x - minimum) / (maximum - minimum) * bins).astype(np.int64)
     return np.bincount(np.clip(idx, 0, bins - 1), minlength=bins).astype(np.float64)
 

@@ -13,7 +13,8 @@ Document format (``fedsynth_schema_version`` 1)::
       "columns": [
         {"name": "age", "type": "integer", "min": 18, "max": 95},
         {"name": "sex", "type": "categorical", "categories": ["female", "male"]},
-        {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": true}
+        {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": true},
+        {"name": "cost", "type": "continuous", "min": 0, "max": 1e6, "atoms": [0]}
       ],
       "roles": {"target": "died", "treatment": "statin", "outcome": "ldl_change"}
     }
@@ -22,6 +23,17 @@ Version 2 adds an optional ``"constraints"`` list (see :mod:`shared.constraints`
 Version 1 documents stay valid and keep their fingerprint; a document that
 declares constraints must say version 2, so an older fedsynth refuses it
 instead of silently ignoring the rules.
+
+A numeric column may list ``"atoms"``: public values that many rows hold
+exactly (a cost of 0 for patients with no visit, a lab value at its detection
+limit, a limitation score that is mostly exactly 0 or 1). The encoding gives
+each atom a slot of its own (:mod:`shared.transforms`), so a generator can put
+mass on the point instead of smearing it over a continuous density. Atoms are
+declared by the consortium from the codebook, never inferred from rows; each
+lies within the column's bounds, they are distinct, and integral for integer
+columns. The field needs no new version: a fedsynth that predates it refuses
+the unknown column field instead of ignoring it, and a schema without atoms
+keeps its fingerprint.
 """
 
 from __future__ import annotations
@@ -45,8 +57,10 @@ SUPPORTED_VERSIONS = (SCHEMA_VERSION, CONSTRAINTS_VERSION)
 ColumnKind = Literal["categorical", "integer", "continuous"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
 ROLES: tuple[str, ...] = ("target", "treatment", "outcome")
-_COLUMN_KEYS = {"name", "type", "categories", "min", "max", "nullable", "description"}
+_COLUMN_KEYS = {"name", "type", "categories", "min", "max", "nullable", "description", "atoms"}
 _MAX_CATEGORIES = 1000
+#: Atoms per numeric column; each is one more output slot of the generator.
+MAX_ATOMS = 32
 _MAX_NAME = 200
 
 
@@ -66,6 +80,9 @@ class Column:
         Documented public bounds (numeric columns only), inclusive.
     nullable : bool
         Whether missing values are allowed; their rate is learned under DP.
+    atoms : tuple of float
+        Public point masses of a numeric column (values many rows hold exactly),
+        in the order the schema lists them; empty for most columns.
     """
 
     name: str
@@ -75,6 +92,7 @@ class Column:
     maximum: float = 0.0
     nullable: bool = False
     description: str = ""
+    atoms: tuple[float, ...] = ()
 
     @property
     def is_numeric(self) -> bool:
@@ -90,6 +108,8 @@ class Column:
             lo, hi = self.minimum, self.maximum
             out["min"] = int(lo) if self.kind == "integer" else lo
             out["max"] = int(hi) if self.kind == "integer" else hi
+            if self.atoms:  # omitted when empty, so older schemas keep their fingerprint
+                out["atoms"] = [int(a) if self.kind == "integer" else a for a in self.atoms]
         if self.nullable:
             out["nullable"] = True
         if self.description:
@@ -289,6 +309,11 @@ def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
         cats = raw.get("categories")
         if "min" in raw or "max" in raw:
             problems.append(f"{where}: categorical columns take 'categories', not 'min'/'max'")
+        if "atoms" in raw:
+            problems.append(
+                f"{where}: 'atoms' are point masses of numeric columns; a categorical column "
+                "already gives every category its own slot, so remove 'atoms'"
+            )
         if not isinstance(cats, list) or len(cats) < 1:
             problems.append(f"{where}: 'categories' must be a non-empty list of strings")
             return None
@@ -324,7 +349,43 @@ def _parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
     if kind == "integer" and not (lo.is_integer() and hi.is_integer()):
         problems.append(f"{where}: integer columns need integral bounds, got {raw_lo}..{raw_hi}")
         return None
-    return Column(name, kind, minimum=lo, maximum=hi, nullable=nullable, description=description)
+    atoms = _parse_atoms(raw, where, kind, lo, hi, problems)
+    return Column(
+        name, kind, minimum=lo, maximum=hi, nullable=nullable, description=description, atoms=atoms
+    )
+
+
+def _parse_atoms(
+    raw: dict[str, Any], where: str, kind: str, lo: float, hi: float, problems: list[str]
+) -> tuple[float, ...]:
+    """The column's public point masses, checked; ``()`` when absent or invalid."""
+    if "atoms" not in raw:
+        return ()
+    values = raw["atoms"]
+    if not isinstance(values, list) or not values or len(values) > MAX_ATOMS:
+        problems.append(
+            f"{where}: 'atoms' must be a non-empty list of at most {MAX_ATOMS} numbers (the "
+            f"values many rows hold exactly, e.g. [0]), got {str(values)[:60]}; remove the "
+            "field if the column has none"
+        )
+        return ()
+    bad = [v for v in values if not _is_number(v)]
+    if bad:
+        problems.append(f"{where}: 'atoms' must be finite numbers; bad: {bad[:3]!r}")
+        return ()
+    atoms = tuple(float(v) for v in values)
+    before = len(problems)
+    outside = [v for v, a in zip(values, atoms, strict=True) if not lo <= a <= hi]
+    if outside:
+        problems.append(
+            f"{where}: atoms {outside[:3]!r} lie outside the bounds {lo:g}..{hi:g}; widen the "
+            "bounds or correct the atoms"
+        )
+    if kind == "integer" and not all(a.is_integer() for a in atoms):
+        problems.append(f"{where}: an integer column's atoms must be whole numbers, got {values!r}")
+    if len(set(atoms)) != len(atoms):
+        problems.append(f"{where}: 'atoms' has duplicates ({values!r}); list each value once")
+    return atoms if len(problems) == before else ()
 
 
 def _parse_roles(raw: Any, columns: dict[str, Column], problems: list[str]) -> dict[str, str]:

@@ -12,6 +12,16 @@ Layout of an encoded row, column by column in schema order:
   (0 when missing); when nullable, followed by a 2-wide span
   ``[present, missing]``. A column with a :class:`shared.dp_quantile.QuantileMap`
   (a public CDF fitted under DP) is mapped through it to [-1, 1] instead.
+* numeric column with public atoms ``a_1..a_k`` (see :mod:`shared.schema`): the
+  value as above, followed by one "mode" span ``[continuous, a_1, ..., a_k]``,
+  plus a last ``missing`` slot when nullable (this span replaces the
+  ``[present, missing]`` span; a column without atoms keeps today's layout).
+  A row whose value equals an atom exactly is encoded in that atom's slot with
+  value 0; any other present value in the ``continuous`` slot.
+
+In both the ``missing`` and the ``atoms`` span, slot 0 means "the value slot
+holds a value" (:func:`mode_spans`): the VAE and the staged heads mask the value's
+loss with it; the diffusion model masks only missing values (see its loss).
 
 :class:`SpanInfo` records tell models which output head each span needs.
 """
@@ -28,7 +38,7 @@ from shared.dp_quantile import QuantileMap
 from shared.errors import FedsynthError
 from shared.schema import Column, Schema
 
-SpanKind = Literal["categorical", "numeric", "missing"]
+SpanKind = Literal["categorical", "numeric", "missing", "atoms"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,11 @@ class SpanInfo:
     ----------
     column : str
         Schema column the span belongs to.
-    kind : {"categorical", "numeric", "missing"}
-        ``categorical`` and ``missing`` spans are one-hot (softmax heads);
-        ``numeric`` spans are one scaled value in [-1, 1] (Gaussian head).
+    kind : {"categorical", "numeric", "missing", "atoms"}
+        ``categorical``, ``missing`` and ``atoms`` spans are one-hot (softmax
+        heads); ``numeric`` spans are one scaled value in [-1, 1] (Gaussian
+        head). ``atoms`` is a numeric column's mode ``[continuous, atoms...,
+        (missing)]``.
     start, width : int
         Slice ``[start, start + width)`` of the encoded row.
     """
@@ -55,6 +67,15 @@ class SpanInfo:
     def stop(self) -> int:
         """End of the span (exclusive)."""
         return self.start + self.width
+
+
+def mode_spans(spans: tuple[SpanInfo, ...] | list[SpanInfo]) -> dict[str, SpanInfo]:
+    """The ``missing`` or ``atoms`` span of each numeric column that has one.
+
+    Slot 0 of such a span is 1 exactly when the column's value slot holds a
+    value (present, not at an atom): the only rows with a target for the value.
+    """
+    return {s.column: s for s in spans if s.kind in ("missing", "atoms")}
 
 
 class TableTransformer:
@@ -82,7 +103,11 @@ class TableTransformer:
             else:
                 spans.append(SpanInfo(col.name, "numeric", pos, 1))
                 pos += 1
-                if col.nullable:
+                if col.atoms:
+                    width = 1 + len(col.atoms) + (1 if col.nullable else 0)
+                    spans.append(SpanInfo(col.name, "atoms", pos, width))
+                    pos += width
+                elif col.nullable:
                     spans.append(SpanInfo(col.name, "missing", pos, 2))
                     pos += 2
         self.spans: tuple[SpanInfo, ...] = tuple(spans)
@@ -104,12 +129,29 @@ class TableTransformer:
             if span.kind == "categorical":
                 out[np.arange(n), span.start + self._category_codes(col, values)] = 1.0
             elif span.kind == "numeric":
-                scaled = self.scale(col, values.to_numpy(dtype=np.float64))
-                out[:, span.start] = np.nan_to_num(np.clip(scaled, -1.0, 1.0), nan=0.0)
+                x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+                scaled = np.nan_to_num(np.clip(self.scale(col, x), -1.0, 1.0), nan=0.0)
+                out[:, span.start] = np.where(np.isin(x, col.atoms), 0.0, scaled)
+            elif span.kind == "atoms":
+                out[np.arange(n), span.start + self.mode_codes(col, values)] = 1.0
             else:
                 is_missing = values.isna().to_numpy()
                 out[np.arange(n), span.start + is_missing.astype(np.int64)] = 1.0
         return out
+
+    @staticmethod
+    def mode_codes(col: Column, values: pd.Series) -> np.ndarray:
+        """Slot of each value in the column's ``atoms`` span.
+
+        0 for a continuous value, ``1 + j`` for a value equal to atom ``j``, and
+        ``1 + k`` (the last slot) for a missing value of a nullable column.
+        """
+        x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        codes = np.zeros(len(x), dtype=np.int64)
+        for j, atom in enumerate(col.atoms):
+            codes[x == atom] = 1 + j
+        codes[np.isnan(x)] = 1 + len(col.atoms)  # only nullable columns reach here with NaN
+        return codes
 
     def scale(self, col: Column, x: np.ndarray) -> np.ndarray:
         """Numeric values in column units to encoded units ([-1, 1] within the bounds)."""
@@ -163,10 +205,11 @@ class TableTransformer:
                 "the clip norm and train again; no table was written"
             )
         data: dict[str, pd.Series] = {}
-        missing: dict[str, np.ndarray] = {}
-        for span in self.spans:
-            if span.kind == "missing":
-                missing[span.column] = encoded[:, span.start : span.stop].argmax(axis=1) == 1
+        modes = {
+            s.column: encoded[:, s.start : s.stop].argmax(axis=1)
+            for s in self.spans
+            if s.kind in ("missing", "atoms")
+        }
         for span in self.spans:
             col = self.schema.column(span.column)
             block = encoded[:, span.start : span.stop]
@@ -175,15 +218,18 @@ class TableTransformer:
                 labels = np.array([*col.categories, None], dtype=object)
                 data[col.name] = pd.Series(labels[idx], dtype=object)
             elif span.kind == "numeric":
-                data[col.name] = self._unscale(col, block[:, 0], missing.get(col.name))
+                data[col.name] = self._unscale(col, block[:, 0], modes.get(col.name))
         return pd.DataFrame(data, columns=self.schema.names)
 
-    def _unscale(self, col: Column, scaled: np.ndarray, missing: np.ndarray | None) -> pd.Series:
+    def _unscale(self, col: Column, scaled: np.ndarray, mode: np.ndarray | None) -> pd.Series:
         x = self.unscale(col, scaled)
         if col.kind == "integer":
             x = np.round(x)
-        if missing is not None:
-            x = np.where(missing, np.nan, x)
+        if mode is not None:
+            # Slot 0 keeps the value; slots 1..k are the atoms; the last slot of a
+            # nullable column (slot 1 of a [present, missing] span) is missing.
+            points = np.array([np.nan, *col.atoms, np.nan])
+            x = np.where(mode == 0, x, points[mode])
         if col.kind == "integer":
             return pd.Series(x, dtype="Int64")
         return pd.Series(x, dtype="float64")

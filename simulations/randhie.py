@@ -18,7 +18,11 @@ rows repeat another row exactly); a row-level holdout then shares people
 with the training rows, which the exact-match chance baseline accounts for.
 
 The public schema is ``shared/data/randhie_schema.json``, written by hand from
-the codebook, not inferred from the rows.
+the codebook, not inferred from the rows. It declares public atoms (point
+masses, :mod:`shared.schema`) where the codebook's definitions put them:
+``lpi`` and ``fmde`` at 0 (``ln(max(1, ·))`` floors; ``fmde`` is 0 for every
+individual-deductible plan) and ``physlm`` at 0 and 1 (a dummy; only imputed
+values lie between).
 """
 
 from __future__ import annotations

@@ -202,16 +202,28 @@ class GANLoss(nn.Module):
 
 def activate(spans: tuple[SpanInfo, ...], raw: torch.Tensor, data_dim: int) -> torch.Tensor:
     """G's training output: Gumbel-softmax (τ = 0.2) per one-hot span, and per numeric
-    value a reparameterised Gaussian draw ``mean + exp(log_std) · ε``."""
-    parts, j = [], 0
+    value a reparameterised Gaussian draw ``mean + exp(log_std) · ε``.
+
+    A value with public atoms is multiplied by its (relaxed) ``continuous`` mode slot:
+    a real row at an atom holds the code 0 there, so D cannot tell fake rows apart by a
+    value that the mode makes irrelevant.
+    """
+    parts: list[torch.Tensor] = []
+    j = 0
+    value_part: dict[str, int] = {}
     for span in spans:
         block = raw[:, span.start : span.stop]
         if span.kind == "numeric":
             ls = raw[:, data_dim + j : data_dim + j + 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
+            value_part[span.column] = len(parts)
             parts.append(block + torch.exp(ls) * torch.randn_like(block))
             j += 1
         else:
-            parts.append(F.gumbel_softmax(block, tau=TAU, hard=False, dim=1))
+            mode = F.gumbel_softmax(block, tau=TAU, hard=False, dim=1)
+            if span.kind == "atoms":
+                k = value_part[span.column]
+                parts[k] = parts[k] * mode[:, :1]
+            parts.append(mode)
     return torch.cat(parts, dim=1)
 
 

@@ -4,8 +4,8 @@ The staged generator (:mod:`shared.models.staged`) models the treatment given
 the covariates, the outcome given the covariates and the treatment, and
 post-treatment columns given everything before them, each with one
 :class:`ConditionalHead`. A head predicts the schema-only encoding of its
-columns (:class:`shared.transforms.SpanInfo` spans): a softmax per categorical
-or missing-indicator span and a heteroscedastic Gaussian (mean, log-std) per
+columns (:class:`shared.transforms.SpanInfo` spans): a softmax per categorical,
+missing-indicator or atoms span and a heteroscedastic Gaussian (mean, log-std) per
 numeric value, the same output families as the VAE's decoder.
 
 With ``arms > 1`` the head is ``f(x) + Σ_a t_a · g_a(x)``: a surface shared by
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import ModelError
-from shared.transforms import SpanInfo
+from shared.transforms import SpanInfo, mode_spans
 
 LOGSTD_MIN, LOGSTD_MAX = -5.0, 1.0
 
@@ -81,15 +81,15 @@ def span_nll(
     A free function (not a head method) so that the loss holds no parameters.
     """
     loss = torch.zeros(target.shape[0], device=target.device, dtype=params.dtype)
-    # Slot 0 of a missing-indicator span means "value present".
-    present = {s.column: target[:, s.start] for s in spans if s.kind == "missing"}
+    # Slot 0 of a missing-indicator or atoms span means "the value slot holds a value".
+    present = {c: target[:, s.start] for c, s in mode_spans(spans).items()}
     pos = 0
     for span in spans:
         if span.kind == "numeric":
             mean = params[:, pos]
             ls = params[:, pos + 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
             nll = 0.5 * ((target[:, span.start] - mean) / torch.exp(ls)) ** 2 + ls
-            if span.column in present:  # no target for a missing value
+            if span.column in present:  # no target for a missing value or an atom
                 nll = nll * present[span.column]
             loss = loss + nll
             pos += 2

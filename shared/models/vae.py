@@ -1,8 +1,9 @@
 """DP tabular variational autoencoder (the default family, ``"dp-vae"``).
 
 Kingma & Welling, "Auto-Encoding Variational Bayes" (ICLR 2014). Heads follow
-the schema-only encoding: a softmax per categorical or missing-indicator span,
-and a heteroscedastic Gaussian per numeric value (tanh mean, learned log-std).
+the schema-only encoding: a softmax per categorical, missing-indicator or atoms
+span, and a heteroscedastic Gaussian per numeric value (tanh mean, learned
+log-std), whose loss is masked where the value is missing or at an atom.
 
 Kept deliberately small (one hidden layer of 64, latent 8): under DP-SGD the
 noise grows with the parameter count while the clipped signal does not, and
@@ -19,7 +20,7 @@ from torch import nn
 
 from shared.constrained import RowDistribution
 from shared.models.base import GeneratorFamily, register_family
-from shared.transforms import SpanInfo
+from shared.transforms import SpanInfo, mode_spans
 
 _LOGSTD_MIN, _LOGSTD_MAX = -5.0, 1.0
 
@@ -67,7 +68,7 @@ class VAELoss(nn.Module):
         self.spans, self.data_dim, self.latent = spans, data_dim, latent
         self.kl_weight, self.reduction = kl_weight, reduction
         self.numeric = [s for s in spans if s.kind == "numeric"]
-        self.missing_of = {s.column: s for s in spans if s.kind == "missing"}
+        self.missing_of = mode_spans(spans)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d = self.data_dim
@@ -85,7 +86,7 @@ class VAELoss(nn.Module):
             ls = logstd[:, j].clamp(_LOGSTD_MIN, _LOGSTD_MAX)
             nll = 0.5 * ((target[:, span.start] - mean) / torch.exp(ls)) ** 2 + ls
             miss = self.missing_of.get(span.column)
-            if miss is not None:  # no reconstruction target when the value is missing
+            if miss is not None:  # no reconstruction target when missing or at an atom
                 nll = nll * target[:, miss.start]
             loss = loss + nll
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)

@@ -81,6 +81,7 @@ def fit_dp_encoder(
                     minimum=c.minimum,
                     maximum=c.maximum,
                     bins=bins,
+                    atoms=c.atoms,
                 )
                 for c in numeric
             ]
