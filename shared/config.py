@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shared.accounting import ACCOUNTANTS, calibrate_noise
+from shared.accounting import calibrate_noise
 from shared.config_model import (
     AGGREGATIONS,
     DEFAULT_SERVER_LR,
@@ -28,7 +28,7 @@ from shared.config_model import (
     AggregationSettings,
     ModelSettings,
 )
-from shared.config_read import Scalar, positive, read_value
+from shared.config_read import Scalar, positive, read_accountant, read_value
 from shared.config_site import DistributedStepSettings, TrainSettings
 from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
@@ -137,14 +137,7 @@ class RunSettings:
             update_clip_norm=read_value(
                 config, "update-clip-norm", float, d.update_clip_norm, positive, "> 0"
             ),
-            accountant=read_value(
-                config,
-                "accountant",
-                str,
-                d.accountant,
-                lambda v: v in ACCOUNTANTS,
-                f"one of {list(ACCOUNTANTS)}",
-            ),
+            accountant=read_accountant(config, d.accountant),
             seed=read_value(config, "seed", int, d.seed),
             schema_path=read_value(config, "schema-path", str, d.schema_path),
             out_dir=read_value(config, "out-dir", str, d.out_dir),

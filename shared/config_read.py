@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from shared.accounting import ACCOUNTANTS
 from shared.errors import ConfigError
 
 T = TypeVar("T", int, float, str, bool)
@@ -56,3 +57,15 @@ def read_value(
 def positive(x: float) -> bool:
     """Check for :func:`read_value`: strictly positive."""
     return x > 0
+
+
+def read_accountant(config: Mapping[str, Any], default: str = "rdp") -> str:
+    """The ``accountant`` key: one of :data:`shared.accounting.ACCOUNTANTS`."""
+    return read_value(
+        config,
+        "accountant",
+        str,
+        default,
+        lambda v: v in ACCOUNTANTS,
+        f"one of {list(ACCOUNTANTS)}",
+    )

@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.accounting import ACCOUNTANTS
 from shared.config_model import ModelSettings
-from shared.config_read import Scalar, positive, read_value
+from shared.config_read import Scalar, positive, read_accountant, read_value
 
 
 @dataclass(frozen=True)
@@ -58,14 +57,7 @@ class TrainSettings:
             update_clip_norm=read_value(config, "update-clip-norm", float, None, positive, "> 0"),
             seed=read_value(config, "seed", int, 0),
             schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
-            accountant=read_value(
-                config,
-                "accountant",
-                str,
-                "rdp",
-                lambda v: v in ACCOUNTANTS,
-                f"one of {list(ACCOUNTANTS)}",
-            ),
+            accountant=read_accountant(config),
             model=ModelSettings.from_config(config),
             proximal_mu=read_value(config, "proximal-mu", float, 0.0, lambda v: v >= 0, ">= 0"),
         )

@@ -286,8 +286,7 @@ class HistogramRequest:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> HistogramRequest:
         """Parse the ``encoder-config`` record a site receives."""
-        from shared.accounting import ACCOUNTANTS
-        from shared.config import read_value
+        from shared.config_read import read_accountant, read_value
 
         return cls(
             noise_multiplier=read_value(
@@ -295,14 +294,7 @@ class HistogramRequest:
             ),
             bins=read_value(config, "bins", int, None, lambda v: 8 <= v <= 1024, "8..1024"),
             schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
-            accountant=read_value(
-                config,
-                "accountant",
-                str,
-                "rdp",
-                lambda v: v in ACCOUNTANTS,
-                f"one of {list(ACCOUNTANTS)}",
-            ),
+            accountant=read_accountant(config),
         )
 
     def to_config(self) -> dict[str, float | int | str]:
