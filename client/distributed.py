@@ -51,6 +51,7 @@ from client.settings import SiteSettings
 from client.site import site_schema
 from shared import keys
 from shared.config import DistributedStepSettings, TrainSettings
+from shared.device import select_device
 from shared.distdp.accounting import accounting_multiplier
 from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
@@ -94,7 +95,8 @@ def run_site_step(
     schema = site_schema(site, train.schema_fingerprint)
     family = build_generator(schema, train.model)
     family.load_state_dict(global_state)
-    module = family.private_module().train()
+    device = select_device(site.device)
+    module = family.private_module().to(device).train()
     codec = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits)
     # The site computes its own accounting from the public parameters: σ_acc = σC/Δ.
     multiplier = accounting_multiplier(
@@ -131,7 +133,10 @@ def run_site_step(
                 generator=torch.Generator().manual_seed(seed),
             )
             grad_sum = clipped_gradient_sum(
-                module, family.criterion(), sampler.next_batch(), clip_norm=train.max_grad_norm
+                module,
+                family.criterion(),
+                sampler.next_batch().to(device),
+                clip_norm=train.max_grad_norm,
             )
             share = site_share(
                 grad_sum,
@@ -153,9 +158,10 @@ def run_site_step(
         n_rows = len(data)
     seconds = time.perf_counter() - t0
     log.info(
-        "site %s step %d: share computed in %.2fs, cumulative ε=%.4f",
+        "site %s step %d: share computed on %s in %.2fs, cumulative ε=%.4f",
         site.site_name,
         step.step,
+        device,
         seconds,
         spent,
     )

@@ -195,10 +195,11 @@ def _train_round(
     update, clipped = clip_update(update, train.update_clip_norm)
     replay.save(SentUpdate(digest, update, clipped, stats.steps))
     log.info(
-        "site %s round %d: %d DP steps in %.1fs, cumulative ε=%.4f",
+        "site %s round %d: %d DP steps on %s in %.1fs, cumulative ε=%.4f",
         site.site_name,
         train.server_round,
         stats.steps,
+        device,
         stats.seconds,
         epsilon,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from client.training import train_dp
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings
 from shared.device import select_device
+from shared.distdp.encoding import ModularCodec
+from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import ConfigError
 from shared.models import build_generator
 from shared.tables import validate_frame
@@ -32,11 +35,12 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_dp_training_and_sampling_on_cuda() -> None:
+@pytest.mark.parametrize("generator", ["dp-vae", "dp-diffusion", "dp-ctgan", "staged"])
+def test_dp_training_and_sampling_on_cuda(generator: str) -> None:
     schema = cohort_schema()
     raw = generate_cohort(2000, seed=2)
     frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
-    family = build_generator(schema, ModelSettings())
+    family = build_generator(schema, ModelSettings(generator=generator))
     data = torch.from_numpy(family.encode(frame))
     before = {k: v.clone() for k, v in family.state_dict().items()}
 
@@ -56,3 +60,28 @@ def test_dp_training_and_sampling_on_cuda() -> None:
     assert next(family.module.parameters()).is_cuda
     assert any(not torch.equal(before[k], v.cpu()) for k, v in family.state_dict().items())
     assert len(family.sample(1000, seed=0)) == 1000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distributed_clipped_sum_and_share_on_cuda() -> None:
+    schema = cohort_schema()
+    raw = generate_cohort(300, seed=3)
+    frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
+    family = build_generator(schema, ModelSettings())
+    module = family.private_module().to("cuda")
+    batch = torch.from_numpy(family.encode(frame)).to("cuda")
+
+    grad_sum = clipped_gradient_sum(module, family.criterion(), batch, clip_norm=0.5)
+    share = site_share(
+        grad_sum,
+        sigma=1.0,
+        clip_norm=0.5,
+        noise_sites=3,
+        codec=ModularCodec(grid=1e-4, modulus_bits=40),
+        rng=np.random.default_rng(0),
+    )
+
+    assert grad_sum.is_cuda and grad_sum.shape == (parameter_count(module),)
+    # Each of the 300 rows contributes at most C = 0.5 in L2 norm.
+    assert 0 < float(grad_sum.norm()) <= 300 * 0.5
+    assert share.shape == grad_sum.shape

@@ -10,9 +10,11 @@ another CA; site-5, registered but connecting without TLS (no CA at all).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.cohort import cohort_schema, generate_cohort
 from shared.runtime import free_port
@@ -122,8 +124,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 str(root / f"state-{i}"),
                 "--site-name",
                 f"site-{i}",
+                # auto: the CUDA path on a machine with a GPU, the CPU elsewhere.
                 "--device",
-                "cpu",
+                "auto",
                 *(["--max-retries", "2"] if i == 3 else []),
             ],
             root / f"client-{i}.log",
@@ -167,6 +170,14 @@ def test_three_ledgers_record_both_rounds(deployment: dict[str, Path]) -> None:
         assert site["epsilon"] == pytest.approx(
             independent_epsilon(history, site["delta"]), rel=1e-9
         )
+
+
+def test_sites_train_on_the_device_auto_selects(deployment: dict[str, Path]) -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    for i in range(3):
+        log = (deployment["root"] / f"client-{i}.log").read_text(errors="replace")
+        rounds = re.findall(rf"site-{i} round (\d): 5 DP steps on (\S+) in", log)
+        assert sorted(set(rounds)) == [("1", expected), ("2", expected)], log[-2000:]
 
 
 def test_unregistered_site_is_refused_and_never_trains(deployment: dict[str, Path]) -> None:

@@ -49,14 +49,15 @@ def clipped_gradient_sum(
         The model and a criterion that returns one loss per row (``reduction="none"``)
         or their mean (for one row the two agree).
     batch : torch.Tensor
-        Rows of one Poisson sample (may be empty: the sum is then zero).
+        Rows of one Poisson sample (may be empty: the sum is then zero), on the
+        module's device; the sum is returned on that device.
     clip_norm : float
         C: per-row L2 bound.
     """
     params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
     d = sum(v.numel() for v in params.values())
     if batch.shape[0] == 0:
-        return torch.zeros(d, dtype=torch.float64)
+        return torch.zeros(d, dtype=torch.float64, device=batch.device)
 
     def loss(p: Mapping[str, torch.Tensor], row: torch.Tensor) -> torch.Tensor:
         x = row.unsqueeze(0)
@@ -99,7 +100,7 @@ def site_share(
     noise_sites : int
         K: the number of shares the noise is split over.
     """
-    rounded = codec.to_integers(grad_sum.numpy(), rng)
+    rounded = codec.to_integers(grad_sum.detach().cpu().numpy(), rng)
     scale = sigma * clip_norm / (codec.grid * noise_sites**0.5)
     return codec.wrap(rounded + discrete_gaussian(scale, rounded.size, rng))
 

@@ -199,9 +199,13 @@ class StagedGenerator(GeneratorFamily):
     def _covariate_width(self) -> int:
         # Output width of the covariate family's module, found by one dry forward
         # with the global RNG left untouched (a VAE draws its latent noise).
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        device = next(self.cov_family.module.parameters()).device
+        # The probe runs where the module is (a site may train on CUDA), and that
+        # device's generator is forked too.
+        forked = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked), torch.no_grad():
             self.cov_family.module.eval()
-            probe = torch.zeros(2, self.cov_family.transformer.width)
+            probe = torch.zeros(2, self.cov_family.transformer.width, device=device)
             width = int(self.cov_family.module(probe).shape[1])
             self.cov_family.module.train()
         return width
