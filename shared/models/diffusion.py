@@ -94,7 +94,9 @@ class SpanIndex(nn.Module):
         scores = torch.log(probs + _TINY) - torch.log(-torch.log(u.clamp(min=1e-30)))
         choice = self.pos[:, 0] + scores.masked_fill(~self.valid, -math.inf).argmax(2)
         out = torch.zeros(probs.shape[0], self.numeric.shape[0], device=probs.device)
-        return out.scatter_(1, choice, 1.0)
+        # Out of place: the distributed step vmaps this over rows, and an in-place
+        # scatter into an unbatched tensor cannot take batched indices.
+        return out.scatter(1, choice, 1.0)
 
 
 class TabularDenoiser(nn.Module):
