@@ -48,6 +48,25 @@ def test_single_site_baseline_can_be_limited_to_some_site_counts() -> None:
     assert {c.sites for c in cells if c.placement == "single-best"} == {5}
 
 
+def test_cross_layout_is_the_epsilon_sweep_at_5_sites_and_the_site_sweep_at_epsilon_1() -> None:
+    eps = [0.5, 1.0, 3.0, None]
+    product = _plan(epsilons=eps, site_counts=[1, 3, 5, 10], families=["a"])
+    cross = _plan(epsilons=eps, site_counts=[1, 3, 5, 10], families=["a"], layout="cross")
+    local = {(c.epsilon, c.sites) for c in cross if c.placement == "local"}
+    assert local == {(0.5, 5), (1.0, 5), (3.0, 5), (None, 5), (1.0, 1), (1.0, 3), (1.0, 10)}
+    dist = {(c.epsilon, c.sites) for c in cross if c.placement == "distributed"}
+    assert dist == {(0.5, 5), (1.0, 5), (3.0, 5), (1.0, 3), (1.0, 10)}
+    # The pooled baselines do not depend on the sites: every ε keeps its curator.
+    assert {c.epsilon for c in cross if c.placement == "pooled-dp"} == {0.5, 1.0, 3.0}
+    assert set(cross) < set(product)
+    assert len([c for c in product if c.placement == "local"]) == 16
+
+
+def test_unknown_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown grid layout 'diagonal'"):
+        _plan(layout="diagonal")
+
+
 def test_no_dp_pooled_baseline_runs_without_a_no_dp_column() -> None:
     cells = _plan(epsilons=[1.0], families=["a"])
     assert [c.placement for c in cells if c.epsilon is None] == ["trtr", "pooled"]

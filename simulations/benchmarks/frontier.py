@@ -1,9 +1,10 @@
 """Privacy–utility frontier: every generator family, noise placement and baseline.
 
-Grid (issue #4 item 5, #8 item 4): tables ``cohort``, ``nhefs`` and ``randhie``
-(:mod:`simulations.benchmarks.frontier_tables`), ε ∈ {0.5, 1, 3, 10, no DP}
-per row (per site), sites ∈ {1, 3, 5, 10} with Dirichlet(0.5) label skew, each
-registered generator family, placements ``local`` and ``distributed``, and the
+Grid (issue #4 item 5, #8 item 4): tables ``cohort``, ``nhefs``, ``randhie`` and
+``adult`` (:mod:`simulations.benchmarks.frontier_tables`), ε ∈ {0.5, 1, 3, 10, no DP}
+per row (per site), sites ∈ {1, 3, 5, 10} with Dirichlet(0.5) label skew (by
+default the ε sweep at 5 sites and the site sweep at ε = 1, ``--layout cross``),
+each registered generator family, placements ``local`` and ``distributed``, and the
 baselines TRTR, pooled without DP, pooled with DP at the same ε (trusted
 curator) and the best single site alone (:mod:`.frontier_grid`). Each table is
 split once per seed into a 20 % holdout and training rows; the sites share the
@@ -229,6 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", default=",".join(TABLES))
     p.add_argument("--epsilons", default="0.5,1,3,10,none", help="ε per row; 'none' = no DP")
     p.add_argument("--sites", default="1,3,5,10", help="site counts")
+    p.add_argument(
+        "--layout",
+        choices=grid.LAYOUTS,
+        default="cross",
+        help="federated (ε, sites) points: 'cross' = every ε at 5 sites and every site count "
+        "at ε = 1 (default); 'product' = every ε at every site count",
+    )
     p.add_argument("--families", default="all", help="'all' = every registered family")
     p.add_argument(
         "--rows", type=int, help="rows per table (cap; cohort size) (default: the mode's preset)"
@@ -291,6 +299,7 @@ def _plan(args: argparse.Namespace, skipped: dict[str, str]) -> list[tuple[grid.
                 seeds=[seed],
                 distributed_ok=probe.__getitem__,
                 single_site_counts=single_counts,
+                layout=args.layout,
             )
             n_train, n_hold = len(split.train), len(split.holdout)
             print(

@@ -80,6 +80,25 @@ def supports_distributed(family: GeneratorFamily) -> bool:
     return private == {id(p) for p in family.module.parameters()}
 
 
+#: Where the two sweeps of the ``cross`` layout meet: the acceptance point of #4 and #8.
+REFERENCE_EPSILON, REFERENCE_SITES = 1.0, 5
+LAYOUTS = ("cross", "product")
+
+
+def on_layout(layout: str, epsilon: float | None, sites: int) -> bool:
+    """Whether a federated (ε, sites) point belongs to the grid of ``layout``.
+
+    ``product`` is every ε at every site count. ``cross`` is the ε sweep at the
+    reference site count plus the site sweep at the reference ε: the two curves a
+    frontier plot draws, crossing at the acceptance point, for about half the cells.
+    """
+    if layout == "product":
+        return True
+    if layout == "cross":
+        return sites == REFERENCE_SITES or epsilon == REFERENCE_EPSILON
+    raise ValueError(f"unknown grid layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+
+
 def plan_cells(
     *,
     tables: Sequence[str],
@@ -89,13 +108,16 @@ def plan_cells(
     seeds: Sequence[int],
     distributed_ok: Callable[[str], bool],
     single_site_counts: Sequence[int] | None = None,
+    layout: str = "product",
 ) -> list[Cell]:
     """Every cell of the grid, baselines included, in run order.
 
     ``single_site_counts`` limits the single-site baseline (it trains every
     site of the split, so it costs ``sites`` trainings) to these site counts;
-    None runs it at every count above one.
+    None runs it at every count above one. ``layout`` picks the federated
+    (ε, sites) points (:func:`on_layout`); the pooled baselines run at every ε.
     """
+    on_layout(layout, None, 0)  # refuse an unknown layout before planning anything
     cells: list[Cell] = []
     for table in tables:
         for seed in seeds:
@@ -107,6 +129,8 @@ def plan_cells(
                     if eps is not None:
                         cells.append(Cell(table, fam, "pooled-dp", eps, 0, seed))
                     for k in site_counts:
+                        if not on_layout(layout, eps, k):
+                            continue
                         cells.append(Cell(table, fam, "local", eps, k, seed))
                         if k >= 2 and eps is not None and distributed_ok(fam):
                             cells.append(Cell(table, fam, "distributed", eps, k, seed))
