@@ -13,7 +13,8 @@ from shared.errors import ConfigError
 from shared.evaluation.association import associations
 from shared.models import build_generator
 from simulations.benchmarks import frontier_grid as grid
-from simulations.benchmarks.frontier import Training, _epsilons, make_split, run_cell
+from simulations.benchmarks.frontier import _epsilons
+from simulations.benchmarks.frontier_cells import Training, make_split, run_cell
 from simulations.benchmarks.frontier_tables import load_bench_table
 
 
