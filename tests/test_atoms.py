@@ -19,9 +19,11 @@ from shared.constrained import ConstrainedDecoder, RowDistribution
 from shared.dp_quantile import column_histogram
 from shared.errors import SchemaError
 from shared.models import build_generator
+from shared.models.release import ReleaseFamily
 from shared.schema import Schema
 from shared.tables import validate_frame
 from shared.transforms import TableTransformer
+from simulations.placement_release import fit_placement
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
@@ -209,6 +211,27 @@ def test_family_trained_without_dp_puts_mass_on_the_atoms(generator: str) -> Non
     cond = family.sample(500, seed=4, conditions={"group": "b"})
     validate_frame(cond, SCHEMA)
     assert (cond["group"] == "b").all() and (cond["cost"] == 0).any()
+
+
+def test_marginal_family_counts_atoms_as_codes_and_draws_them_exactly() -> None:
+    # dp-marginal reads the mode span itself (it is fitted from counts, not trained):
+    # an atom row is its own code, never a value in the middle bin.
+    family = build_generator(SCHEMA, ModelSettings(generator="dp-marginal"))
+    assert isinstance(family, ReleaseFamily)
+    rows = _rows(3000, seed=1)
+    fit_placement(family, "pooled", [family.encode(rows)], epsilon=None, delta=1e-5, seed=0)
+    out = family.sample(3000, seed=3)
+    validate_frame(out, SCHEMA)
+    limit = out["limit"].to_numpy(dtype=np.float64)
+    assert float((out["cost"] == 0).mean()) == pytest.approx(0.4, abs=0.04)
+    assert float(np.mean(limit == 0)) == pytest.approx(0.5, abs=0.04)
+    assert float(np.mean(limit == 1)) == pytest.approx(0.3, abs=0.04)
+    assert float(np.mean(np.isnan(limit))) == pytest.approx(0.05, abs=0.02)
+    visits = out["visits"].to_numpy(dtype=np.float64)
+    assert float(np.mean(visits == 0)) == pytest.approx(0.3, abs=0.04)
+    # The continuous part stays where the data put it (uniform on 5..60 for cost).
+    cost = out["cost"][out["cost"] > 0]
+    assert cost.between(0, 65).mean() > 0.95 and 25 < cost.mean() < 40
 
 
 # ---------------------------------------------------------------------- constraints

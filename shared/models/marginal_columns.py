@@ -5,15 +5,17 @@ Codes (what the marginal tables count):
 * categorical column: its category index (the transformer's one-hot slot, so a
   nullable column's last code is "missing");
 * numeric column: one of ``bins`` equal-width bins on the public bounds (an
-  integer column with at most ``bins`` values: one code per value), then a
-  null code when nullable.
+  integer column with at most ``bins`` values: one code per value), then one
+  code per public atom and a null code when nullable, in the order of the
+  column's mode span (:func:`shared.transforms.mode_spans`: slot 0 is "a value
+  in the value slot", the other slots follow the value codes).
 
 Values within a bin (what sampling needs back): a binned numeric column also
 has a fine histogram, :data:`FINE` cells per bin plus one cell for "exactly the
 minimum" and one for "exactly the maximum" (point masses at a public bound,
 such as a spending of zero, are common in health data and are lost by drawing
 uniformly within the first bin). One row adds 1 to at most one cell of each
-binned column's fine histogram (none when missing), so these histograms add
+binned column's fine histogram (none when missing or at an atom), so these histograms add
 the number of binned columns to the squared L2 sensitivity of the release that
 carries them. A value is drawn by picking a cell within its bin in proportion
 to the (clipped, noisy) counts, then uniformly within the cell, or exactly the bound.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.schema import Column
-from shared.transforms import SpanInfo, TableTransformer
+from shared.transforms import SpanInfo, TableTransformer, mode_spans
 
 #: Fine histogram cells per bin of a binned numeric column.
 FINE = 4
@@ -38,7 +40,9 @@ class Discrete:
 
     column: Column
     span: SpanInfo
-    missing: SpanInfo | None
+    #: Numeric only: the ``missing`` or ``atoms`` span, whose slots 1.. are the codes
+    #: after the value codes.
+    mode: SpanInfo | None
     size: int
     #: Numeric only: values (bins, or integers) before the null code.
     values: int = 0
@@ -48,9 +52,9 @@ class Discrete:
 
 def discretise(transformer: TableTransformer, bins: int) -> list[Discrete]:
     """One :class:`Discrete` per schema column, in schema order."""
-    missing = {s.column: s for s in transformer.spans if s.kind == "missing"}
+    modes = mode_spans(transformer.spans)
     out = []
-    for span in (s for s in transformer.spans if s.kind != "missing"):
+    for span in (s for s in transformer.spans if s.kind not in ("missing", "atoms")):
         col = transformer.schema.column(span.column)
         if not col.is_numeric:
             out.append(Discrete(col, span, None, span.width))
@@ -58,8 +62,9 @@ def discretise(transformer: TableTransformer, bins: int) -> list[Discrete]:
         n_values = round(float(col.maximum) - float(col.minimum)) + 1
         per_value = col.kind == "integer" and n_values <= bins
         values = n_values if per_value else bins
-        size = values + (1 if col.nullable else 0)
-        out.append(Discrete(col, span, missing.get(col.name), size, values, not per_value))
+        mode = modes.get(col.name)
+        size = values + (mode.width - 1 if mode is not None else 0)
+        out.append(Discrete(col, span, mode, size, values, not per_value))
     return out
 
 
@@ -80,9 +85,17 @@ def codes(columns: list[Discrete], rows: np.ndarray) -> np.ndarray:
         u = (x[:, s.start] + 1.0) / 2.0  # [0, 1] within the bounds
         code = np.floor(u * c.values) if c.binned else np.rint(u * (c.values - 1))
         out[:, i] = np.clip(code, 0, c.values - 1)
-        if c.missing is not None:
-            out[x[:, c.missing.start + 1] > 0.5, i] = c.values
+        slot = _mode_slots(c, x)
+        out[slot > 0, i] = c.values + slot[slot > 0] - 1
     return out
+
+
+def _mode_slots(c: Discrete, x: np.ndarray) -> np.ndarray:
+    """Slot of each row in the column's mode span (0: a value; none: all 0)."""
+    if c.mode is None:
+        return np.zeros(len(x), dtype=np.int64)
+    slots: np.ndarray = np.argmax(x[:, c.mode.start : c.mode.stop], axis=1).astype(np.int64)
+    return slots
 
 
 def fine_counts(columns: list[Discrete], rows: np.ndarray, bins: int) -> np.ndarray:
@@ -92,9 +105,7 @@ def fine_counts(columns: list[Discrete], rows: np.ndarray, bins: int) -> np.ndar
     width = fine_width(bins)
     for c in (c for c in columns if c.binned):
         v = x[:, c.span.start]
-        present = np.ones(len(x), dtype=bool)
-        if c.missing is not None:
-            present = x[:, c.missing.start + 1] <= 0.5
+        present = _mode_slots(c, x) == 0  # neither missing nor at an atom
         cell = 1 + np.clip(np.floor((v + 1.0) / 2.0 * (width - 2)), 0, width - 3)
         cell = np.where(v <= -1.0, 0, np.where(v >= 1.0, width - 1, cell))
         parts.append(np.bincount(cell[present].astype(np.int64), minlength=width))
@@ -182,6 +193,6 @@ def encode_codes(
         else:  # one code per integer value
             value = -1.0 + 2.0 * v / max(c.values - 1, 1)
         out[:, c.span.start] = np.where(present, value, 0.0)
-        if c.missing is not None:
-            out[rows, c.missing.start + (~present).astype(np.int64)] = 1.0
+        if c.mode is not None:
+            out[rows, c.mode.start + np.where(present, 0, code - c.values + 1)] = 1.0
     return out
