@@ -1,8 +1,8 @@
-"""Noisy 2-way marginals of discretised columns, and a Chow–Liu tree fitted from them.
+"""Noisy 2-way marginals of discretised columns, and the pairwise information they show.
 
-Structure release (per site; the first of the two releases of ``dp-marginal``). Every column is discretised from the public schema alone
-(categories as they are, numerics into equal-width bins on the public bounds, a
-null bucket for nullable columns), and the site counts the 2-way contingency
+Structure release (per site; the first of the two releases of ``dp-marginal``).
+Every column is discretised from the public schema alone
+(:mod:`shared.models.marginal_columns`), and the site counts the 2-way contingency
 table of every pair of columns: m = d(d − 1)/2 tables. Adding or removing one
 row adds or removes exactly 1 in one cell of each table, so the L2 sensitivity
 of the concatenated tables is √m; with noise std σ·√m per cell the release is

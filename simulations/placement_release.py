@@ -77,12 +77,12 @@ def release_local(
     One site is the trusted curator (``pooled-dp``); ``epsilon=None`` fits from
     the exact statistics (no DP).
     """
-    for stage in range(len(family.release_shares())):
-        if epsilon is None:
+    if epsilon is None:
+        for stage in range(len(family.release_shares())):
             exact = sum(family.statistics(s, stage) for s in sites)
             family.fit_release(np.asarray(exact), stage=stage, noise_std=0.0)
-            continue
-        sigma = _sigmas(family, epsilon, delta)[stage]
+        return
+    for stage, sigma in enumerate(_sigmas(family, epsilon, delta)):
         total = local_total(family, sites, stage=stage, noise_multiplier=sigma, seed=seed)
         std = sigma * family.release_sensitivity(stage) * len(sites) ** 0.5
         family.fit_release(total, stage=stage, noise_std=std)

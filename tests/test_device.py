@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +16,10 @@ from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import ConfigError
 from shared.models import build_generator
 from shared.tables import validate_frame
+
+
+def _cohort_rows(n: int, *, seed: int) -> pd.DataFrame:
+    return validate_frame(generate_cohort(n, seed=seed), cohort_schema())
 
 
 def test_auto_picks_cuda_only_when_available() -> None:
@@ -37,11 +42,8 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("generator", ["dp-vae", "dp-diffusion", "dp-ctgan", "staged"])
 def test_dp_training_and_sampling_on_cuda(generator: str) -> None:
-    schema = cohort_schema()
-    raw = generate_cohort(2000, seed=2)
-    frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
-    family = build_generator(schema, ModelSettings(generator=generator))
-    data = torch.from_numpy(family.encode(frame))
+    family = build_generator(cohort_schema(), ModelSettings(generator=generator))
+    data = torch.from_numpy(family.encode(_cohort_rows(2000, seed=2)))
     before = {k: v.clone() for k, v in family.state_dict().items()}
 
     stats = train_dp(
@@ -64,12 +66,9 @@ def test_dp_training_and_sampling_on_cuda(generator: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_distributed_clipped_sum_and_share_on_cuda() -> None:
-    schema = cohort_schema()
-    raw = generate_cohort(300, seed=3)
-    frame = validate_frame(raw.astype(object).where(raw.notna(), None), schema)
-    family = build_generator(schema, ModelSettings())
+    family = build_generator(cohort_schema(), ModelSettings())
     module = family.private_module().to("cuda")
-    batch = torch.from_numpy(family.encode(frame)).to("cuda")
+    batch = torch.from_numpy(family.encode(_cohort_rows(300, seed=3))).to("cuda")
 
     grad_sum = clipped_gradient_sum(module, family.criterion(), batch, clip_norm=0.5)
     share = site_share(

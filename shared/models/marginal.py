@@ -1,9 +1,10 @@
 """``dp-marginal``: a degree-2 Bayesian network fitted from noisy marginals (PrivBayes-style).
 
-The family discretises every column from the public schema alone:
-categoricals into their categories (plus a null slot when nullable), numerics
-into ``marginal_bins`` equal-width bins on the public bounds (an integer column
-with at most that many values gets one bin per value), plus a null bucket when
+The family discretises every column from the public schema alone
+(:mod:`shared.models.marginal_columns`): categoricals into their categories
+(plus a null slot when nullable), numerics into ``marginal_bins`` equal-width
+bins on the public bounds (an integer column with at most that many values gets
+one bin per value), then one code per public atom and a null code when
 nullable. It is fitted in two Gaussian releases (stages of
 :class:`shared.models.release.ReleaseFamily`):
 
@@ -21,8 +22,8 @@ The network (``order``, ``parents``), the margins (``marginal``) and the
 conditional tables (``conditional``, padded to the largest domain) and the fine
 histograms (``fine``) are buffers,
 so the model is a ``state_dict`` like every family. Sampling is ancestral in
-``order``; a numeric value is drawn uniformly within its bin (or is the bin's
-integer). Rows go through the base class as point distributions, so
+``order``; a binned numeric value is drawn through its bin's fine histogram, an
+atom code gives the atom exactly, and an integer column's code is its value. Rows go through the base class as point distributions, so
 constraints and conditions are met by bounded redraws (:mod:`shared.models.sampling`).
 
 References: Chow & Liu, IEEE Trans. Inf. Theory 14(3), 1968; Zhang et al.,
