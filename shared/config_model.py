@@ -9,6 +9,7 @@ from typing import Any
 from shared.config_read import Scalar, positive, read_value
 
 NUMERIC_ENCODERS: tuple[str, ...] = ("minmax", "dp-quantile")
+EFFECT_MODELS: tuple[str, ...] = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class ModelSettings:
     kl_weight: float = 0.5
     #: Family of the covariate stage of the ``"staged"`` generator (ignored by others).
     covariate_generator: str = "dp-vae"
+    #: ``"staged"`` only: each treated arm's outcome offset g_a(x): ``"linear"`` in the
+    #: encoded covariates, or ``"mlp"`` (linear plus one hidden layer, which also fits
+    #: non-linear effect modification but has about 10× the weights, and so the DP noise).
+    effect_model: str = "linear"
     #: Number of diffusion steps T of the ``"dp-diffusion"`` family (ignored by others):
     #: sampling runs T denoiser passes; training cost does not depend on T.
     diffusion_steps: int = 50
@@ -41,7 +46,7 @@ class ModelSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
+        ``effect-model``, ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
         ``encoder-bins``, ``marginal-bins``."""
         d = cls()
         return cls(
@@ -51,6 +56,14 @@ class ModelSettings:
             kl_weight=read_value(config, "kl-weight", float, d.kl_weight, positive, "> 0"),
             covariate_generator=read_value(
                 config, "covariate-generator", str, d.covariate_generator
+            ),
+            effect_model=read_value(
+                config,
+                "effect-model",
+                str,
+                d.effect_model,
+                lambda v: v in EFFECT_MODELS,
+                f"one of {list(EFFECT_MODELS)}",
             ),
             diffusion_steps=read_value(
                 config,
@@ -95,6 +108,7 @@ class ModelSettings:
             "latent": self.latent,
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
+            "effect-model": self.effect_model,
             "diffusion-steps": self.diffusion_steps,
             "gan-noise": self.gan_noise,
             "gan-uncond-rate": self.gan_uncond_rate,

@@ -19,7 +19,7 @@ from shared.config import ModelSettings
 from shared.errors import ConfigError, ModelError
 from shared.manifest import MANIFEST, load_model, save_model
 from shared.models import available_families, build_generator
-from shared.models.heads import ConditionalHead, span_nll
+from shared.models.heads import ConditionalHead, span_nll, zero_absent_values
 from shared.models.staged import StagedGenerator, StagedModule
 from shared.schema import Schema
 from shared.tables import validate_frame
@@ -113,8 +113,28 @@ def test_unknown_covariate_generator_is_refused(cohort: Schema) -> None:
 
 
 def test_model_settings_round_trip_the_covariate_generator() -> None:
-    settings = ModelSettings(generator="staged", covariate_generator="dp-vae")
+    settings = ModelSettings(generator="staged", covariate_generator="dp-vae", effect_model="mlp")
     assert ModelSettings.from_config(settings.to_config()) == settings
+
+
+def test_unknown_effect_model_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"effect-model.*one of \['linear', 'mlp'\]"):
+        ModelSettings.from_config({"effect-model": "quadratic"})
+
+
+@pytest.mark.parametrize(("effect_model", "offset_weights"), [("linear", 24 * 2), ("mlp", 464)])
+def test_effect_model_sets_the_offset_networks(
+    cohort: Schema, effect_model: str, offset_weights: int
+) -> None:
+    # Prepare: the cohort's 12 covariates encode to 23 slots; the outcome head
+    # emits (mean, log-std), so a linear offset has (23 + 1) × 2 weights.
+    settings = ModelSettings(generator="staged", effect_model=effect_model)
+    # Execute
+    outcome = build_generator(cohort, settings).module.outcome
+    # Assert: the shared surface keeps its MLP; only the offset differs.
+    offset = [p for name, p in outcome.named_parameters() if name.split(".")[1] == "1"]
+    assert sum(p.numel() for p in offset) == offset_weights
+    assert sum(p.numel() for p in outcome.hidden[0].parameters()) == 24 * 16
 
 
 # ---------------------------------------------------------------------- DP training
@@ -249,6 +269,48 @@ def test_missing_outcome_values_carry_no_gaussian_loss() -> None:
     encoded = torch.tensor([[0.0, 0.0, 1.0]])
     # Execute / Assert: only the 2-way missing-indicator cross-entropy remains.
     assert float(span_nll(spans, params, encoded)[0]) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_zero_absent_values_puts_drawn_rows_in_the_encoders_form() -> None:
+    # Prepare: value slots 0 and 3; column "a" has [present, missing], "b" atoms
+    # [value, atom 1, atom 2].
+    spans = (
+        SpanInfo("a", "numeric", 0, 1),
+        SpanInfo("a", "missing", 1, 2),
+        SpanInfo("b", "numeric", 3, 1),
+        SpanInfo("b", "atoms", 4, 3),
+    )
+    drawn = torch.tensor(
+        [
+            [0.7, 1.0, 0.0, -0.4, 1.0, 0.0, 0.0],  # both present
+            [0.7, 0.0, 1.0, -0.4, 0.0, 0.0, 1.0],  # a missing, b at an atom
+        ]
+    )
+    # Execute
+    out = zero_absent_values(spans, drawn)
+    # Assert: only absent values are zeroed, as TableTransformer.encode writes them.
+    assert out[0].tolist() == pytest.approx(drawn[0].tolist())
+    assert out[1, [0, 3]].tolist() == [0.0, 0.0]
+    assert out[1, [1, 2, 4, 5, 6]].tolist() == drawn[1, [1, 2, 4, 5, 6]].tolist()
+    assert drawn[1, 0] == pytest.approx(0.7)  # the input is not modified
+
+
+def test_heads_condition_on_covariates_in_the_encoders_form(staged: StagedGenerator) -> None:
+    # Prepare: the cohort's bmi and hba1c are nullable; the encoder writes 0 in the
+    # value slot of a missing value, and the heads were trained on that form.
+    seen: list[torch.Tensor] = []
+    staged.module.outcome.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    spans = staged.cov_family.transformer.spans
+    # Execute
+    staged.sample_encoded(2000, torch.Generator().manual_seed(0))
+    # Assert: some rows have missing values, and each one's value slot is 0.
+    cov = seen[0]
+    for column in ("bmi", "hba1c"):
+        value = next(s for s in spans if s.column == column and s.kind == "numeric")
+        missing = next(s for s in spans if s.column == column and s.kind == "missing")
+        absent = cov[:, missing.start + 1] == 1
+        assert 0 < int(absent.sum()) < len(cov)
+        assert torch.all(cov[absent, value.start] == 0)
 
 
 def test_a_multi_arm_head_needs_the_arm() -> None:

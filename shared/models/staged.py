@@ -13,7 +13,8 @@ Stages (roles come from the public schema):
    prediction target, drawn by any registered family (``covariate-generator``,
    default ``"dp-vae"``) built on that sub-schema;
 2. **propensity**: T | X, a :class:`~shared.models.heads.ConditionalHead` (softmax);
-3. **outcome**: Y | X, T, a shared surface plus one offset network per treated arm;
+3. **outcome**: Y | X, T, a shared surface plus one offset per treated arm (linear in
+   X by default; ``effect-model = "mlp"`` adds a hidden layer);
 4. **post-treatment**: the prediction target (if the schema names one), given
    X, T and Y, since a target such as a later adverse event is usually
    post-treatment (the evaluation also leaves it out of the adjustment set).
@@ -37,7 +38,13 @@ from torch import nn
 
 from shared.errors import ConfigError
 from shared.models.base import GeneratorFamily, build_generator, register_family
-from shared.models.heads import ConditionalHead, head_width, span_draw, span_nll
+from shared.models.heads import (
+    ConditionalHead,
+    head_width,
+    span_draw,
+    span_nll,
+    zero_absent_values,
+)
 from shared.schema import Schema
 from shared.transforms import SpanInfo, TableTransformer
 
@@ -191,7 +198,13 @@ class StagedGenerator(GeneratorFamily):
         return StagedModule(
             self.cov_family.module,
             ConditionalHead(n_cov, t_spans, HEAD_HIDDEN, 1),
-            ConditionalHead(n_cov, y_spans, HEAD_HIDDEN, n_t),
+            ConditionalHead(
+                n_cov,
+                y_spans,
+                HEAD_HIDDEN,
+                n_t,
+                offset_mlp=self.settings.effect_model == "mlp",
+            ),
             post_head,
             self.index,
         )
@@ -222,9 +235,13 @@ class StagedGenerator(GeneratorFamily):
         staged = self.module
         if not isinstance(staged, StagedModule):  # pragma: no cover - guarded by build_module
             raise TypeError("module is not a StagedModule")
-        cov = self.cov_family.sample_encoded(n, generator)
+        # The heads were trained on encoded real rows, so drawn covariates take that form.
+        cov = zero_absent_values(
+            self.cov_family.transformer.spans, self.cov_family.sample_encoded(n, generator)
+        )
         t = span_draw(self.stage_spans[0], staged.propensity(cov), generator)
-        y = span_draw(self.stage_spans[1], staged.outcome(cov, t), generator)
+        y_spans = self.stage_spans[1]
+        y = zero_absent_values(y_spans, span_draw(y_spans, staged.outcome(cov, t), generator))
         out = torch.zeros(n, self.transformer.width, device=cov.device)
         out[:, staged.positions("cov")] = cov
         out[:, staged.positions("treatment")] = t
