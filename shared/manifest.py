@@ -127,11 +127,15 @@ def load_model(folder: str | Path) -> tuple[GeneratorFamily, dict[str, Any]]:
         raise ModelError(f"{out / MANIFEST} is not a {FORMAT} manifest")
     try:
         schema = Schema.from_dict(manifest["schema"], source=str(out / MANIFEST))
-        settings = ModelSettings(**manifest["model_settings"])
+        stored = dict(manifest["model_settings"])
+        if manifest.get("generator") == "staged":
+            # Staged models saved before ``effect_model`` existed have MLP offsets.
+            stored.setdefault("effect_model", "mlp")
+        settings = ModelSettings(**stored)
         weights = manifest["weights"]
         digest = str(weights["sha256"])
         file = str(weights["file"])
-    except (KeyError, TypeError, SchemaError) as exc:
+    except (KeyError, TypeError, ValueError, SchemaError) as exc:
         raise ModelError(f"{out / MANIFEST} is incomplete or invalid ({exc})") from None
     if schema.fingerprint() != manifest.get("schema_fingerprint"):
         raise ModelError(f"{out / MANIFEST}: the embedded schema does not match its fingerprint")

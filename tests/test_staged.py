@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -213,6 +214,23 @@ def test_saves_and_loads_through_the_manifest(staged: StagedGenerator, tmp_path:
     assert (folder / MANIFEST).is_file()
     assert isinstance(loaded, StagedGenerator)
     pd.testing.assert_frame_equal(loaded.sample(200, seed=9), staged.sample(200, seed=9))
+
+
+def test_a_manifest_from_before_effect_model_loads_with_mlp_offsets(
+    cohort: Schema, tmp_path: Path
+) -> None:
+    # Prepare: an MLP-offset model whose manifest lacks the key, as older runs wrote it.
+    torch.manual_seed(0)
+    older = build_generator(cohort, ModelSettings(generator="staged", effect_model="mlp"))
+    folder = save_model(tmp_path / "model", older)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    del manifest["model_settings"]["effect_model"]
+    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    # Execute
+    loaded, _ = load_model(folder)
+    # Assert
+    assert loaded.settings.effect_model == "mlp"
+    pd.testing.assert_frame_equal(loaded.sample(200, seed=9), older.sample(200, seed=9))
 
 
 # ---------------------------------------------------------------------- effect recovery

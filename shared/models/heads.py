@@ -10,11 +10,12 @@ numeric value, the same output families as the VAE's decoder.
 
 With ``arms > 1`` the head is ``f(x) + Σ_a t_a · g_a(x)``: a surface shared by
 every arm plus an offset network per non-reference arm, selected by the
-treatment's one-hot code. It represents exactly what a T-learner (one network
-per arm; Künzel et al., PNAS 2019) represents, so treatment-effect heterogeneity
-(``t × x`` interactions) is there by construction, but the common structure is
-learned once from every row, and the effect ``g_a(x)`` is a parameter of its
-own rather than the difference of two noisy DP fits.
+treatment's one-hot code. With MLP offsets it represents exactly what a
+T-learner (one network per arm; Künzel et al., PNAS 2019) represents, so
+treatment-effect heterogeneity (``t × x`` interactions) is there by
+construction, but the common structure is learned once from every row, and the
+effect ``g_a(x)`` is a parameter of its own rather than the difference of two
+noisy DP fits.
 
 The shared surface is a linear map plus a one-hidden-layer MLP (a residual
 pair): under DP-SGD's noise the linear part picks up the dominant linear signal
