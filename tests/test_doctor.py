@@ -17,18 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from client.doctor import (
     add_doctor_parser,
-    check_ca,
     check_delta,
     check_gpu,
     check_ledger,
     check_schema,
-    check_server,
-    check_site_key,
     check_table,
     exit_code,
     format_report,
     run_doctor,
 )
+from client.doctor_connect import check_ca, check_server, check_site_key
 from client.ledger import PrivacyLedger
 from client.settings import LEDGER_FILE
 from deploy.certs import ServerCredentials, create_server_credentials, create_site_key
