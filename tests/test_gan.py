@@ -24,7 +24,8 @@ from shared.config import ModelSettings, RunSettings
 from shared.errors import ConfigError
 from shared.manifest import load_model, save_model
 from shared.models import available_families, build_generator
-from shared.models.gan import DPCTGAN, AdversarialLoop, CondSampler, public_category_frequencies
+from shared.models.gan import DPCTGAN, AdversarialLoop
+from shared.models.gan_cond import CondSampler, public_category_frequencies
 from shared.schema import Schema
 from shared.tables import validate_frame
 from tests.e2e import independent_epsilon
