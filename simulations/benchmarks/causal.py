@@ -152,6 +152,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, seed: int) -> dict[str,
             local_steps=args.local_steps,
             epsilon=args.epsilon,
             sample_rate=args.sample_rate,
+            learning_rate=args.learning_rate,
             seed=seed,
             model=ModelSettings(generator=gen),
         )
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--local-steps", type=int, default=45)
     ap.add_argument("--sample-rate", type=float, default=0.1)
+    ap.add_argument(
+        "--learning-rate", type=float, default=RunSettings().learning_rate, help="local Adam lr"
+    )
     ap.add_argument("--seeds", default="0", help="comma list of seeds")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     ap.add_argument("--json", default="", help="also write the JSON here")
