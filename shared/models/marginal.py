@@ -23,8 +23,9 @@ conditional tables (``conditional``, padded to the largest domain) and the fine
 histograms (``fine``) are buffers,
 so the model is a ``state_dict`` like every family. Sampling is ancestral in
 ``order``; a binned numeric value is drawn through its bin's fine histogram, an
-atom code gives the atom exactly, and an integer column's code is its value. Rows go through the base class as point distributions, so
-constraints and conditions are met by bounded redraws (:mod:`shared.models.sampling`).
+atom code gives the atom exactly, and an integer column's code is its value. Rows
+go through the base class as point distributions, so constraints and conditions
+are met by bounded redraws (:mod:`shared.models.sampling`).
 
 References: Chow & Liu, IEEE Trans. Inf. Theory 14(3), 1968; Zhang et al.,
 "PrivBayes", ACM TODS 42(4), 2017; McKenna, Miklau & Sheldon, "Winning the
