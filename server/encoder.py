@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from server.errors import CheckpointError, ProtocolError, RoundFailedError
-from server.report import site_entry
+from server.errors import CheckpointError
+from server.oneshot import Parsed, collect_releases, parse_release_reply, record_sites
 from shared import keys
 from shared.config import RunSettings
 from shared.dp_quantile import HistogramRequest, cdf_from_counts, histogram_sensitivity
@@ -42,7 +41,7 @@ log = logging.getLogger("fedsynth.server")
 ENCODER_FILE = "encoder.json"
 
 
-def parse_histogram_reply(msg: Message, shape: tuple[int, int]) -> tuple[dict[str, Any], Any]:
+def parse_histogram_reply(msg: Message, shape: tuple[int, int]) -> Parsed:
     """Check one reply against :data:`shared.keys.ENCODER_REPLY_FIELDS`.
 
     Returns
@@ -51,41 +50,12 @@ def parse_histogram_reply(msg: Message, shape: tuple[int, int]) -> tuple[dict[st
         The site's public facts (name, status, reason, accounting) and its noisy
         counts (``None`` when it declined).
     """
-    node = msg.metadata.src_node_id
-    content = msg.content
-    extra = set(content.keys()) - set(keys.ENCODER_REPLY_FIELDS)
-    if extra:
-        raise ProtocolError(f"node {node} sent unexpected record(s) {sorted(extra)}")
-    metrics = {
-        k: float(v)
-        for k, v in dict(content[keys.PRIVACY_METRICS]).items()
-        if isinstance(v, int | float)
-    }
-    if set(metrics) - set(keys.ENCODER_REPLY_FIELDS[keys.PRIVACY_METRICS]):
-        raise ProtocolError(f"node {node} sent unexpected metric(s) in its histogram reply")
-    info = dict(content[keys.SITE_INFO])
-    if set(info) - set(keys.ENCODER_REPLY_FIELDS[keys.SITE_INFO]):
-        raise ProtocolError(f"node {node} sent unexpected site field(s)")
-    facts = {
-        "site": str(info.get(keys.SITE_NAME, f"node-{node}")),
-        "sent": info.get(keys.STATUS) == keys.STATUS_TRAINED,
-        "reason": str(info.get(keys.REASON, "")),
-        "accountant": str(info.get(keys.ACCOUNTANT, "")),
-        "secure_mode": bool(info.get(keys.SECURE_MODE, False)),
-        "noise_seed": str(info.get(keys.NOISE_SEED, "unknown")),
-        "privacy": metrics,
-    }
-    if not facts["sent"]:
-        if keys.HISTOGRAM_ARRAYS in content:
-            raise ProtocolError(f"node {node} declined but still sent a histogram")
-        return facts, None
-    arrays = content.get(keys.HISTOGRAM_ARRAYS)
-    if not isinstance(arrays, ArrayRecord) or set(arrays) != {keys.HISTOGRAM_COUNTS}:
-        raise ProtocolError(f"node {node} sent no well-formed histogram")
-    counts = arrays[keys.HISTOGRAM_COUNTS].numpy().astype(np.float64)
-    if counts.shape != shape or not np.isfinite(counts).all():
-        raise ProtocolError(f"node {node} sent a histogram of shape {counts.shape}, not {shape}")
-    return facts, counts
+    return parse_release_reply(
+        msg,
+        fields=keys.ENCODER_REPLY_FIELDS,
+        record=(keys.HISTOGRAM_ARRAYS, keys.HISTOGRAM_COUNTS),
+        shape=shape,
+    )
 
 
 def fit_encoder(
@@ -118,48 +88,19 @@ def fit_encoder(
     sigma_h = settings.encoder_noise_multiplier()
     request = HistogramRequest(sigma_h, bins, schema.fingerprint(), settings.accountant)
     config = cast("dict[str, ConfigRecordValues]", request.to_config())
-    n_all = len(list(grid.get_node_ids()))
-    node_ids, _ = sample_nodes(grid, settings.min_sites, max(n_all, settings.min_sites))
-    messages = [
-        Message(
-            content=RecordDict({keys.ENCODER_CONFIG: ConfigRecord(config)}),
-            dst_node_id=nid,
-            message_type=f"train.{keys.ENCODER_HISTOGRAM}",
-        )
-        for nid in node_ids
-    ]
-    parsed: list[tuple[dict[str, Any], Any]] = []
-    for rep in grid.send_and_receive(messages, timeout=settings.round_timeout):
-        if rep.has_error():
-            log.warning("encoder: node %d failed: %s", rep.metadata.src_node_id, rep.error.reason)
-            continue
-        try:
-            parsed.append(parse_histogram_reply(rep, (d, bins)))
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            log.warning("encoder: reply discarded: %s", exc)
-    # Summed in site order so a seeded run is independent of reply order.
-    parsed.sort(key=lambda p: str(p[0]["site"]))
-    sent = [counts for facts, counts in parsed if counts is not None]
-    for facts, _ in parsed:
-        if not facts["sent"]:
-            log.warning("encoder: site %s declined: %s", facts["site"], facts["reason"])
-    if len(sent) < settings.min_sites:
-        raise RoundFailedError(
-            f"encoder stage: only {len(sent)} site histogram(s), fewer than the minimum of "
-            f"{settings.min_sites}; nothing was fitted. Fix the sites (see their logs) and rerun "
-            "with the same --out, or use --numeric-encoder minmax."
-        )
-    total = np.sum(sent, axis=0)
+    parsed, total = collect_releases(
+        grid,
+        settings,
+        stage="encoder stage",
+        message_type=keys.ENCODER_HISTOGRAM,
+        content=lambda: RecordDict({keys.ENCODER_CONFIG: ConfigRecord(config)}),
+        parse=lambda rep: parse_histogram_reply(rep, (d, bins)),
+        fix="use --numeric-encoder minmax",
+    )
+    sent = [counts for _, counts in parsed if counts is not None]
     cdfs = np.stack([cdf_from_counts(total[i]) for i in range(d)])
     family.set_numeric_encoder(cdfs)
-    for facts, _ in parsed:
-        sites[facts["site"]] = site_entry(
-            facts["privacy"],
-            facts["site"],
-            facts["accountant"],
-            facts["secure_mode"],
-            facts["noise_seed"],
-        )
+    record_sites(parsed, sites)
     info = {
         "numeric_encoder": "dp-quantile",
         "bins": bins,

@@ -193,8 +193,13 @@ def calibrate_histogram_noise(
     delta: float,
     training: tuple[float, float, int],
     accountant: str = "rdp",
+    others: tuple[tuple[float, float, int], ...] = (),
+    hint: str = "raise encoder-budget-fraction or use numeric-encoder 'minmax'",
 ) -> float:
-    """Smallest σ_h whose histogram release composed with ``training`` stays within ε.
+    """Smallest σ_h whose one Gaussian release composed with ``training`` stays within ε.
+
+    Used for every one-shot release of a run (the encoder histograms, the staged
+    generator's effect sums): ``others`` lists the run's other mechanisms.
 
     Parameters
     ----------
@@ -205,11 +210,15 @@ def calibrate_histogram_noise(
     training : (σ, q, steps)
         The run's DP-SGD mechanism (σ already calibrated to the rest of the budget).
     accountant : {"rdp", "prv"}
+    others : tuple of (σ, q, steps)
+        Further mechanisms of the run (e.g. an earlier release at ``(σ_h, 1, 1)``).
+    hint : str
+        How to fix a run that leaves no room, for the error message.
 
     Returns
     -------
     float
-        σ_h (noise std in units of the L2 sensitivity √d), within 0.5% of the smallest.
+        σ_h (noise std in units of the release's L2 sensitivity), within 0.5% of the smallest.
 
     Raises
     ------
@@ -220,17 +229,17 @@ def calibrate_histogram_noise(
     from shared.errors import AccountingError
 
     exact = functools.partial(epsilon_of, delta=delta, accountant=accountant)
-    eps = _fast_rdp_epsilon(training, delta) if accountant == "rdp" else None
+    fixed = [training, *others]
+    eps = _fast_rdp_epsilon(fixed, delta) if accountant == "rdp" else None
 
     def search(sigma_h: float) -> float:
-        return eps(sigma_h) if eps is not None else exact([(sigma_h, 1.0, 1), training])
+        return eps(sigma_h) if eps is not None else exact([(sigma_h, 1.0, 1), *fixed])
 
     lo, hi = 0.05, 1e4
     if search(hi) > target_epsilon:
         raise AccountingError(
             f"DP-SGD (σ={training[0]:.4g}, q={training[1]:g}, {training[2]} steps) leaves no "
-            f"room within ε={target_epsilon:g} for the encoder histograms; raise "
-            "encoder-budget-fraction or use numeric-encoder 'minmax'"
+            f"room within ε={target_epsilon:g} for a one-shot release; {hint}"
         )
     if search(lo) <= target_epsilon:
         hi = lo
@@ -239,13 +248,15 @@ def calibrate_histogram_noise(
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if search(mid) <= target_epsilon else (mid, hi)
     # The search may use the fast RDP sum; the answer must hold for the real accountant.
-    while exact([(hi, 1.0, 1), training]) > target_epsilon:
+    while exact([(hi, 1.0, 1), *fixed]) > target_epsilon:
         hi *= 1.002
     return hi
 
 
-def _fast_rdp_epsilon(training: tuple[float, float, int], delta: float) -> Callable[[float], float]:
-    """ε of ``[(σ_h, 1, 1), training]`` under RDP, with the training RDP computed once.
+def _fast_rdp_epsilon(
+    fixed: list[tuple[float, float, int]], delta: float
+) -> Callable[[float], float]:
+    """ε of ``[(σ_h, 1, 1), *fixed]`` under RDP, with the fixed mechanisms' RDP computed once.
 
     A Gaussian mechanism without sampling has RDP α / (2 σ_h²) at order α, so only
     that term changes during the search (Mironov 2017, Prop. 7 and Prop. 1).
@@ -255,8 +266,13 @@ def _fast_rdp_epsilon(training: tuple[float, float, int], delta: float) -> Calla
     from shared.accounting import RDP_ORDERS
 
     orders = list(RDP_ORDERS)
-    sigma, q, steps = training
-    base = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
+    base = sum(
+        (
+            np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=n, orders=orders))
+            for s, q, n in fixed
+        ),
+        start=np.zeros(len(orders)),
+    )
     half_orders = np.asarray(orders) / 2.0
 
     def eps(sigma_h: float) -> float:

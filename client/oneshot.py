@@ -1,0 +1,140 @@
+"""One Gaussian release from a site, charged to its ledger before anything is sent.
+
+The DP encoder stage (:mod:`client.encoder`) and the staged generator's effect
+calibration (:mod:`client.effect`) each release one vector of statistics once per
+run. Both follow the same order, each step failing closed:
+
+1. under the ledger lock, check that one Gaussian mechanism at σ (recorded as
+   ``(σ, q = 1, 1 step)``, with the release's L2 sensitivity in place of the clip
+   norm) fits the site's remaining budget;
+2. add the noise and record the release durably;
+3. only then hand back the noisy values for the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.errors import BudgetExhaustedError
+from client.ledger import PrivacyLedger
+from client.settings import SiteSettings
+from shared import keys
+
+log = logging.getLogger("fedsynth.client")
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """Outcome of a one-shot release at one site (``noisy`` is set only when sent)."""
+
+    sent: bool
+    reason: str
+    epsilon: float
+    total_steps: int
+    noisy: np.ndarray | None = None
+
+
+def charge_and_release(
+    site: SiteSettings,
+    *,
+    noise_multiplier: float,
+    sensitivity: float,
+    accountant: str,
+    ledger_round: int,
+    run: str,
+    noisy: Callable[[np.random.Generator], np.ndarray],
+) -> ReleaseResult:
+    """Budget check, then ``noisy(rng)`` (the values plus noise), then the ledger record.
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        σ, the noise std in units of ``sensitivity``.
+    sensitivity : float
+        The release's L2 sensitivity under add/remove of one row (recorded as the clip norm).
+    ledger_round : int
+        The round number the release is recorded under; it also seeds a simulated
+        site's noise.
+    noisy : callable
+        Adds the Gaussian noise to the exact values with the generator it is given.
+    """
+    from client.site import noise_seed
+
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=accountant)
+    with ledger.locked() as led:
+        try:
+            led.check_budget(
+                noise_multiplier=noise_multiplier,
+                sample_rate=1.0,
+                steps=1,
+                budget_epsilon=site.budget_epsilon,
+                delta=site.budget_delta,
+            )
+        except BudgetExhaustedError as exc:
+            log.warning("%s", exc)
+            return ReleaseResult(
+                False, str(exc), led.epsilon(delta=site.budget_delta), led.total_steps
+            )
+        # Seeded like DP-SGD's noise without secure_mode: secret OS randomness at a real
+        # site. secure_mode (a CSPRNG, Opacus's torchcsprng) is not applied to this release.
+        values = noisy(np.random.default_rng(noise_seed(site, ledger_round)))
+        led.record(
+            run=run,
+            server_round=ledger_round,
+            noise_multiplier=noise_multiplier,
+            sample_rate=1.0,
+            steps=1,
+            max_grad_norm=sensitivity,
+        )
+        epsilon, total = led.epsilon(delta=site.budget_delta), led.total_steps
+    return ReleaseResult(True, "", epsilon, total, values)
+
+
+def release_reply(
+    site: SiteSettings | None,
+    result: ReleaseResult,
+    *,
+    noise_multiplier: float,
+    sensitivity: float,
+    accountant: str,
+    schema_fingerprint: str,
+    record: tuple[str, str],
+) -> RecordDict:
+    """The reply: public accounting, site facts and (when sent) the noisy values.
+
+    ``record`` names the ArrayRecord and the array inside it (:mod:`shared.keys`).
+    """
+    metrics = MetricRecord(
+        {
+            keys.EPSILON: float(result.epsilon),
+            keys.DELTA: float(site.budget_delta if site else 0.0),
+            keys.NOISE_MULTIPLIER: float(noise_multiplier),
+            keys.SAMPLE_RATE: 1.0,
+            keys.MAX_GRAD_NORM: float(sensitivity if result.sent else 0.0),
+            keys.STEPS: 1 if result.sent else 0,
+            keys.TOTAL_STEPS: int(result.total_steps),
+            keys.UPDATE_NORM_CLIPPED: 0.0,
+        }
+    )
+    info = ConfigRecord(
+        {
+            keys.SITE_NAME: site.site_name if site else "unknown",
+            keys.STATUS: keys.STATUS_TRAINED if result.sent else keys.STATUS_DECLINED,
+            keys.REASON: result.reason,
+            keys.ACCOUNTANT: accountant,
+            keys.SECURE_MODE: bool(site.secure_mode) if site else False,
+            keys.NOISE_SEED: "secret"
+            if site is None or site.simulation_seed is None
+            else "simulation",
+            keys.SCHEMA_FINGERPRINT: schema_fingerprint,
+        }
+    )
+    content = RecordDict({keys.PRIVACY_METRICS: metrics, keys.SITE_INFO: info})
+    if result.sent and result.noisy is not None:
+        content[record[0]] = ArrayRecord({record[1]: Array(np.asarray(result.noisy))})
+    return content
