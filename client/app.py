@@ -175,3 +175,12 @@ def encoder_histogram(msg: Message, context: Context) -> Message:
     from client.encoder import handle_histogram
 
     return handle_histogram(msg, context, public_reason)
+
+
+@app.train(keys.EFFECT_CALIBRATION)
+def effect_calibration(msg: Message, context: Context) -> Message:
+    """Staged generator, after the last round: noisy AIPW score sums (:mod:`client.effect`)."""
+    setup_logging()
+    from client.effect import handle_effect
+
+    return handle_effect(msg, context, public_reason)

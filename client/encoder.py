@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Context, Message, RecordDict
 
 from client.errors import SiteConfigError
-from client.oneshot import ReleaseResult, charge_and_release, release_reply
+from client.oneshot import ReleaseResult, answer_release, charge_and_release, release_reply
 from client.settings import SiteSettings
 from shared import keys
 from shared.dp_quantile import (
@@ -31,7 +31,6 @@ from shared.dp_quantile import (
     column_histogram,
     histogram_sensitivity,
 )
-from shared.errors import FedsynthError
 from shared.schema import Schema
 from shared.tables import load_table
 
@@ -117,17 +116,14 @@ def handle_histogram(
     msg: Message, context: Context, public_reason: Callable[[BaseException], str]
 ) -> Message:
     """Answer the encoder stage (errors become a decline with a safe reason)."""
-    site: SiteSettings | None = None
-    request: HistogramRequest | None = None
-    try:
-        site = SiteSettings.from_context(context.node_config, context.run_config)
-        request = HistogramRequest.from_config(dict(msg.content[keys.ENCODER_CONFIG]))
-        counts = raw_histograms(site, request)
-        result = release_histograms(site, request, counts, run=str(context.run_id))
-    except FedsynthError as exc:
-        log.error("encoder histograms declined: %s", exc)
-        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
-    except Exception as exc:  # a bug must not leak values in a traceback
-        log.exception("encoder histograms failed")
-        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
-    return Message(content=reply_content(site, request, result), reply_to=msg)
+    return answer_release(
+        msg,
+        context,
+        public_reason,
+        stage="encoder histograms",
+        parse=lambda content: HistogramRequest.from_config(dict(content[keys.ENCODER_CONFIG])),
+        run_stage=lambda site, request, _content, run: release_histograms(
+            site, request, raw_histograms(site, request), run=run
+        ),
+        reply=reply_content,
+    )

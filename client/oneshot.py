@@ -16,16 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from shared import keys
+from shared.errors import FedsynthError
 
 log = logging.getLogger("fedsynth.client")
+Request = TypeVar("Request")
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,33 @@ def release_reply(
     if result.sent and result.noisy is not None:
         content[record[0]] = ArrayRecord({record[1]: Array(np.asarray(result.noisy))})
     return content
+
+
+def answer_release(
+    msg: Message,
+    context: Context,
+    public_reason: Callable[[BaseException], str],
+    *,
+    stage: str,
+    parse: Callable[[RecordDict], Request],
+    run_stage: Callable[[SiteSettings, Request, RecordDict, str], ReleaseResult],
+    reply: Callable[[SiteSettings | None, Request | None, ReleaseResult], RecordDict],
+) -> Message:
+    """Answer a one-shot release message; any error becomes a decline with a safe reason.
+
+    ``parse`` reads the request from the message, ``run_stage(site, request, content,
+    run)`` computes and releases, and ``reply`` builds the reply's records.
+    """
+    site: SiteSettings | None = None
+    request: Request | None = None
+    try:
+        site = SiteSettings.from_context(context.node_config, context.run_config)
+        request = parse(msg.content)
+        result = run_stage(site, request, msg.content, str(context.run_id))
+    except FedsynthError as exc:
+        log.error("%s declined: %s", stage, exc)
+        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
+    except Exception as exc:  # a bug must not leak values in a traceback
+        log.exception("%s failed", stage)
+        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
+    return Message(content=reply(site, request, result), reply_to=msg)

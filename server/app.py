@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
+from server.effect import fit_effect
 from server.encoder import fit_encoder
 from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
@@ -167,6 +168,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             ),
         )
     family.load_state_dict(state)
+    if settings.calibrates_effect:
+        # After the last round: noisy AIPW sums from the sites -> the released offsets.
+        fit_effect(grid, settings, family, state, sites, store.identity)
     return release(out, family, settings, sites, history, sigma)
 
 

@@ -20,7 +20,6 @@ checkpointed reuses them instead of asking (and charging) the sites again.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -30,11 +29,17 @@ from flwr.app import ConfigRecord, ConfigRecordValues, Message, RecordDict
 from flwr.serverapp import Grid
 
 from server.errors import CheckpointError
-from server.oneshot import Parsed, collect_releases, parse_release_reply, record_sites
+from server.oneshot import (
+    Parsed,
+    collect_releases,
+    load_stage,
+    parse_release_reply,
+    record_sites,
+    save_stage,
+)
 from shared import keys
 from shared.config import RunSettings
 from shared.dp_quantile import HistogramRequest, cdf_from_counts, histogram_sensitivity
-from shared.manifest import atomic_write_bytes
 from shared.models import GeneratorFamily
 
 log = logging.getLogger("fedsynth.server")
@@ -112,8 +117,7 @@ def fit_encoder(
         "sites_sent": sorted(str(f["site"]) for f, c in parsed if c is not None),
         "per_site_histograms_seen_by_server": True,
     }
-    doc = {"identity": identity, "info": info, "cdfs": cdfs.tolist(), "sites": sites}
-    atomic_write_bytes(saved, (json.dumps(doc, indent=1) + "\n").encode())
+    save_stage(saved, {"identity": identity, "info": info, "cdfs": cdfs.tolist(), "sites": sites})
     log.info(
         "encoder: fitted quantile maps for %d column(s) from %d site(s), σ_h = %.4f",
         d,
@@ -129,21 +133,12 @@ def _reuse(
     sites: dict[str, dict[str, Any]],
     identity: dict[str, Any],
 ) -> dict[str, Any]:
+    doc = load_stage(path, identity, ("cdfs", "info", "sites"))
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
         cdfs = np.asarray(doc["cdfs"], dtype=np.float64)
-        info = dict(doc["info"])
-        saved_sites = dict(doc["sites"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path} is damaged ({exc}); the sites were already charged for it, so restore it "
-            "from backup rather than deleting it (deleting it charges them again)"
-        ) from None
-    if doc.get("identity") != identity:
-        raise CheckpointError(
-            f"{path} was written by a run with different settings or schema; use a new --out "
-            "folder, or rerun with the original settings to resume"
-        )
+        info, saved_sites = dict(doc["info"]), dict(doc["sites"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); restore it from backup") from None
     family.set_numeric_encoder(cdfs)  # raises ModelError if the CDFs are damaged
     sites.update(saved_sites)
     log.info("encoder: reusing the quantile maps already fitted for this run (%s)", path)

@@ -9,8 +9,10 @@ server sees each site's noisy vector, and the privacy report says so.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +20,11 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from server.errors import ProtocolError, RoundFailedError
+from server.errors import CheckpointError, ProtocolError, RoundFailedError
 from server.report import site_entry
 from shared import keys
 from shared.config import RunSettings
+from shared.manifest import atomic_write_bytes
 
 log = logging.getLogger("fedsynth.server")
 Parsed = tuple[dict[str, Any], np.ndarray | None]
@@ -143,3 +146,35 @@ def record_sites(
                 sites[facts["site"]].update(epsilon=entry["epsilon"], steps=entry["steps"])
             continue
         sites[facts["site"]] = entry
+
+
+def save_stage(path: Path, doc: dict[str, Any]) -> None:
+    """Write a stage's saved result (identity, facts, sums, sites) atomically."""
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def load_stage(path: Path, identity: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Read a stage saved by this run; refuse a damaged file or another run's.
+
+    Raises
+    ------
+    CheckpointError
+        The file is unreadable, lacks one of ``fields``, or was written by a run with
+        other settings.
+    """
+    try:
+        doc = dict(json.loads(path.read_text(encoding="utf-8")))
+        missing = [f for f in fields if f not in doc]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged ({exc}); the sites were already charged for it, so restore it "
+            "from backup rather than deleting it (deleting it charges them again)"
+        ) from None
+    if doc.get("identity") != identity:
+        raise CheckpointError(
+            f"{path} was written by a run with different settings or schema; use a new --out "
+            "folder, or rerun with the original settings to resume"
+        )
+    return doc

@@ -14,6 +14,7 @@ from typing import Any
 
 from server.report_facts import (
     aggregation_text,
+    effect_calibration_facts,
     numeric_encoder_facts,
     secure_aggregation_facts,
 )
@@ -94,6 +95,7 @@ def build_report(
         },
         "secure_aggregation": secure_aggregation_facts(settings),
         "numeric_encoder": numeric_encoder_facts(settings),
+        "effect_calibration": effect_calibration_facts(settings),
         "sent_by_each_site": {
             rec: list(fields)
             for rec, fields in (
@@ -193,6 +195,19 @@ def _md_table(sites: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _md_effect(report: dict[str, Any]) -> str:
+    facts = report.get("effect_calibration", {"enabled": False})
+    if not facts["enabled"]:
+        return ""
+    est = ", ".join(f"{e:.3f}" for e in facts.get("estimate", []))
+    return (
+        f"\n## Effect calibration\n\nAfter the last round each site released its clipped AIPW "
+        f"score sums once (σ_e = {facts['noise_multiplier']:.4f}, "
+        f"{facts['budget_fraction']:.0%} of ε). The DP estimate of the effect, {est}, "
+        "became the released generator's treatment effect (see effect.json).\n"
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Human-readable ``privacy_report.md``."""
     run = report["run"]
@@ -236,7 +251,7 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
 - noise placement: {_md_placement(run["noise_placement"])};
   aggregation: {run["aggregation"]}{_md_update_clip(run)}
 {_md_distributed(report)}
-{_md_secagg(report)}
+{_md_secagg(report)}{_md_effect(report)}
 ## What each site sent
 
 {sent}

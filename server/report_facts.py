@@ -6,6 +6,8 @@ officer reads: what the coordinator saw, what was charged, and what is trusted.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from shared import keys
@@ -100,6 +102,34 @@ def numeric_encoder_facts(settings: RunSettings) -> dict[str, Any]:
             "each site's noisy histograms (secure aggregation is not used for this stage); "
             "they are DP on their own. Details and the fitted CDFs: encoder.json"
         ),
+    }
+
+
+def effect_calibration_facts(settings: RunSettings) -> dict[str, Any]:
+    """What the staged generator's DP effect calibration sent, cost and changed."""
+    if not settings.calibrates_effect:
+        return {"enabled": False}
+    saved = Path(settings.out_dir) / "effect.json"
+    info: dict[str, Any] = {}
+    if saved.exists():
+        info = dict(json.loads(saved.read_text(encoding="utf-8"))["info"])
+    return {
+        "enabled": True,
+        "budget_fraction": settings.effect_budget_fraction,
+        "noise_multiplier": settings.effect_noise_multiplier(),
+        "accounted_as": (
+            "Gaussian mechanism (sigma_e, q = 1, 1 step) on each site's clipped AIPW score sums "
+            "and row count, L2 sensitivity sqrt((arms - 1) B^2 + 1), composed with DP-SGD in "
+            "each site's ledger (round = rounds + 1)"
+        ),
+        "sent_by_each_site_after_the_last_round": {
+            rec: list(fields) for rec, fields in keys.EFFECT_REPLY_FIELDS.items()
+        },
+        "server_sees": (
+            "each site's noisy sums (secure aggregation is not used for this stage); they are "
+            "DP on their own. Details: effect.json"
+        ),
+        **{k: info[k] for k in ("estimate", "generator_effect_before", "units") if k in info},
     }
 
 

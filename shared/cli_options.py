@@ -83,6 +83,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="share of ε given up by DP-SGD for the dp-quantile histograms "
         f"(default {_D.encoder_budget_fraction})",
     )
+    g.add_argument(
+        "--effect-budget-fraction",
+        type=float,
+        default=_D.effect_budget_fraction,
+        help="staged generator: share of ε for the DP effect calibration after the last "
+        f"round; 0 turns it off (default {_D.effect_budget_fraction})",
+    )
 
 
 def add_aggregation_options(p: argparse.ArgumentParser) -> None:
@@ -142,6 +149,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "numeric-encoder": args.numeric_encoder,
         "encoder-budget-fraction": args.encoder_budget_fraction,
+        "effect-budget-fraction": args.effect_budget_fraction,
     }
 
 

@@ -30,7 +30,7 @@ from shared.config_model import (
 )
 from shared.config_read import Scalar, positive, read_accountant, read_value
 from shared.config_site import DistributedStepSettings, TrainSettings
-from shared.distdp.plan import DistributedPlan
+from shared.distdp.plan import DistributedPlan, plan_for_run
 from shared.errors import ConfigError
 
 __all__ = [
@@ -84,6 +84,11 @@ class RunSettings:
         With ``model.numeric_encoder == "dp-quantile"``: DP-SGD's σ is calibrated to
         ``(1 - fraction) · ε``, and the encoder histograms get the noise σ_h that brings
         the composition of both back to exactly ε.
+    effect_budget_fraction : float
+        With the ``staged`` generator: the share of ε given to the effect calibration
+        after the last round (one Gaussian release of each site's clipped AIPW score
+        sums, :mod:`shared.effect`); 0 turns it off. DP-SGD's σ is calibrated to the
+        rest, and the release's noise brings the run's total back to exactly ε.
     """
 
     rounds: int = 10
@@ -109,6 +114,7 @@ class RunSettings:
     noise_placement: str = "local"
     announced_rows: int = 0
     encoder_budget_fraction: float = 0.1
+    effect_budget_fraction: float = 0.2
     model: ModelSettings = field(default_factory=ModelSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
 
@@ -186,6 +192,14 @@ class RunSettings:
                 lambda v: 0 < v <= 0.5,
                 "in (0, 0.5]",
             ),
+            effect_budget_fraction=read_value(
+                config,
+                "effect-budget-fraction",
+                float,
+                d.effect_budget_fraction,
+                lambda v: 0 <= v <= 0.4,
+                "in [0, 0.4]",
+            ),
             model=ModelSettings.from_config(config),
             aggregation=AggregationSettings.from_config(config),
         )
@@ -205,53 +219,10 @@ class RunSettings:
         Raises
         ------
         ConfigError
-            Without secure aggregation, without announced rows, with the PRV
-            accountant, with a DP numeric encoder (its budget would come on top), or
-            when ``min_sites`` cannot carry the secagg threshold.
+            When the run cannot be distributed (:func:`shared.distdp.plan.plan_for_run`
+            lists the cases).
         """
-        # Checked first: with it off, nothing else about the plan matters.
-        DistributedPlan.refuse_without_secure_aggregation(self.secure_aggregation)
-        if self.announced_rows < 1:
-            raise ConfigError(
-                "noise placement 'distributed' needs the consortium's announced total row count "
-                "(run config 'announced-rows', --announced-rows): the server divides each summed "
-                "gradient by the public expected batch q × that count"
-            )
-        if self.accountant != "rdp":
-            raise ConfigError(
-                "noise placement 'distributed' is accounted with RDP only; use --accountant rdp"
-            )
-        if self.aggregation.aggregation != "fedavg":
-            raise ConfigError(
-                "noise placement 'distributed' takes its own server-side Adam step on every "
-                f"summed gradient, so aggregation {self.aggregation.aggregation!r} does not "
-                "apply; use --aggregation fedavg with it"
-            )
-        if self.model.numeric_encoder != "minmax":
-            raise ConfigError(
-                "noise placement 'distributed' calibrates σ for the whole ε, so it cannot also "
-                f"spend budget on the {self.model.numeric_encoder!r} encoder histograms; use "
-                "--numeric-encoder minmax with it, or noise placement 'local'"
-            )
-        threshold = self.secagg_threshold or max(2, self.min_sites // 2 + 1)
-        if self.min_sites < 2 or threshold > self.min_sites:
-            raise ConfigError(
-                f"noise placement 'distributed' splits the noise over min-sites = {self.min_sites} "
-                f"shares and needs at least the secure aggregation threshold ({threshold}) and "
-                "at least 2; raise min-sites or lower the threshold"
-            )
-        return DistributedPlan(
-            epsilon=self.epsilon,
-            delta=self.delta,
-            steps=self.planned_steps,
-            sample_rate=self.sample_rate,
-            clip_norm=self.max_grad_norm,
-            learning_rate=self.learning_rate,
-            expected_batch=self.sample_rate * self.announced_rows,
-            noise_sites=self.min_sites,
-            threshold=threshold,
-            secure_aggregation=self.secure_aggregation,
-        )
+        return plan_for_run(self)
 
     @property
     def planned_steps(self) -> int:
@@ -263,13 +234,22 @@ class RunSettings:
         """Whether the run starts with the DP histogram stage (``dp-quantile`` encoder)."""
         return self.model.numeric_encoder == "dp-quantile"
 
-    def noise_multiplier(self) -> float:
-        """σ calibrated so this run's planned steps spend exactly :attr:`epsilon`.
+    @property
+    def calibrates_effect(self) -> bool:
+        """Whether the run ends with the staged generator's DP effect calibration."""
+        return self.model.generator == "staged" and self.effect_budget_fraction > 0
 
-        With a DP encoder the steps get ``(1 - encoder_budget_fraction) · ε`` and
-        :meth:`encoder_noise_multiplier` brings the total back to ε.
+    def noise_multiplier(self) -> float:
+        """σ calibrated so this run's planned steps spend exactly their share of :attr:`epsilon`.
+
+        A DP encoder takes ``encoder_budget_fraction`` of ε and the effect calibration
+        ``effect_budget_fraction``; the steps get the rest, and
+        :meth:`encoder_noise_multiplier` and :meth:`effect_noise_multiplier` bring the
+        total back to ε.
         """
         share = 1.0 - self.encoder_budget_fraction if self.fits_encoder else 1.0
+        if self.calibrates_effect:
+            share -= self.effect_budget_fraction
         return calibrate_noise(
             target_epsilon=self.epsilon * share,
             delta=self.delta,
@@ -279,15 +259,40 @@ class RunSettings:
         )
 
     def encoder_noise_multiplier(self) -> float:
-        """σ_h of the encoder histograms: DP-SGD at :meth:`noise_multiplier` plus it is ε."""
+        """σ_h of the encoder histograms: DP-SGD plus it spend ε minus the effect's share."""
         from shared.dp_quantile import calibrate_histogram_noise
 
+        share = 1.0 - self.effect_budget_fraction if self.calibrates_effect else 1.0
+        return calibrate_histogram_noise(
+            target_epsilon=self.epsilon * share,
+            delta=self.delta,
+            training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
+            accountant=self.accountant,
+        )
+
+    def effect_noise_multiplier(self) -> float:
+        """σ_e of the effect release: with DP-SGD (and the encoder) the run spends ε."""
+        from shared.dp_quantile import calibrate_histogram_noise
+
+        if not self.calibrates_effect:
+            raise ConfigError("this run has no effect calibration (staged generator only)")
+        encoder = ((self.encoder_noise_multiplier(), 1.0, 1),) if self.fits_encoder else ()
         return calibrate_histogram_noise(
             target_epsilon=self.epsilon,
             delta=self.delta,
             training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
             accountant=self.accountant,
+            others=encoder,
+            hint="raise effect-budget-fraction, or set it to 0",
         )
+
+    def mechanisms(self) -> list[tuple[float, float, int]]:
+        """Every ``(σ, q, steps)`` this run charges a site for, in the order they run."""
+        out = [(self.encoder_noise_multiplier(), 1.0, 1)] if self.fits_encoder else []
+        out.append((self.noise_multiplier(), self.sample_rate, self.planned_steps))
+        if self.calibrates_effect:
+            out.append((self.effect_noise_multiplier(), 1.0, 1))
+        return out
 
     def train_settings(
         self, server_round: int, *, noise_multiplier: float, schema_fingerprint: str
@@ -345,6 +350,7 @@ def app_config_defaults() -> dict[str, Any]:
         "announced-rows": d.announced_rows,
         "site-budget-epsilon": 0.0,
         "encoder-budget-fraction": d.encoder_budget_fraction,
+        "effect-budget-fraction": d.effect_budget_fraction,
         **ModelSettings().to_config(),
         **AggregationSettings().to_config(),
     }

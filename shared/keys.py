@@ -115,3 +115,20 @@ ENCODER_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
 }
+
+# --- DP effect calibration (shared.effect): message type "train.effect_calibration" ---
+# Sent once, after the last round, when the run's generator is "staged" and its
+# effect-budget-fraction is above 0. The request carries GLOBAL_ARRAYS (the final
+# weights) and EFFECT_CONFIG; the reply carries the site's noisy
+# (Σ φ_1, …, Σ φ_{A-1}, n) (Gaussian mechanism, charged to the ledger first) and the
+# public accounting records; STEPS is 1 and NOISE_MULTIPLIER / SAMPLE_RATE /
+# MAX_GRAD_NORM are σ_e, 1 and the sensitivity √((A-1)B² + 1).
+EFFECT_CALIBRATION = "effect_calibration"
+EFFECT_CONFIG = "effect-config"  # ConfigRecord: shared.effect.EffectRequest fields
+EFFECT_ARRAYS = "effect"  # ArrayRecord: the site's noisy score sums and row count
+EFFECT_SUMS = "sums"  # the array's name inside EFFECT_ARRAYS
+EFFECT_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    EFFECT_ARRAYS: (EFFECT_SUMS,),
+    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}

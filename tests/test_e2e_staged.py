@@ -17,9 +17,15 @@ def test_simulate_trains_and_releases_the_staged_generator(tmp_path: Path) -> No
     # Execute: 2 sites, 1 round of 5 DP steps each, on Flower's simulation engine.
     out = tmp_path / "out"
     report = simulate_small(out, "--generator", "staged", "--rounds", "1", "--local-steps", "5")
-    # Assert
+    # Assert: DP-SGD's 5 steps, then one effect release, together within ε = 3 per site.
     assert report["generator"] == "staged"
-    assert all(site["steps"] == 5 and site["epsilon"] <= 3.0 for site in report["sites"])
+    assert all(site["steps"] == 5 + 1 and site["epsilon"] <= 3.0 for site in report["sites"])
+    assert all(site["epsilon"] > 2.9 for site in report["sites"])
+    effect = report["effect_calibration"]
+    assert effect["enabled"] and effect["budget_fraction"] == 0.2
+    saved = json.loads((out / "effect.json").read_text())["info"]
+    assert saved["sites_sent"] == ["site-0", "site-1"]
+    assert saved["generator_effect_after"] == pytest.approx(saved["estimate"], abs=0.05)
     family, manifest = load_model(out / "model")
     assert family.name == "staged" and manifest["model_settings"]["covariate_generator"] == "dp-vae"
     causal = json.loads((out / "evaluation" / "report.json").read_text())["causal"]

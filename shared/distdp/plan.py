@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared.accounting import calibrate_noise
 from shared.distdp.accounting import (
@@ -12,6 +13,9 @@ from shared.distdp.accounting import (
     sensitivity,
 )
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:  # config imports this module
+    from shared.config import RunSettings
 
 
 @dataclass(frozen=True)
@@ -151,3 +155,63 @@ class DistributedPlan:
                 f"({self.expected_batch:g} rows); no site's row count is revealed.",
             ]
         )
+
+
+def plan_for_run(run: RunSettings) -> DistributedPlan:
+    """The plan of a ``distributed`` run, or a :class:`ConfigError` saying what to change.
+
+    Refused without secure aggregation, without announced rows, with the PRV
+    accountant, with a server optimiser other than FedAvg, with any other budget
+    share (the DP encoder's histograms or the staged effect calibration would come on
+    top of a σ calibrated to the whole ε), or when ``min_sites`` cannot carry the
+    secure aggregation threshold.
+    """
+    # Checked first: with it off, nothing else about the plan matters.
+    DistributedPlan.refuse_without_secure_aggregation(run.secure_aggregation)
+    if run.announced_rows < 1:
+        raise ConfigError(
+            "noise placement 'distributed' needs the consortium's announced total row count "
+            "(run config 'announced-rows', --announced-rows): the server divides each summed "
+            "gradient by the public expected batch q × that count"
+        )
+    if run.accountant != "rdp":
+        raise ConfigError(
+            "noise placement 'distributed' is accounted with RDP only; use --accountant rdp"
+        )
+    if run.aggregation.aggregation != "fedavg":
+        raise ConfigError(
+            "noise placement 'distributed' takes its own server-side Adam step on every "
+            f"summed gradient, so aggregation {run.aggregation.aggregation!r} does not "
+            "apply; use --aggregation fedavg with it"
+        )
+    if run.calibrates_effect:
+        raise ConfigError(
+            "noise placement 'distributed' calibrates σ for the whole ε, so it cannot also "
+            "spend budget on the staged generator's effect calibration; use "
+            "--effect-budget-fraction 0 with it, or noise placement 'local'"
+        )
+    if run.model.numeric_encoder != "minmax":
+        raise ConfigError(
+            "noise placement 'distributed' calibrates σ for the whole ε, so it cannot also "
+            f"spend budget on the {run.model.numeric_encoder!r} encoder histograms; use "
+            "--numeric-encoder minmax with it, or noise placement 'local'"
+        )
+    threshold = run.secagg_threshold or max(2, run.min_sites // 2 + 1)
+    if run.min_sites < 2 or threshold > run.min_sites:
+        raise ConfigError(
+            f"noise placement 'distributed' splits the noise over min-sites = {run.min_sites} "
+            f"shares and needs at least the secure aggregation threshold ({threshold}) and "
+            "at least 2; raise min-sites or lower the threshold"
+        )
+    return DistributedPlan(
+        epsilon=run.epsilon,
+        delta=run.delta,
+        steps=run.planned_steps,
+        sample_rate=run.sample_rate,
+        clip_norm=run.max_grad_norm,
+        learning_rate=run.learning_rate,
+        expected_batch=run.sample_rate * run.announced_rows,
+        noise_sites=run.min_sites,
+        threshold=threshold,
+        secure_aggregation=run.secure_aggregation,
+    )

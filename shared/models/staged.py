@@ -20,12 +20,14 @@ Stages (roles come from the public schema):
    post-treatment (the evaluation also leaves it out of the adjustment set).
 
 Privacy: the family is *one* module and its per-row loss is the sum of the
-stages' losses, so one DP-SGD mechanism (each row's joint gradient clipped to
-C, Gaussian noise σC on the sum) trains all stages together. The budget is not
-split: every stage is covered by the same (ε, δ) at the site, with no
-composition across stages, but the stages share the clip norm C (a row's
-gradient is clipped as a whole). The federated loop, ledger and accountant are
-unchanged. Sampling is post-processing of the released weights.
+stages' losses, so one DP-SGD mechanism (each row's joint gradient clipped to C,
+Gaussian noise σC on the sum) trains all stages together, with no composition
+across stages; the stages share the clip norm C (a row's gradient is clipped as a
+whole). The federated loop, ledger and accountant are unchanged. After the last
+round a run may spend a further share of ε on the DP effect calibration
+(:mod:`shared.effect`, :mod:`shared.models.staged_effect`), which moves the
+treated arms' offsets onto a doubly robust estimate of the effect. Sampling is
+post-processing of the released weights.
 """
 
 from __future__ import annotations

@@ -36,20 +36,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from client.effect import exact_sums, release_sums
 from client.settings import SiteSettings
 from client.site import run_site_round
+from server.effect import apply_effect
 from server.strategy import mean_update
 from shared.cohort import TRUE_ATE, cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
+from shared.effect import EffectRequest
 from shared.evaluation.association import associations
 from shared.evaluation.causal import causal
 from shared.evaluation.fidelity import marginals
 from shared.evaluation.inputs import Limits
 from shared.evaluation.utility import utility
 from shared.models import GeneratorFamily, build_generator
+from shared.models.staged_effect import check_calibratable
 from shared.schema import Schema
 from shared.tables import validate_frame
 from simulations.nhefs import load_nhefs
@@ -127,7 +132,36 @@ def train_federated(
         mean = mean_update(updates)
         state = {k: state[k] + mean[k] for k in state}
     family.load_state_dict(state)
+    if run.calibrates_effect:
+        spent = calibrate_federated(family, run, sites, state, seed)
     return family, spent
+
+
+def calibrate_federated(
+    family: GeneratorFamily,
+    run: RunSettings,
+    sites: list[SiteSettings],
+    state: dict[str, torch.Tensor],
+    seed: int,
+) -> list[float]:
+    """The effect calibration through the client's and the server's own functions."""
+    request = EffectRequest(
+        noise_multiplier=run.effect_noise_multiplier(),
+        arms=check_calibratable(family),
+        ledger_round=run.rounds + 1,
+        schema_fingerprint=family.schema.fingerprint(),
+        model=run.model,
+        accountant=run.accountant,
+    )
+    total, spent = np.zeros(request.arms), []
+    for site in sites:
+        result = release_sums(site, request, exact_sums(site, request, state), run=f"bench-{seed}")
+        if not result.sent or result.noisy is None:
+            raise SystemExit(f"{site.site_name} declined the effect calibration: {result.reason}")
+        total = total + result.noisy
+        spent.append(result.epsilon)
+    apply_effect(family, total, run, [s.site_name for s in sites])
+    return spent
 
 
 def verdict(real: dict[str, Any], syn: dict[str, Any], reference: float) -> dict[str, Any]:
@@ -153,12 +187,13 @@ def run_dataset(data: Dataset, args: argparse.Namespace, seed: int) -> dict[str,
             epsilon=args.epsilon,
             sample_rate=args.sample_rate,
             learning_rate=args.learning_rate,
+            effect_budget_fraction=args.effect_budget_fraction,
             seed=seed,
             model=ModelSettings(generator=gen),
         )
         with tempfile.TemporaryDirectory(prefix="fedsynth-causal-") as tmp:
             family, spent = train_federated(data, run, parts, Path(tmp), seed)
-        synthetic = family.sample(len(data.frame), seed=seed)
+        synthetic = family.sample(args.synthetic_rows or len(data.frame), seed=seed)
         res = causal(
             data.frame,
             synthetic,
@@ -249,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-rate", type=float, default=0.1)
     ap.add_argument(
         "--learning-rate", type=float, default=RunSettings().learning_rate, help="local Adam lr"
+    )
+    ap.add_argument(
+        "--effect-budget-fraction",
+        type=float,
+        default=RunSettings().effect_budget_fraction,
+        help="staged: share of ε for the DP effect calibration (0: none)",
+    )
+    ap.add_argument(
+        "--synthetic-rows", type=int, default=0, help="rows sampled (default: as many as real)"
     )
     ap.add_argument("--seeds", default="0", help="comma list of seeds")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")

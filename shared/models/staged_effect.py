@@ -1,0 +1,149 @@
+"""The staged generator's side of the DP effect calibration (:mod:`shared.effect`).
+
+:func:`effect_sums` computes one site's ``(Σ φ_1, …, Σ φ_{A−1}, n)`` from its
+encoded rows with the released generator as the nuisance models; the caller adds
+the noise. :func:`calibrate_effect` then moves the bias of each treated arm's
+outcome offset ``g_a`` (the mean slot only) so that the generator's own effect,
+averaged over covariates it draws itself, equals the released estimate ψ_a.
+The shift is post-processing of DP outputs, and it is saved in the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.effect import PROPENSITY_FLOOR, SCORE_CLIP
+from shared.errors import ConfigError
+from shared.models.base import GeneratorFamily
+from shared.models.heads import zero_absent_values
+from shared.models.staged import StagedGenerator, StagedModule
+
+#: Covariate rows the server draws to measure the generator's own effect.
+CALIBRATION_ROWS = 20_000
+
+
+def _staged(family: GeneratorFamily) -> tuple[StagedGenerator, StagedModule]:
+    if not isinstance(family, StagedGenerator) or not isinstance(family.module, StagedModule):
+        raise ConfigError(
+            f"effect calibration needs the 'staged' generator, not {family.name!r}; set "
+            "--effect-budget-fraction 0 for other families"
+        )
+    return family, family.module
+
+
+def check_calibratable(family: GeneratorFamily) -> int:
+    """The treatment's arm count A, or a :class:`ConfigError` if the outcome does not fit.
+
+    The calibration shifts a Gaussian mean, so the outcome must be one numeric value
+    with no missing or atom mode (its span is then exactly ``[numeric]``).
+    """
+    staged, _ = _staged(family)
+    outcome = family.schema.roles["outcome"]
+    spans = staged.stage_spans[1]
+    if len(spans) != 1 or spans[0].kind != "numeric":
+        raise ConfigError(
+            f"effect calibration needs a numeric outcome without missing values or atoms; "
+            f"{outcome!r} is encoded as {[s.kind for s in spans]}. Set "
+            "--effect-budget-fraction 0 for this schema."
+        )
+    t_spans = staged.stage_spans[0]
+    if len(t_spans) != 1:
+        raise ConfigError(f"the treatment must be one categorical span, got {len(t_spans)}")
+    return t_spans[0].width
+
+
+def _arm_means(module: StagedModule, cov: torch.Tensor, arms: int) -> torch.Tensor:
+    """μ̂_a(x) for every arm a: the outcome head's mean slot, clamped like sampling."""
+    out = []
+    for a in range(arms):
+        code = torch.zeros(cov.shape[0], arms, device=cov.device)
+        code[:, a] = 1.0
+        out.append(module.outcome(cov, code)[:, 0].clamp(-1.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def effect_sums(family: GeneratorFamily, encoded: np.ndarray) -> np.ndarray:
+    """One site's exact ``(Σ φ_1, …, Σ φ_{A−1}, n)`` (never sent without noise).
+
+    Parameters
+    ----------
+    family : GeneratorFamily
+        The released staged generator (the global weights after the last round).
+    encoded : numpy.ndarray
+        The site's rows in ``family.transformer``'s encoding.
+    """
+    arms = check_calibratable(family)
+    _, module = _staged(family)
+    module.eval()
+    device = next(module.parameters()).device
+    x = torch.from_numpy(np.array(encoded, dtype=np.float32)).to(device)
+    cov, t = module.part(x, "cov"), module.part(x, "treatment")
+    y = module.part(x, "outcome")[:, 0]
+    mu = _arm_means(module, cov, arms)
+    e = torch.softmax(module.propensity(cov), dim=1).clamp(min=PROPENSITY_FLOOR)
+    arm = t.argmax(dim=1, keepdim=True)
+    weighted = ((y - mu.gather(1, arm)[:, 0]) / e.gather(1, arm)[:, 0]).unsqueeze(1)
+    treated = (arm == torch.arange(1, arms, device=device)).float()  # (n, A - 1)
+    control = (arm == 0).float()
+    phi = mu[:, 1:] - mu[:, :1] + treated * weighted - control * weighted
+    clipped = phi.clamp(-SCORE_CLIP, SCORE_CLIP).double().cpu().numpy()
+    return np.concatenate([clipped.sum(axis=0), [float(len(clipped))]])
+
+
+@torch.no_grad()
+def model_effects(family: GeneratorFamily, *, rows: int, seed: int) -> np.ndarray:
+    """The generator's own effect per treated arm: mean of μ̂_a − μ̂_0 over drawn covariates."""
+    staged, module = _staged(family)
+    arms = check_calibratable(family)
+    module.eval()
+    device = next(module.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cov_family = staged.cov_family
+    cov = zero_absent_values(cov_family.transformer.spans, cov_family.sample_encoded(rows, gen))
+    mu = _arm_means(module, cov, arms)
+    return (mu[:, 1:] - mu[:, :1]).mean(dim=0).double().cpu().numpy()
+
+
+@torch.no_grad()
+def calibrate_effect(family: GeneratorFamily, psi: np.ndarray, *, seed: int) -> dict[str, Any]:
+    """Shift each treated arm's offset so the generator's effect equals ``psi``.
+
+    Parameters
+    ----------
+    family : GeneratorFamily
+        The staged generator, changed in place.
+    psi : numpy.ndarray
+        ψ_a per treated arm, in the outcome's encoded units (:func:`shared.effect.effect_from_sums`).
+    seed : int
+        Seed of the covariate draw (public).
+
+    Returns
+    -------
+    dict
+        ``before`` and ``after`` (the generator's effect per arm, encoded units) and
+        ``shift`` (what was added to each offset's mean bias).
+    """
+    _, module = _staged(family)
+    before = model_effects(family, rows=CALIBRATION_ROWS, seed=seed)
+    psi = np.asarray(psi, np.float64)
+    if psi.shape != before.shape or not np.isfinite(psi).all():
+        raise ConfigError(f"effect estimate of shape {psi.shape} does not fit {before.shape} arms")
+    target = np.clip(psi, -2.0, 2.0)  # a difference of two values in [-1, 1]
+    shift, after = np.zeros_like(before), before
+    # μ̂ is clamped to [-1, 1], so one shift can fall short near the bounds: a few
+    # fixed-point passes over the same public draw close the gap.
+    for _ in range(4):
+        step = target - after
+        for a, delta in enumerate(step, start=1):
+            offset: nn.Linear = module.outcome.linear[a]  # type: ignore[assignment]
+            offset.bias[0] += float(delta)
+        shift = shift + step
+        after = model_effects(family, rows=CALIBRATION_ROWS, seed=seed)
+        if np.abs(target - after).max() < 1e-4:
+            break
+    return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}
