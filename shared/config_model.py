@@ -26,6 +26,11 @@ class ModelSettings:
     #: encoded covariates, or ``"mlp"`` (linear plus one hidden layer, which also fits
     #: non-linear effect modification but has about 10× the weights, and so the DP noise).
     effect_model: str = "linear"
+    #: ``"staged"`` only: weight of the propensity head's loss in the joint per-row loss.
+    #: Every row's joint gradient is clipped to C, and the outcome head's gradient is
+    #: about 100× the propensity head's, so without a weight the propensity barely
+    #: trains; the effect calibration (:mod:`shared.effect`) needs it as a nuisance model.
+    propensity_weight: float = 10.0
     #: Number of diffusion steps T of the ``"dp-diffusion"`` family (ignored by others):
     #: sampling runs T denoiser passes; training cost does not depend on T.
     diffusion_steps: int = 50
@@ -46,7 +51,7 @@ class ModelSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``effect-model``, ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
+        ``effect-model``, ``propensity-weight``, ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
         ``encoder-bins``, ``marginal-bins``."""
         d = cls()
         return cls(
@@ -64,6 +69,14 @@ class ModelSettings:
                 d.effect_model,
                 lambda v: v in EFFECT_MODELS,
                 f"one of {list(EFFECT_MODELS)}",
+            ),
+            propensity_weight=read_value(
+                config,
+                "propensity-weight",
+                float,
+                d.propensity_weight,
+                lambda v: 0 < v <= 1000,
+                "in (0, 1000]",
             ),
             diffusion_steps=read_value(
                 config,
@@ -109,6 +122,7 @@ class ModelSettings:
             "kl-weight": self.kl_weight,
             "covariate-generator": self.covariate_generator,
             "effect-model": self.effect_model,
+            "propensity-weight": self.propensity_weight,
             "diffusion-steps": self.diffusion_steps,
             "gan-noise": self.gan_noise,
             "gan-uncond-rate": self.gan_uncond_rate,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
@@ -22,6 +24,7 @@ from client.oneshot import ReleaseResult
 from client.settings import SiteSettings
 from server.effect import EFFECT_FILE, _reuse, apply_effect
 from server.errors import CheckpointError
+from server.report import build_report, render_markdown
 from shared import keys
 from shared.accounting import calibrate_noise, epsilon_of
 from shared.config import ModelSettings, RunSettings
@@ -345,3 +348,39 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
     yield
     TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
+
+
+def test_privacy_report_states_what_the_effect_stage_sent(tmp_path: Path) -> None:
+    base = {"schema-path": "s.json", "out-dir": str(tmp_path), "rounds": 1, "local-steps": 10}
+    plain = build_report(RunSettings.from_run_config(base), {}, 1, "dp-vae", 1.0, [])
+    assert plain["effect_calibration"] == {"enabled": False}
+    assert "Effect calibration" not in render_markdown(plain)
+    settings = RunSettings.from_run_config({**base, "generator": "staged"})
+    info = {"estimate": [-37.4], "generator_effect_before": [-39.0], "units": "y"}
+    (tmp_path / EFFECT_FILE).write_text(json.dumps({"info": info}))
+    report = build_report(settings, {}, 1, "staged", 1.0, [])
+    facts = report["effect_calibration"]
+    assert facts["enabled"] and facts["budget_fraction"] == 0.2
+    assert facts["noise_multiplier"] == settings.effect_noise_multiplier()
+    assert facts["estimate"] == [-37.4]
+    assert keys.EFFECT_ARRAYS in facts["sent_by_each_site_after_the_last_round"]
+    assert "Effect calibration" in render_markdown(report) and "-37.400" in render_markdown(report)
+
+
+def test_the_propensity_weight_scales_only_the_propensity_loss() -> None:
+    torch.manual_seed(0)
+    family = build_generator(TINY_SCHEMA, replace(STAGED, propensity_weight=1.0))
+    module = family.module
+    rows = torch.from_numpy(encoded_rows(tiny_family(), 64, seed=4))
+    out = module(rows).detach()
+    one, ten = family.criterion(), family.criterion()
+    for criterion, weight in ((one, 1.0), (ten, 10.0)):
+        criterion.reduction, criterion.propensity_weight = "none", weight
+    logits = module.propensity(module.part(rows, "cov")).detach()
+    nll = F.cross_entropy(logits, module.part(rows, "treatment").argmax(1), reduction="none")
+    # Execute / Assert: the difference is 9 × the propensity head's NLL, row by row.
+    assert torch.allclose(ten(out, rows) - one(out, rows), 9.0 * nll, atol=1e-4)
+    assert build_generator(TINY_SCHEMA, STAGED).criterion().propensity_weight == 10.0
+    with pytest.raises(ConfigError, match="propensity-weight"):
+        ModelSettings.from_config({"propensity-weight": 0})
+    assert ModelSettings.from_config(STAGED.to_config()) == STAGED

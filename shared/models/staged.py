@@ -118,9 +118,12 @@ class StagedLoss(nn.Module):
         spans: list[tuple[SpanInfo, ...]],
         index: dict[str, list[int]],
         reduction: str = "mean",
+        *,
+        propensity_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.covariate_loss, self.widths, self.spans = covariate_loss, widths, spans
+        self.propensity_weight = propensity_weight
         per_row: Any = covariate_loss  # nn.Module's typed __setattr__ refuses a str
         per_row.reduction = "none"  # per-row losses; reduced below
         self.names = ["cov", "treatment", "outcome", "post"][: len(widths)]
@@ -132,7 +135,8 @@ class StagedLoss(nn.Module):
         idx = {n: i.to(target.device) for n, i in self.index.items()}
         loss: torch.Tensor = self.covariate_loss(parts[0], target.index_select(1, idx["cov"]))
         for name, params, spans in zip(self.names[1:], parts[1:], self.spans, strict=True):
-            loss = loss + span_nll(spans, params, target.index_select(1, idx[name]))
+            nll = span_nll(spans, params, target.index_select(1, idx[name]))
+            loss = loss + (self.propensity_weight * nll if name == "treatment" else nll)
         if self.reduction == "none":
             return loss
         return loss.sum() if self.reduction == "sum" else loss.mean()
@@ -231,7 +235,13 @@ class StagedGenerator(GeneratorFamily):
 
     def criterion(self) -> nn.Module:
         widths = [self._covariate_width(), *(head_width(s) for s in self.stage_spans)]
-        return StagedLoss(self.cov_family.criterion(), widths, self.stage_spans, self.index)
+        return StagedLoss(
+            self.cov_family.criterion(),
+            widths,
+            self.stage_spans,
+            self.index,
+            propensity_weight=self.settings.propensity_weight,
+        )
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         staged = self.module

@@ -189,7 +189,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, seed: int) -> dict[str,
             learning_rate=args.learning_rate,
             effect_budget_fraction=args.effect_budget_fraction,
             seed=seed,
-            model=ModelSettings(generator=gen),
+            model=ModelSettings(generator=gen, propensity_weight=args.propensity_weight),
         )
         with tempfile.TemporaryDirectory(prefix="fedsynth-causal-") as tmp:
             family, spent = train_federated(data, run, parts, Path(tmp), seed)
@@ -290,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=RunSettings().effect_budget_fraction,
         help="staged: share of ε for the DP effect calibration (0: none)",
+    )
+    ap.add_argument(
+        "--propensity-weight",
+        type=float,
+        default=ModelSettings().propensity_weight,
+        help="staged: weight of the propensity head's loss",
     )
     ap.add_argument(
         "--synthetic-rows", type=int, default=0, help="rows sampled (default: as many as real)"
