@@ -16,9 +16,7 @@ The exact sums never leave this module; only ``sums + N(0, (σ_e Δ)²)`` does.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +25,10 @@ from flwr.app import Context, Message, RecordDict
 from client.errors import SiteConfigError
 from client.oneshot import ReleaseResult, answer_release, charge_and_release, release_reply
 from client.settings import SiteSettings
-from client.site import site_schema
+from client.site import model_and_rows
 from shared import keys
 from shared.effect import EffectRequest, add_effect_noise, effect_sensitivity
-from shared.models import build_generator
 from shared.models.staged_effect import effect_sums
-from shared.streaming import encode_table
 
 log = logging.getLogger("fedsynth.client")
 
@@ -41,13 +37,9 @@ def exact_sums(
     site: SiteSettings, request: EffectRequest, state: dict[str, torch.Tensor]
 ) -> np.ndarray:
     """Steps 1–2: the site's exact ``(Σ φ_1, …, Σ φ_{A−1}, n)`` (never sent)."""
-    schema = site_schema(site, request.schema_fingerprint)
-    family = build_generator(schema, request.model)
-    family.load_state_dict(state)
-    site.state_dir.mkdir(parents=True, exist_ok=True)
-    # The encoded rows are the site's data: they live in its private state folder.
-    with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
-        rows = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
+    with model_and_rows(
+        site, fingerprint=request.schema_fingerprint, model=request.model, state=state
+    ) as (family, rows):
         sums = effect_sums(family, np.asarray(rows))
     if sums.shape != (request.arms,):  # A - 1 sums and the count
         raise SiteConfigError(

@@ -17,10 +17,12 @@ The caller sends the reply only after step 3 has written the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
 from client.training import train_dp
-from shared.config import TrainSettings
+from shared.config import ModelSettings, TrainSettings
 from shared.device import select_device
 from shared.models import GeneratorFamily, build_generator
 from shared.schema import Schema
@@ -100,15 +102,31 @@ def run_site_round(
     SiteConfigError, SchemaError, DataValidationError, LedgerError, TrainingError
         Before any budget is charged; the caller declines the round.
     """
-    schema = site_schema(site, train.schema_fingerprint)
-    family = build_generator(schema, train.model)
-    family.load_state_dict(global_state)
+    with model_and_rows(
+        site, fingerprint=train.schema_fingerprint, model=train.model, state=global_state
+    ) as (family, data):
+        return _train_round(site, train, family, global_state, data, run=run)
+
+
+@contextlib.contextmanager
+def model_and_rows(
+    site: SiteSettings, *, fingerprint: str, model: ModelSettings, state: StateDict
+) -> Iterator[tuple[GeneratorFamily, np.ndarray]]:
+    """The server's model rebuilt at the site, and the site's rows in its encoding.
+
+    Raises
+    ------
+    SiteConfigError, SchemaError, DataValidationError, ModelError
+        A foreign schema, a bad table or damaged weights: before anything is charged.
+    """
+    schema = site_schema(site, fingerprint)
+    family = build_generator(schema, model)
+    family.load_state_dict(state)
     site.state_dir.mkdir(parents=True, exist_ok=True)
     # The encoded rows are the site's data: they live in its private state folder,
-    # only for this round.
+    # only while the caller needs them.
     with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
-        data = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
-        return _train_round(site, train, family, global_state, data, run=run)
+        yield family, encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
 
 
 def _train_round(
