@@ -7,6 +7,12 @@ from typing import Any
 import numpy as np
 
 
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample SD (``None`` where there are too few values)."""
+    mean = float(np.mean(values)) if values else None
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
 def summarise(docs: list[dict[str, Any]], generators: list[str]) -> list[dict[str, Any]]:
     """Per data set and generator: mean ± SD of the synthetic ATE (and ψ), passing seeds."""
     out = []
@@ -15,19 +21,19 @@ def summarise(docs: list[dict[str, Any]], generators: list[str]) -> list[dict[st
         for gen in generators:
             ates = [d[gen]["ate"] for d in mine if d[gen].get("ate") is not None]
             psis = [d[gen]["effect_estimate"] for d in mine if "effect_estimate" in d[gen]]
+            ate_mean, ate_sd = _mean_sd(ates)
             row: dict[str, Any] = {
                 "data": name,
                 "generator": gen,
                 "seeds": len(mine),
-                "ate_mean": float(np.mean(ates)) if ates else None,
-                "ate_sd": float(np.std(ates, ddof=1)) if len(ates) > 1 else None,
+                "ate_mean": ate_mean,
+                "ate_sd": ate_sd,
                 "within_15pct": sum(bool(d[gen]["within_15pct"]) for d in mine),
                 "ci_overlap": sum(bool(d[gen]["ci_overlap"]) for d in mine),
                 "passed": sum(bool(d[gen]["pass"]) for d in mine),
             }
             if psis:
-                row["effect_estimate_mean"] = float(np.mean(psis))
-                row["effect_estimate_sd"] = float(np.std(psis, ddof=1)) if len(psis) > 1 else None
+                row["effect_estimate_mean"], row["effect_estimate_sd"] = _mean_sd(psis)
             out.append(row)
     return out
 
