@@ -38,10 +38,6 @@ log = logging.getLogger("fedsynth.client")
 ENCODER_ROUND = 0  # ledger round number of the encoder release (training rounds start at 1)
 
 
-#: The encoder stage's outcome at one site (``noisy`` is set only when sent).
-HistogramResult = ReleaseResult
-
-
 def raw_histograms(site: SiteSettings, request: HistogramRequest) -> np.ndarray:
     """Steps 1–2: the site's exact ``(numeric columns, bins)`` counts (never sent)."""
     schema = Schema.load(site.schema_path)

@@ -31,6 +31,7 @@ from server.oneshot import (
     parse_release_reply,
     record_sites,
     save_stage,
+    sites_sent,
 )
 from shared import keys
 from shared.config import RunSettings
@@ -40,6 +41,18 @@ from shared.models.staged_effect import calibrate_effect, check_calibratable
 
 log = logging.getLogger("fedsynth.server")
 EFFECT_FILE = "effect.json"
+
+
+def effect_request(family: GeneratorFamily, settings: RunSettings) -> EffectRequest:
+    """What every site is asked for: σ_e, the arms, the ledger round after the last one."""
+    return EffectRequest(
+        noise_multiplier=settings.effect_noise_multiplier(),
+        arms=check_calibratable(family),
+        ledger_round=settings.rounds + 1,
+        schema_fingerprint=family.schema.fingerprint(),
+        model=settings.model,
+        accountant=settings.accountant,
+    )
 
 
 def apply_effect(
@@ -88,15 +101,8 @@ def fit_effect(
     saved = Path(settings.out_dir) / EFFECT_FILE
     if saved.exists():
         return _reuse(saved, family, settings, sites, identity)
-    arms = check_calibratable(family)
-    request = EffectRequest(
-        noise_multiplier=settings.effect_noise_multiplier(),
-        arms=arms,
-        ledger_round=settings.rounds + 1,
-        schema_fingerprint=family.schema.fingerprint(),
-        model=settings.model,
-        accountant=settings.accountant,
-    )
+    request = effect_request(family, settings)
+    arms = request.arms
     config = cast("dict[str, ConfigRecordValues]", request.to_config())
     parsed, total = collect_releases(
         grid,
@@ -115,7 +121,7 @@ def fit_effect(
         fix="use --effect-budget-fraction 0",
     )
     record_sites(parsed, sites, after_training=True)
-    sent = sorted(str(f["site"]) for f, v in parsed if v is not None)
+    sent = sites_sent(parsed)
     info = apply_effect(family, total, settings, sent)
     save_stage(saved, {"identity": identity, "info": info, "total": total.tolist(), "sites": sites})
     log.info(

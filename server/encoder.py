@@ -36,6 +36,7 @@ from server.oneshot import (
     parse_release_reply,
     record_sites,
     save_stage,
+    sites_sent,
 )
 from shared import keys
 from shared.config import RunSettings
@@ -102,7 +103,7 @@ def fit_encoder(
         parse=lambda rep: parse_histogram_reply(rep, (d, bins)),
         fix="use --numeric-encoder minmax",
     )
-    sent = [counts for _, counts in parsed if counts is not None]
+    sent = sites_sent(parsed)
     cdfs = np.stack([cdf_from_counts(total[i]) for i in range(d)])
     family.set_numeric_encoder(cdfs)
     record_sites(parsed, sites)
@@ -114,7 +115,7 @@ def fit_encoder(
         "l2_sensitivity": histogram_sensitivity(d),
         "noise_std_per_bin": sigma_h * histogram_sensitivity(d),
         "budget_fraction": settings.encoder_budget_fraction,
-        "sites_sent": sorted(str(f["site"]) for f, c in parsed if c is not None),
+        "sites_sent": sent,
         "per_site_histograms_seen_by_server": True,
     }
     save_stage(saved, {"identity": identity, "info": info, "cdfs": cdfs.tolist(), "sites": sites})

@@ -125,6 +125,11 @@ def collect_releases(
     return parsed, np.sum(sent, axis=0)
 
 
+def sites_sent(parsed: list[Parsed]) -> list[str]:
+    """Names of the sites whose release arrived (not those that declined), sorted."""
+    return sorted(str(facts["site"]) for facts, values in parsed if values is not None)
+
+
 def record_sites(
     parsed: list[Parsed], sites: dict[str, dict[str, Any]], *, after_training: bool = False
 ) -> None:

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from client.encoder import (
-    HistogramResult,
     raw_histograms,
     release_histograms,
     reply_content,
 )
 from client.errors import SiteConfigError
 from client.ledger import PrivacyLedger
+from client.oneshot import ReleaseResult
 from client.settings import SiteSettings
 from server.encoder import ENCODER_FILE, _reuse
 from server.errors import CheckpointError
@@ -209,7 +209,7 @@ def test_saved_encoder_stage_is_reused_or_refused_clearly(tmp_path: Path) -> Non
 
 
 def test_a_declined_result_sends_no_histogram() -> None:
-    content = reply_content(None, None, HistogramResult(False, "bad table", 0.0, 0))
+    content = reply_content(None, None, ReleaseResult(False, "bad table", 0.0, 0))
     assert keys.HISTOGRAM_ARRAYS not in content
 
 

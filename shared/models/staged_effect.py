@@ -95,18 +95,26 @@ def effect_sums(family: GeneratorFamily, encoded: np.ndarray) -> np.ndarray:
     return np.concatenate([clipped.sum(axis=0), [float(len(clipped))]])
 
 
+def _drawn_covariates(family: GeneratorFamily, *, rows: int, seed: int) -> torch.Tensor:
+    """Covariates the generator draws itself, in the encoder's form (public, seeded)."""
+    staged, module = _staged(family)
+    gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    cov_family = staged.cov_family
+    return zero_absent_values(cov_family.transformer.spans, cov_family.sample_encoded(rows, gen))
+
+
+def _effects_on(module: StagedModule, cov: torch.Tensor, arms: int) -> np.ndarray:
+    mu = _arm_means(module, cov, arms)
+    return (mu[:, 1:] - mu[:, :1]).mean(dim=0).double().cpu().numpy()
+
+
 @torch.no_grad()
 def model_effects(family: GeneratorFamily, *, rows: int, seed: int) -> np.ndarray:
     """The generator's own effect per treated arm: mean of μ̂_a − μ̂_0 over drawn covariates."""
-    staged, module = _staged(family)
+    _, module = _staged(family)
     arms = check_calibratable(family)
     module.eval()
-    device = next(module.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cov_family = staged.cov_family
-    cov = zero_absent_values(cov_family.transformer.spans, cov_family.sample_encoded(rows, gen))
-    mu = _arm_means(module, cov, arms)
-    return (mu[:, 1:] - mu[:, :1]).mean(dim=0).double().cpu().numpy()
+    return _effects_on(module, _drawn_covariates(family, rows=rows, seed=seed), arms)
 
 
 @torch.no_grad()
@@ -129,7 +137,11 @@ def calibrate_effect(family: GeneratorFamily, psi: np.ndarray, *, seed: int) -> 
         ``shift`` (what was added to each offset's mean bias).
     """
     _, module = _staged(family)
-    before = model_effects(family, rows=CALIBRATION_ROWS, seed=seed)
+    arms = check_calibratable(family)
+    module.eval()
+    # The offsets do not touch the covariate stage, so one draw serves every pass.
+    cov = _drawn_covariates(family, rows=CALIBRATION_ROWS, seed=seed)
+    before = _effects_on(module, cov, arms)
     psi = np.asarray(psi, np.float64)
     if psi.shape != before.shape or not np.isfinite(psi).all():
         raise ConfigError(f"effect estimate of shape {psi.shape} does not fit {before.shape} arms")
@@ -143,7 +155,7 @@ def calibrate_effect(family: GeneratorFamily, psi: np.ndarray, *, seed: int) -> 
             offset: nn.Linear = module.outcome.linear[a]  # type: ignore[assignment]
             offset.bias[0] += float(delta)
         shift = shift + step
-        after = model_effects(family, rows=CALIBRATION_ROWS, seed=seed)
+        after = _effects_on(module, cov, arms)
         if np.abs(target - after).max() < 1e-4:
             break
     return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}

@@ -53,18 +53,16 @@ import torch
 from client.effect import exact_sums, release_sums
 from client.settings import SiteSettings
 from client.site import run_site_round
-from server.effect import apply_effect
+from server.effect import apply_effect, effect_request
 from server.strategy import mean_update
 from shared.cohort import TRUE_ATE, cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
-from shared.effect import EffectRequest
 from shared.evaluation.association import associations
 from shared.evaluation.causal import causal
 from shared.evaluation.fidelity import marginals
 from shared.evaluation.inputs import Limits
 from shared.evaluation.utility import utility
 from shared.models import GeneratorFamily, build_generator
-from shared.models.staged_effect import check_calibratable
 from shared.schema import Schema
 from shared.tables import validate_frame
 from simulations.benchmarks.causal_report import report, report_summary, summarise
@@ -166,14 +164,7 @@ def calibrate_federated(
 
     Returns each site's cumulative ε and the released estimate ψ (outcome units).
     """
-    request = EffectRequest(
-        noise_multiplier=run.effect_noise_multiplier(),
-        arms=check_calibratable(family),
-        ledger_round=run.rounds + 1,
-        schema_fingerprint=family.schema.fingerprint(),
-        model=run.model,
-        accountant=run.accountant,
-    )
+    request = effect_request(family, run)
     total, spent = np.zeros(request.arms), []
     for site in sites:
         result = release_sums(site, request, exact_sums(site, request, state), run=f"bench-{seed}")
