@@ -184,3 +184,12 @@ def effect_calibration(msg: Message, context: Context) -> Message:
     from client.effect import handle_effect
 
     return handle_effect(msg, context, public_reason)
+
+
+@app.train(keys.RELEASE_STATISTICS)
+def release_statistics(msg: Message, context: Context) -> Message:
+    """Release family (e.g. dp-marginal): one stage's noisy statistics (:mod:`client.release_stage`)."""
+    setup_logging()
+    from client.release_stage import handle_release
+
+    return handle_release(msg, context, public_reason)

@@ -22,6 +22,7 @@ from server.encoder import fit_encoder
 from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
 from server.release import release
+from server.release_stages import fit_release_stages
 from server.report import site_entry
 from server.secagg import secure_round
 from server.strategy import SiteAveraging
@@ -30,7 +31,7 @@ from shared.config import RunSettings
 from shared.logs import setup_logging
 from shared.models import GeneratorFamily, build_generator
 from shared.models.base import ENCODER_KEY
-from shared.models.release import refuse_release_family
+from shared.models.release import ReleaseFamily
 from shared.schema import Schema
 
 log = logging.getLogger("fedsynth.server")
@@ -56,7 +57,6 @@ def run_identity(settings: RunSettings, schema: Schema) -> dict[str, Any]:
 
 def initial_model(schema: Schema, settings: RunSettings) -> GeneratorFamily:
     """Build the generator with a seeded, reproducible initialisation."""
-    refuse_release_family(settings.model.generator)
     torch.manual_seed(settings.seed)
     return build_generator(schema, settings.model)
 
@@ -73,9 +73,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     family = initial_model(schema, settings)
+    sites: dict[str, dict[str, Any]] = {}
+    if isinstance(family, ReleaseFamily):
+        # No DP-SGD rounds: one noisy release per stage, then the same release step.
+        facts = fit_release_stages(grid, settings, family, sites, run_identity(settings, schema))
+        return release(out, family, settings, sites, [], facts["release_noise_multiplier"], facts)
     store = CheckpointStore(out / "checkpoints", run_identity(settings, schema))
     state = family.state_dict()
-    sites: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
     start = 0
     optimiser = build_optimiser(settings.aggregation)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from server.report import build_report, write_report
-from server.report_facts import distributed_facts
+from server.report_facts import distributed_facts, release_run_facts
+from shared import keys
 from shared.config import RunSettings
 from shared.distdp.step import parameter_count
 from shared.manifest import save_model
@@ -29,13 +30,26 @@ def release(
     sites: dict[str, dict[str, Any]],
     history: list[dict[str, Any]],
     sigma: float,
+    release_stages: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model/``, ``synthetic.csv``, ``privacy_report.json`` and ``.md``.
 
     The synthetic table is read back and validated against the schema, so a
-    release never contains a value the schema forbids.
+    release never contains a value the schema forbids. ``release_stages``: the
+    public facts of a release family's stages (:mod:`server.release_stages`).
     """
     report = build_report(settings, sites, len(history), family.name, sigma, history)
+    if release_stages is not None:
+        report["release_stages"] = release_stages
+        report["run"] = release_run_facts(settings, release_stages)
+        report["sent_by_each_site"] = {
+            rec: list(fields) for rec, fields in keys.RELEASE_REPLY_FIELDS.items()
+        }
+        report["not_protected"] = [
+            *[g for g in report["not_protected"] if "individual update" not in g],
+            "the coordinator sees each site's noisy statistics of every stage (secure "
+            "aggregation is not used for release stages); each is DP on its own",
+        ]
     if settings.noise_placement == "distributed":
         report["distributed"] = distributed_facts(
             settings, dim=parameter_count(family.private_module())

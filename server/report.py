@@ -16,6 +16,7 @@ from server.report_facts import (
     aggregation_text,
     effect_calibration_facts,
     numeric_encoder_facts,
+    release_markdown,
     secure_aggregation_facts,
 )
 from shared import keys
@@ -126,9 +127,9 @@ def build_report(
 def _md_secagg(report: dict[str, Any]) -> str:
     facts = report.get("secure_aggregation", {"enabled": False})
     if not facts["enabled"]:
+        what = "noisy statistics" if "release_stages" in report else "(DP, clipped) update"
         return (
-            "## Secure aggregation\n\nOff for this run: the coordinator saw each site's "
-            "(DP, clipped) update.\n"
+            f"## Secure aggregation\n\nOff for this run: the coordinator saw each site's {what}.\n"
         )
     sees = "\n".join(f"- {x}" for x in facts["server_sees"])
     rounds = "\n".join(
@@ -208,9 +209,26 @@ def _md_effect(report: dict[str, Any]) -> str:
     )
 
 
+def _md_fitted(report: dict[str, Any]) -> str:
+    if "release_stages" in report:
+        return f"fitted from {report['run']['stages']} noisy release stage(s)"
+    return f"{report['rounds']} aggregated round(s)"
+
+
+def _md_run(report: dict[str, Any]) -> str:
+    if "release_stages" in report:
+        return release_markdown(report)
+    run = report["run"]
+    return f"""- noise multiplier σ = {run["noise_multiplier"]:.4f}, Poisson sampling rate q = {run["sample_rate"]},
+  per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round
+- σ was calibrated so this run's planned steps spend ε = {run["target_epsilon_this_run"]}
+  at δ = {run["calibration_delta"]} ({run["rounds_planned"]} rounds planned)
+- noise placement: {_md_placement(run["noise_placement"])};
+  aggregation: {run["aggregation"]}{_md_update_clip(run)}"""
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Human-readable ``privacy_report.md``."""
-    run = report["run"]
     sent = "\n".join(
         f"- `{rec}`: {', '.join(f'`{f}`' for f in fields)}"
         for rec, fields in report["sent_by_each_site"].items()
@@ -233,7 +251,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     return f"""# Privacy report
 
-Generator: **{report["generator"]}**, {report["rounds"]} aggregated round(s).
+Generator: **{report["generator"]}**, {_md_fitted(report)}.
 
 ## Guarantee per site
 
@@ -244,12 +262,7 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
 {warn}
 ## This run
 
-- noise multiplier σ = {run["noise_multiplier"]:.4f}, Poisson sampling rate q = {run["sample_rate"]},
-  per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round
-- σ was calibrated so this run's planned steps spend ε = {run["target_epsilon_this_run"]}
-  at δ = {run["calibration_delta"]} ({run["rounds_planned"]} rounds planned)
-- noise placement: {_md_placement(run["noise_placement"])};
-  aggregation: {run["aggregation"]}{_md_update_clip(run)}
+{_md_run(report)}
 {_md_distributed(report)}
 {_md_secagg(report)}{_md_effect(report)}
 ## What each site sent

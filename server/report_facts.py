@@ -172,3 +172,51 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
             "in its ledger (at most one round's spend); nothing from that round is released"
         ),
     }
+
+
+def release_run_facts(settings: RunSettings, stages: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``run`` section for a release family (no DP-SGD rounds)."""
+    return {
+        "target_epsilon_this_run": settings.epsilon,
+        "calibration_delta": settings.delta,
+        "noise_multiplier": stages["release_noise_multiplier"],
+        "noise_placement": "local",
+        "secure_aggregation": False,
+        "mechanism": (
+            "one Gaussian release per stage: each site adds N(0, (sigma_s Delta_s)^2) to every "
+            "coordinate of its statistics, with sigma_s = sigma / sqrt(rho_s) for the stage's "
+            "budget share rho_s, so the stages compose to one release at sigma: epsilon per "
+            "site. Each is recorded in the site's ledger as (sigma_s, q = 1, 1 step)."
+        ),
+        "stages": len(stages["stages"]),
+        "settings_not_used": [
+            "rounds",
+            "local-steps",
+            "sample-rate",
+            "max-grad-norm",
+            "learning-rate",
+            "update-clip-norm",
+            "aggregation",
+        ],
+    }
+
+
+def release_markdown(report: dict[str, Any]) -> str:
+    """The report's "This run" section for a release family."""
+    run, facts = report["run"], report["release_stages"]
+    lines = "\n".join(
+        f"- stage {s['stage']}: {s['length']} statistics, {s['budget_share']:.0%} of the budget, "
+        f"σ_s = {s['noise_multiplier']:.4f}, L2 sensitivity Δ_s = {s['l2_sensitivity']:.3f}, "
+        f"sent by {', '.join(s['sites_sent'])}"
+        for s in facts["stages"]
+    )
+    return f"""- no DP-SGD: the model was fitted from {run["stages"]} noisy release(s) of
+  statistics per site; σ = {run["noise_multiplier"]:.4f} was calibrated so they spend
+  ε = {run["target_epsilon_this_run"]} at δ = {run["calibration_delta"]}
+
+{lines}
+
+- the coordinator saw each site's noisy statistics (noise placement local, no secure
+  aggregation): each is DP on its own, and their sum carries √K times one release's noise.
+  The summed vectors are in {facts["saved_sums"]}.
+"""

@@ -25,6 +25,7 @@ from shared.config_model import (
     AGGREGATIONS,
     DEFAULT_SERVER_LR,
     NUMERIC_ENCODERS,
+    RELEASE_GENERATORS,
     AggregationSettings,
     ModelSettings,
 )
@@ -209,9 +210,50 @@ class RunSettings:
             )
         if not s.out_dir:
             raise ConfigError("run config 'out-dir' is empty; pass an absolute output folder")
-        if s.noise_placement == "distributed":
+        if s.releases_statistics:
+            s.check_release_run()
+        elif s.noise_placement == "distributed":
             s.distributed_plan()  # refuses (ConfigError) before anything runs
         return s
+
+    @property
+    def releases_statistics(self) -> bool:
+        """Whether the generator is fitted from one noisy release per stage (no DP-SGD)."""
+        return self.model.generator in RELEASE_GENERATORS
+
+    def check_release_run(self) -> None:
+        """Refuse settings a release family's Flower run cannot honour.
+
+        Raises
+        ------
+        ConfigError
+            Secure aggregation or distributed noise (each stage is one Gaussian release
+            per site with its own full noise, and the server sees each site's vector).
+        """
+        name = self.model.generator
+        if self.noise_placement != "local" or self.secure_aggregation:
+            raise ConfigError(
+                f"generator {name!r} releases each site's noisy statistics once per stage with "
+                "the site's own full noise (noise placement 'local'); secure aggregation and "
+                "'distributed' noise are not wired into its Flower stages. Pass "
+                "--no-secure-aggregation and --noise-placement local, or use a DP-SGD family "
+                "such as 'dp-vae'"
+            )
+
+    def release_noise_multiplier(self) -> float:
+        """σ of one Gaussian release at (ε, δ): the accountant's ``(σ, q = 1, 1 step)``.
+
+        A release family splits it over its stages as σ_s = σ / √ρ_s
+        (:func:`shared.models.release.stage_noise_multipliers`), so the stages
+        together spend exactly :attr:`epsilon` per site.
+        """
+        return calibrate_noise(
+            target_epsilon=self.epsilon,
+            delta=self.delta,
+            sample_rate=1.0,
+            steps=1,
+            accountant=self.accountant,
+        )
 
     def distributed_plan(self) -> DistributedPlan:
         """The public plan of a ``distributed`` run: K = ``min_sites`` noise shares.
@@ -288,6 +330,10 @@ class RunSettings:
 
     def mechanisms(self) -> list[tuple[float, float, int]]:
         """Every ``(σ, q, steps)`` this run charges a site for, in the order they run."""
+        if self.releases_statistics:
+            from shared.models.release import release_stage_noise  # imports torch: only here
+
+            return [(s, 1.0, 1) for s in release_stage_noise(self)]
         out = [(self.encoder_noise_multiplier(), 1.0, 1)] if self.fits_encoder else []
         out.append((self.noise_multiplier(), self.sample_rate, self.planned_steps))
         if self.calibrates_effect:

@@ -132,3 +132,20 @@ EFFECT_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
 }
+
+# --- Release families (shared.models.release, e.g. "dp-marginal"): "train.release_statistics" ---
+# A release family has no DP-SGD rounds: the whole run is one message per stage. The
+# request carries GLOBAL_ARRAYS (the model as fitted so far: stage s may depend on the
+# fit of stage s - 1) and RELEASE_CONFIG; the reply carries the site's statistics of
+# that stage plus N(0, (σ_s Δ_s)²) per coordinate (Gaussian mechanism, charged to the
+# ledger first) and the public accounting records; STEPS is 1 and NOISE_MULTIPLIER /
+# SAMPLE_RATE / MAX_GRAD_NORM are σ_s, 1 and the stage's L2 sensitivity Δ_s.
+RELEASE_STATISTICS = "release_statistics"
+RELEASE_CONFIG = "release-config"  # ConfigRecord: shared.models.release_request fields
+RELEASE_ARRAYS = "release"  # ArrayRecord: the site's noisy statistics of one stage
+RELEASE_VALUES = "statistics"  # the array's name inside RELEASE_ARRAYS
+RELEASE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    RELEASE_ARRAYS: (RELEASE_VALUES,),
+    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}

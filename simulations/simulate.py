@@ -27,6 +27,7 @@ import pandas as pd
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import RunSettings, app_config_defaults
+from shared.config_model import RELEASE_GENERATORS
 from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 from shared.runtime import FlowerRuntime, flower_bin, free_port
@@ -102,9 +103,9 @@ def prepare_sites(
 def run_simulation(plan: SimulationPlan) -> Path:
     """Prepare the sites and run the federation on Flower's simulation engine."""
     t0 = time.perf_counter()
-    from shared.models.release import refuse_release_family  # imports torch: only here
-
-    refuse_release_family(str(plan.settings.get("generator", "")))  # before any file is written
+    if plan.settings.get("generator") in RELEASE_GENERATORS:
+        # Refuse what a release family's stages cannot honour before any file is written.
+        RunSettings.from_run_config({**plan.settings, "schema-path": "-", "out-dir": "-"})
     if plan.settings.get("noise-placement") == "distributed":
         # Refuse before any file is written or process started.
         DistributedPlan.refuse_without_secure_aggregation(

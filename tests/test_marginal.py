@@ -248,14 +248,17 @@ def test_network_selection_respects_usefulness_and_orders_parents_first() -> Non
 
 
 @pytest.mark.parametrize("command", ["simulate", "server"])
-def test_flower_commands_refuse_the_frontier_only_family(
+def test_flower_commands_refuse_secure_aggregation_for_the_family_before_writing(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Its stages are local-noise releases: secure aggregation (the server's default) is refused.
     out = tmp_path / "out"
     args = [command, "--generator", "dp-marginal", "--out", str(out)]
     if command == "server":
         args += ["--schema", str(Path("shared/data/cohort_schema.json").resolve()), "--insecure"]
+    else:
+        args += ["--secure-aggregation"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "frontier" in err and "'dp-vae'" in err
+    assert "--no-secure-aggregation" in err and "'dp-vae'" in err
     assert not out.exists()

@@ -99,7 +99,8 @@ class MarginalGenerator(ReleaseFamily):
         return self.module
 
     # -- release -------------------------------------------------------------------
-    def release_shares(self) -> tuple[float, ...]:
+    @classmethod
+    def release_shares(cls) -> tuple[float, ...]:
         """Structure, then conditional tables."""
         return (STRUCTURE_SHARE, 1.0 - STRUCTURE_SHARE)
 

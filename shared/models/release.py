@@ -30,6 +30,7 @@ from abc import abstractmethod
 import numpy as np
 from torch import nn
 
+from shared.config import RunSettings
 from shared.errors import ConfigError
 from shared.models.base import GeneratorFamily
 
@@ -49,6 +50,28 @@ def stage_noise_multipliers(sigma: float, shares: tuple[float, ...]) -> list[flo
     if not shares or min(shares) <= 0 or abs(sum(shares) - 1.0) > 1e-9:
         raise ValueError(f"budget shares must be positive and sum to 1, got {shares}")
     return [sigma / math.sqrt(rho) for rho in shares]
+
+
+def add_release_noise(
+    stats: np.ndarray, *, noise_multiplier: float, sensitivity: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``stats`` plus N(0, (σ_s Δ_s)²) per coordinate: one Gaussian mechanism.
+
+    Parameters
+    ----------
+    stats : numpy.ndarray
+        Exact statistics of one stage.
+    noise_multiplier : float
+        σ_s, the noise std in units of the L2 sensitivity.
+    sensitivity : float
+        Δ_s, the statistics' L2 change when one row is added or removed.
+    rng : numpy.random.Generator
+        Source of the noise (secret at a real site).
+    """
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"noise multiplier σ must be positive, got {noise_multiplier}")
+    stats = np.asarray(stats, dtype=np.float64)
+    return stats + rng.normal(0.0, noise_multiplier * sensitivity, stats.shape)
 
 
 class ReleaseFamily(GeneratorFamily):
@@ -72,9 +95,10 @@ class ReleaseFamily(GeneratorFamily):
         """Refused: a release family has no per-row loss."""
         raise self._no_dp_sgd()
 
+    @classmethod
     @abstractmethod
-    def release_shares(self) -> tuple[float, ...]:
-        """ρ_s: each stage's share of the budget (public; positive, sums to 1)."""
+    def release_shares(cls) -> tuple[float, ...]:
+        """ρ_s: each stage's share of the budget (public and fixed: positive, sums to 1)."""
 
     @abstractmethod
     def release_length(self, stage: int) -> int:
@@ -124,32 +148,25 @@ class ReleaseFamily(GeneratorFamily):
         rng : numpy.random.Generator
             Source of the noise (secret at a real site).
         """
-        if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
-            raise ValueError(f"noise multiplier σ must be positive, got {noise_multiplier}")
-        stats = self.statistics(rows, stage)
-        std = noise_multiplier * self.release_sensitivity(stage)
-        return stats + rng.normal(0.0, std, stats.shape)
-
-
-def refuse_release_family(generator: str) -> None:
-    """Refuse a release family for a Flower run (``simulate``, ``server``): frontier-only.
-
-    The sites' release stage is not wired into the Flower apps yet; refusing
-    before anything is written or started keeps a half-wired path from running.
-
-    Raises
-    ------
-    ConfigError
-        If ``generator`` names a release family.
-    """
-    from shared.models.base import _REGISTRY, available_families
-
-    cls = _REGISTRY.get(generator)
-    if cls is not None and issubclass(cls, ReleaseFamily):
-        runnable = [f for f in available_families() if not issubclass(_REGISTRY[f], ReleaseFamily)]
-        raise ConfigError(
-            f"generator {generator!r} is fitted from noisy marginal releases and runs only in "
-            "the in-process frontier benchmark for now (python -m "
-            "simulations.benchmarks.frontier --families dp-marginal); its Flower release "
-            f"stage is not built yet. Use one of {runnable} for fedsynth simulate/server."
+        return add_release_noise(
+            self.statistics(rows, stage),
+            noise_multiplier=noise_multiplier,
+            sensitivity=self.release_sensitivity(stage),
+            rng=rng,
         )
+
+
+def release_stage_noise(settings: RunSettings) -> list[float]:
+    """σ_s of each stage of the run's release family: together they spend ε per site.
+
+    Parameters
+    ----------
+    settings : RunSettings
+        A run whose generator is a release family (ε, δ, accountant).
+    """
+    from shared.models.base import _REGISTRY
+
+    cls = _REGISTRY.get(settings.model.generator)
+    if cls is None or not issubclass(cls, ReleaseFamily):
+        raise ConfigError(f"generator {settings.model.generator!r} is not a release family")
+    return stage_noise_multipliers(settings.release_noise_multiplier(), cls.release_shares())
