@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server.report import build_report, write_report
-from server.report_facts import distributed_facts, release_run_facts
-from shared import keys
+from server.report_facts import add_release_stages, distributed_facts
 from shared.config import RunSettings
 from shared.distdp.step import parameter_count
 from shared.manifest import save_model
@@ -40,16 +39,7 @@ def release(
     """
     report = build_report(settings, sites, len(history), family.name, sigma, history)
     if release_stages is not None:
-        report["release_stages"] = release_stages
-        report["run"] = release_run_facts(settings, release_stages)
-        report["sent_by_each_site"] = {
-            rec: list(fields) for rec, fields in keys.RELEASE_REPLY_FIELDS.items()
-        }
-        report["not_protected"] = [
-            *[g for g in report["not_protected"] if "individual update" not in g],
-            "the coordinator sees each site's noisy statistics of every stage (secure "
-            "aggregation is not used for release stages); each is DP on its own",
-        ]
+        add_release_stages(report, settings, release_stages)
     if settings.noise_placement == "distributed":
         report["distributed"] = distributed_facts(
             settings, dim=parameter_count(family.private_module())

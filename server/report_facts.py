@@ -174,8 +174,23 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
     }
 
 
-def release_run_facts(settings: RunSettings, stages: dict[str, Any]) -> dict[str, Any]:
-    """The report's ``run`` section for a release family (no DP-SGD rounds)."""
+def add_release_stages(
+    report: dict[str, Any], settings: RunSettings, stages: dict[str, Any]
+) -> None:
+    """Rewrite ``report``'s DP-SGD sections for a release family (no DP-SGD rounds)."""
+    report["release_stages"] = stages
+    report["run"] = _release_run(settings, stages)
+    report["sent_by_each_site"] = {
+        rec: list(fields) for rec, fields in keys.RELEASE_REPLY_FIELDS.items()
+    }
+    report["not_protected"] = [
+        *[g for g in report["not_protected"] if "individual update" not in g],
+        "the coordinator sees each site's noisy statistics of every stage (secure "
+        "aggregation is not used for release stages); each is DP on its own",
+    ]
+
+
+def _release_run(settings: RunSettings, stages: dict[str, Any]) -> dict[str, Any]:
     return {
         "target_epsilon_this_run": settings.epsilon,
         "calibration_delta": settings.delta,

@@ -228,7 +228,8 @@ class RunSettings:
         ------
         ConfigError
             Secure aggregation or distributed noise (each stage is one Gaussian release
-            per site with its own full noise, and the server sees each site's vector).
+            per site with its own full noise, and the server sees each site's vector),
+            or the ``dp-quantile`` numeric encoder.
         """
         name = self.model.generator
         if self.noise_placement != "local" or self.secure_aggregation:
@@ -238,6 +239,11 @@ class RunSettings:
                 "'distributed' noise are not wired into its Flower stages. Pass "
                 "--no-secure-aggregation and --noise-placement local, or use a DP-SGD family "
                 "such as 'dp-vae'"
+            )
+        if self.fits_encoder:
+            raise ConfigError(
+                f"generator {name!r} bins numeric columns on their public bounds itself; it "
+                "has no use for the dp-quantile encoder. Pass --numeric-encoder minmax"
             )
 
     def release_noise_multiplier(self) -> float:

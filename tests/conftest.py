@@ -10,10 +10,12 @@ import copy
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -31,6 +33,14 @@ SMALL_SCHEMA_DOC: dict[str, Any] = {
         {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": True},
     ],
 }
+
+
+@pytest.fixture
+def _task_identity() -> Iterator[None]:
+    """The identity Flower sets in a real ClientApp process."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True, scope="session")

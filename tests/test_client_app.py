@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import handle_train
 from shared import keys
@@ -29,11 +27,8 @@ ROWS = 300
 
 
 @pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """The identity Flower sets in a real ClientApp process."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
+def _identity(_task_identity: None) -> None:
+    """Every test here runs as a ClientApp process would."""
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -340,14 +338,6 @@ def test_the_clientapp_answers_with_noisy_sums_or_declines_without_charge(
     assert set(ok.keys()) == set(keys.EFFECT_REPLY_FIELDS)
     assert dict(ok[keys.PRIVACY_METRICS])[keys.STEPS] == 1
     assert PrivacyLedger.open(site.ledger_path, site="h1").history == [(5.0, 1.0, 1)]
-
-
-@pytest.fixture
-def _task_identity() -> Iterator[None]:
-    """The identity Flower sets in a real ClientApp process."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
 
 
 def test_privacy_report_states_what_the_effect_stage_sent(tmp_path: Path) -> None:

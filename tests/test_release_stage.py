@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.errors import SiteConfigError
 from client.ledger import PrivacyLedger
@@ -89,6 +87,7 @@ def test_stage_noise_spends_exactly_epsilon_and_splits_by_share(tmp_path: Path) 
     [
         ({"secure-aggregation": True}, "--no-secure-aggregation"),
         ({"noise-placement": "distributed"}, "local"),
+        ({"numeric-encoder": "dp-quantile"}, "--numeric-encoder minmax"),
     ],
 )
 def test_release_runs_refuse_what_their_stages_cannot_honour(
@@ -151,14 +150,6 @@ def test_exhausted_budget_declines_and_charges_nothing(
     result = release_statistics(site, req, np.zeros(req.length), run="r1")
     assert not result.sent and result.noisy is None and "declines" in result.reason
     assert PrivacyLedger.open(site.ledger_path, site="h1").history == []
-
-
-@pytest.fixture
-def _task_identity() -> Iterator[None]:
-    """The identity Flower sets in a real ClientApp process."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 3
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
 
 
 @pytest.mark.usefixtures("_task_identity")
@@ -232,3 +223,25 @@ def test_a_restart_refits_from_the_saved_sums_without_asking_the_sites(
     (tmp_path / RELEASE_FILE).write_text(json.dumps({**doc, "stages": [{"stage": 0}]}))
     with pytest.raises(CheckpointError, match="damaged"):
         fit_release_stages(_NoGrid(), run, marginal(cohort), {}, {"run": 1})  # type: ignore[arg-type]
+
+
+def test_privacy_report_describes_the_stages_not_dp_sgd(tmp_path: Path) -> None:
+    from server.report import build_report, render_markdown
+    from server.report_facts import add_release_stages
+
+    run = run_settings(tmp_path)
+    stage = {"stage": 0, "length": 2553, "budget_share": 0.3, "noise_multiplier": 7.4171}
+    stages = {
+        "release_noise_multiplier": run.release_noise_multiplier(),
+        "stages": [{**stage, "l2_sensitivity": math.sqrt(105), "sites_sent": ["h1", "h2"]}],
+        "saved_sums": RELEASE_FILE,
+    }
+    report = build_report(run, {}, 0, "dp-marginal", 4.06, [])
+    add_release_stages(report, run, stages)
+    text = render_markdown(report)
+    assert "fitted from 1 noisy release stage(s)" in text
+    assert "stage 0: 2553 statistics, 30% of the budget, σ_s = 7.4171" in text
+    assert "clip norm" not in text and "DP-SGD steps per round" not in text
+    assert list(report["sent_by_each_site"]) == list(keys.RELEASE_REPLY_FIELDS)
+    assert not any("individual update" in g for g in report["not_protected"])
+    assert "rounds" in report["run"]["settings_not_used"]

@@ -1,0 +1,102 @@
+"""``dp-marginal`` over the deployment engine: a TLS SuperLink and two authenticated sites.
+
+The release stages travel the same gRPC/TLS path as training rounds: two sites with
+registered keys each answer both stages and record exactly two ledger entries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.cohort import cohort_schema, generate_cohort
+from shared.runtime import free_port
+from shared.schema import Schema
+from shared.tables import load_table
+from tests.e2e import independent_epsilon, ledger, run_cli, start_cli, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_dp_marginal_deploys_over_tls_and_charges_each_site_twice(tmp_path: Path) -> None:
+    root = tmp_path
+    assert run_cli(["certs", "demo", "--out", str(root / "certs"), "--sites", "2"]).returncode == 0
+    schema = cohort_schema()
+    schema.save(root / "schema.json")
+    table = generate_cohort(800, seed=12)[schema.names]
+    for i in range(2):
+        table.iloc[i * 400 : (i + 1) * 400].to_csv(root / f"site-{i}.csv", index=False)
+    port = free_port()
+    server = start_cli(
+        [
+            "server",
+            "--certs",
+            str(root / "certs"),
+            *[a for i in range(2) for a in ("--site-key", str(root / f"certs/sites/site-{i}.pub"))],
+            "--state-dir",
+            str(root / "coordinator"),
+            "--schema",
+            str(root / "schema.json"),
+            "--out",
+            str(root / "out"),
+            "--min-sites",
+            "2",
+            "--generator",
+            "dp-marginal",
+            "--epsilon",
+            "1",
+            "--no-secure-aggregation",
+            "--synthetic-rows",
+            "500",
+            "--round-timeout",
+            "180",
+            "--port",
+            str(port),
+        ],
+        root / "server.log",
+    )
+    wait_for(
+        lambda: "waiting for 2 site(s)" in (root / "server.log").read_text(errors="replace"),
+        120,
+        "the coordinator to register the sites",
+    )
+    clients = [
+        start_cli(
+            [
+                "client",
+                "--data",
+                str(root / f"site-{i}.csv"),
+                "--schema",
+                str(root / "schema.json"),
+                "--budget-epsilon",
+                "2",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--ca",
+                str(root / "certs" / "ca.crt"),
+                "--key",
+                str(root / "certs" / "sites" / f"site-{i}.key"),
+                "--state-dir",
+                str(root / f"state-{i}"),
+                "--site-name",
+                f"site-{i}",
+            ],
+            root / f"client-{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        server_rc = server.wait(timeout=300)
+    finally:
+        for proc in [server, *clients]:
+            stop(proc)
+    assert server_rc == 0, (root / "server.log").read_text(errors="replace")[-3000:]
+    out = root / "out"
+    assert len(load_table(out / "synthetic.csv", Schema.load(root / "schema.json"))) == 500
+    for i in range(2):
+        entries = ledger(root / f"state-{i}")["entries"]
+        assert [e["round"] for e in entries] == [1, 2]
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+        assert 0.98 <= independent_epsilon(history, delta=1e-5) <= 1.0
+    assert "noisy release stage(s)" in (out / "privacy_report.md").read_text()
