@@ -177,6 +177,7 @@ def test_the_clientapp_answers_with_the_agreed_fields_or_declines(
     config = ConfigRecord(req.to_config())  # type: ignore[arg-type]
     no_model = ask(RecordDict({keys.RELEASE_CONFIG: config}))
     assert dict(no_model[keys.SITE_INFO])[keys.STATUS] == keys.STATUS_DECLINED
+    assert dict(no_model[keys.SITE_INFO])[keys.REASON] == "SiteConfigError"
     assert keys.RELEASE_ARRAYS not in no_model and not site.ledger_path.exists()
     ok = ask(
         RecordDict(
