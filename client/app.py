@@ -193,3 +193,12 @@ def release_statistics(msg: Message, context: Context) -> Message:
     from client.release_stage import handle_release
 
     return handle_release(msg, context, public_reason)
+
+
+@app.train(keys.RELEASE_SHARE)
+def release_share(msg: Message, context: Context) -> Message:
+    """Release family under secure aggregation: one stage's masked noisy share (stage 3)."""
+    setup_logging()
+    from client.release_stage import handle_release_share
+
+    return handle_release_share(msg, context, public_reason)

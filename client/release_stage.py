@@ -13,8 +13,13 @@ Order of operations, each step failing closed (as for a training round):
    place of the clip norm) fits the remaining budget, add the noise, record it;
 4. only then reply with the noisy vector.
 
-The exact statistics never leave this module; only ``statistics + N(0, (σ_s Δ_s)²)``
-does.
+The exact statistics never leave this module. A plain request (``RELEASE_STATISTICS``,
+no secure aggregation) is answered with ``statistics + N(0, (σ_s Δ_s)²)``. Under
+secure aggregation (``RELEASE_SHARE``, :func:`handle_release_share`) the site
+sends its counts plus a discrete Gaussian share of the noise
+(:mod:`shared.distdp.release`), masked (:mod:`client.secagg`): with K = 1 the
+share holds the full noise, with K > 1 (noise placement ``distributed``) 1/K of its
+variance, and then the site first checks that at least K sites take part in the sum.
 """
 
 from __future__ import annotations
@@ -22,18 +27,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import torch
 from flwr.app import Context, Message, RecordDict
 
+from client import secagg
 from client.errors import SiteConfigError
 from client.oneshot import ReleaseResult, answer_release, charge_and_release, release_reply
 from client.settings import SiteSettings
 from client.site import model_and_rows
 from shared import keys
+from shared.distdp.release import release_codec, release_grid_bits, release_share
+from shared.errors import FedsynthError
 from shared.models.release import ReleaseFamily, add_release_noise
 from shared.release_request import ReleaseRequest
+from shared.secagg import SecAggAbortedError, site_mask
 
 log = logging.getLogger("fedsynth.client")
 
@@ -64,10 +75,61 @@ def exact_statistics(
     return stats
 
 
+def _noisy(
+    request: ReleaseRequest, stats: np.ndarray, share: bool
+) -> Callable[[np.random.Generator], np.ndarray]:
+    if not share:
+        return lambda rng: add_release_noise(
+            stats,
+            noise_multiplier=request.noise_multiplier,
+            sensitivity=request.sensitivity,
+            rng=rng,
+        )
+    # The share's grid must make the K discrete Gaussians sum to (nearly) one.
+    needed = release_grid_bits(
+        noise_multiplier=request.noise_multiplier,
+        sensitivity=request.sensitivity,
+        noise_sites=request.noise_sites,
+        length=request.length,
+    )
+    if request.grid_bits < needed:
+        raise SiteConfigError(
+            f"stage {request.stage}: the announced grid 2**-{request.grid_bits} is too coarse "
+            f"for K = {request.noise_sites} noise shares (this site needs 2**-{needed}); "
+            "install the consortium's current fedsynth version"
+        )
+    return lambda rng: release_share(
+        stats,
+        noise_multiplier=request.noise_multiplier,
+        sensitivity=request.sensitivity,
+        noise_sites=request.noise_sites,
+        grid_bits=request.grid_bits,
+        rng=rng,
+    )
+
+
 def release_statistics(
-    site: SiteSettings, request: ReleaseRequest, stats: np.ndarray, *, run: str
+    site: SiteSettings,
+    request: ReleaseRequest,
+    stats: np.ndarray,
+    *,
+    run: str,
+    share: bool = False,
 ) -> ReleaseResult:
-    """Step 3: budget check, Gaussian noise, durable ledger record (in that order)."""
+    """Step 3: budget check, noise, durable ledger record (in that order).
+
+    ``share``: return the ring share for secure aggregation (discrete Gaussian noise
+    of std σ_sΔ_s/√K) instead of the float release (Gaussian noise of std σ_sΔ_s).
+    Either way the ledger records one ``(σ_s, q = 1, 1 step)`` at sensitivity Δ_s:
+    the guarantee against the server, which sees only the sum of at least K shares.
+    """
+    if not share and request.noise_sites != 1:
+        raise SiteConfigError(
+            f"stage {request.stage}: the server asks for a share of 1/{request.noise_sites} of "
+            "the noise outside secure aggregation; the site refuses (it would see an "
+            "under-noised vector). The coordinator must run with secure aggregation"
+        )
+    noisy = _noisy(request, stats, share)
     result = charge_and_release(
         site,
         noise_multiplier=request.noise_multiplier,
@@ -75,29 +137,33 @@ def release_statistics(
         accountant=request.accountant,
         ledger_round=request.ledger_round,
         run=run,
-        noisy=lambda rng: add_release_noise(
-            stats,
-            noise_multiplier=request.noise_multiplier,
-            sensitivity=request.sensitivity,
-            rng=rng,
-        ),
+        noisy=noisy,
     )
     if result.sent:
         log.info(
-            "site %s: released stage %d's %d noisy statistics (σ_s=%.4g), cumulative ε=%.4f",
+            "site %s: %s stage %d's %d noisy statistics (σ_s=%.4g, K=%d), cumulative ε=%.4f",
             site.site_name,
+            "shared (masked, for the secure sum)" if share else "released",
             request.stage,
             request.length,
             request.noise_multiplier,
+            request.noise_sites,
             result.epsilon,
         )
     return result
 
 
 def reply_content(
-    site: SiteSettings | None, request: ReleaseRequest | None, result: ReleaseResult
+    site: SiteSettings | None,
+    request: ReleaseRequest | None,
+    result: ReleaseResult,
+    *,
+    masked: bool = False,
 ) -> RecordDict:
-    """The reply: only the fields in :data:`shared.keys.RELEASE_REPLY_FIELDS`."""
+    """The reply: only the fields in :data:`shared.keys.RELEASE_REPLY_FIELDS`.
+
+    ``masked``: the values are the masked ring share (:data:`shared.keys.RELEASE_SHARE_REPLY_FIELDS`).
+    """
     return release_reply(
         site,
         result,
@@ -105,8 +171,22 @@ def reply_content(
         sensitivity=request.sensitivity if request else 0.0,
         accountant=request.accountant if request else "",
         schema_fingerprint=request.schema_fingerprint if request else "",
-        record=(keys.RELEASE_ARRAYS, keys.RELEASE_VALUES),
+        record=(keys.MASKED_UPDATE, keys.MASKED_VECTOR)
+        if masked
+        else (keys.RELEASE_ARRAYS, keys.RELEASE_VALUES),
     )
+
+
+def _state_of(content: RecordDict) -> dict[str, torch.Tensor]:
+    arrays = content.get(keys.GLOBAL_ARRAYS)
+    if arrays is None or not hasattr(arrays, "to_torch_state_dict"):
+        raise SiteConfigError("the server's release request holds no model")
+    state: dict[str, torch.Tensor] = arrays.to_torch_state_dict()
+    return state
+
+
+def _parse(content: RecordDict) -> ReleaseRequest:
+    return ReleaseRequest.from_config(dict(content[keys.RELEASE_CONFIG]))
 
 
 def handle_release(
@@ -117,18 +197,58 @@ def handle_release(
     def run_stage(
         site: SiteSettings, request: ReleaseRequest, content: RecordDict, run: str
     ) -> ReleaseResult:
-        arrays = content.get(keys.GLOBAL_ARRAYS)
-        if arrays is None or not hasattr(arrays, "to_torch_state_dict"):
-            raise SiteConfigError("the server's release request holds no model")
-        state = arrays.to_torch_state_dict()
-        return release_statistics(site, request, exact_statistics(site, request, state), run=run)
+        stats = exact_statistics(site, request, _state_of(content))
+        return release_statistics(site, request, stats, run=run)
 
     return answer_release(
         msg,
         context,
         public_reason,
         stage="release stage",
-        parse=lambda content: ReleaseRequest.from_config(dict(content[keys.RELEASE_CONFIG])),
+        parse=_parse,
         run_stage=run_stage,
         reply=reply_content,
+    )
+
+
+def handle_release_share(
+    msg: Message, context: Context, public_reason: Callable[[BaseException], str]
+) -> Message:
+    """Stage 3 of a secure release: the masked share of one stage's noisy counts.
+
+    Nothing is computed or charged unless the site knows its place in the secure
+    round, and, for K > 1, at least K sites' keys were relayed (else the sum the
+    server can unmask could carry less than the charged noise).
+    """
+    try:
+        sa_state, me, peers = secagg.participation(msg, context)
+        noise_sites = _parse(msg.content).noise_sites
+        if len(peers) < noise_sites:
+            raise SecAggAbortedError(
+                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
+                f"K = {noise_sites} the noise is split over; this site sends nothing"
+            )
+    except (FedsynthError, KeyError, ValueError, TypeError) as exc:
+        return secagg.refuse(msg, exc)
+
+    def run_stage(
+        site: SiteSettings, request: ReleaseRequest, content: RecordDict, run: str
+    ) -> ReleaseResult:
+        stats = exact_statistics(site, request, _state_of(content))
+        result = release_statistics(site, request, stats, run=run, share=True)
+        if not result.sent or result.noisy is None:
+            return result
+        ring = release_codec(request.grid_bits).ring
+        context_bytes = cast(bytes, sa_state[keys.SA_CONTEXT])
+        masked = site_mask(me, result.noisy, peers, codec=ring, context=context_bytes)
+        return replace(result, noisy=ring.to_wire(masked))
+
+    return answer_release(
+        msg,
+        context,
+        public_reason,
+        stage="secure release stage",
+        parse=_parse,
+        run_stage=run_stage,
+        reply=lambda site, request, result: reply_content(site, request, result, masked=True),
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,9 @@ import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import RoundFailedError
-from server.secagg import (
-    SecureRoundInfo,
-    _ciphertexts,
-    _keys,
-    _read,
-    _roster_record,
-    _shares,
-    _stage,
-    _unmask_requests,
-)
+from server.secagg import SecureRoundInfo, open_round, sample_index
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
 from shared.config import DistributedStepSettings, RunSettings
@@ -56,7 +45,7 @@ from shared.distdp.step import parameter_count
 from shared.errors import ModelError
 from shared.manifest import atomic_write_bytes, load_state, save_state
 from shared.models import GeneratorFamily
-from shared.secagg import SecAggAbortedError, SecAggError, ServerRound, required_threshold
+from shared.secagg import SecAggAbortedError, SecAggError, required_threshold
 
 log = logging.getLogger("fedsynth.server")
 FloatVector = npt.NDArray[np.float64]
@@ -83,36 +72,27 @@ def secure_step(
         near the wrap point: nothing was unmasked or applied.
     """
     rnd = step.train.server_round
-    n_all = len(list(grid.get_node_ids()))
-    node_ids, _ = sample_nodes(grid, strategy.min_sites, max(n_all, strategy.min_sites))
-    index = {nid: i + 1 for i, nid in enumerate(sorted(node_ids))}
-    node_of = {i: n for n, i in index.items()}
+    index = sample_index(grid, strategy.min_sites)
     try:
-        t = required_threshold(len(index), secagg_threshold)
-        context = f"fedsynth|distdp|step={step.step}|{secrets.token_hex(16)}".encode()
-        proto = ServerRound(threshold=t, codec=codec.ring, context=context)
-        base: dict[str, object] = {keys.SA_CONTEXT: context}
-        params = {keys.SA_THRESHOLD: t, keys.SA_NUM_SITES: len(index), keys.SA_CONTEXT: context}
-        setup = {
-            nid: RecordDict({keys.SECAGG: ConfigRecord({**params, keys.SA_INDEX: i})})  # type: ignore[dict-item]
-            for nid, i in index.items()
-        }
-        roster = proto.register_keys(
-            _read(_stage(grid, keys.SECAGG_SETUP, setup, timeout), index, _keys)
+        opened = open_round(
+            grid,
+            index,
+            threshold=required_threshold(len(index), secagg_threshold),
+            codec=codec.ring,
+            label=f"distdp|step={step.step}",
+            params={},
+            timeout=timeout,
         )
-        rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
-        replies = _stage(grid, keys.SECAGG_SHARE_KEYS, {node_of[i]: rec for i in roster}, timeout)
-        inboxes = proto.route_shares(_read(replies, index, _ciphertexts))
         compute = RecordDict(
             {
                 keys.GLOBAL_ARRAYS: ArrayRecord(state),
                 keys.TRAIN_CONFIG: ConfigRecord(step.to_config()),  # type: ignore[arg-type]
-                keys.SECAGG: _roster_record(base, proto.share_senders),
+                keys.SECAGG: opened.peers_record(),
             }
         )
-        replies = _stage(grid, keys.DISTDP_STEP, {node_of[i]: compute for i in inboxes}, timeout)
+        replies = opened.send_inputs(grid, keys.DISTDP_STEP, compute, timeout)
         parsed = strategy.parse_replies(rnd, replies.values(), masked=True)
-        survivors = proto.collect_masked(
+        survivors = opened.proto.collect_masked(
             {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
         )
         if len(survivors) < step.noise_sites:
@@ -123,10 +103,7 @@ def secure_step(
                 + (f" (declined: {declined})" if declined else "")
             )
         strategy.check_quorum(rnd, parsed, len(survivors))
-        dropped = sorted(set(inboxes) - survivors)
-        unmask = _unmask_requests(base, survivors, inboxes, node_of)
-        replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
-        total = codec.decode(proto.unmask(_read(replies, index, _shares)))
+        total = codec.decode(opened.unmask(grid, survivors, timeout))
     except SecAggAbortedError as exc:
         raise RoundFailedError(
             f"round {rnd}, DP-SGD step {step.step} aborted under secure aggregation: {exc}. "
@@ -138,7 +115,10 @@ def secure_step(
         raise RoundFailedError(
             f"round {rnd}, DP-SGD step {step.step}: secure aggregation failed: {exc}"
         ) from exc
-    return total, SecureRoundInfo(t, len(index), len(survivors), len(dropped), codec.grid)
+    info = SecureRoundInfo(
+        opened.threshold, len(index), len(survivors), opened.dropped(survivors), codec.grid
+    )
+    return total, info
 
 
 class DistributedTrainer:

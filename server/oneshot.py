@@ -36,10 +36,12 @@ def parse_release_reply(
     fields: dict[str, tuple[str, ...]],
     record: tuple[str, str],
     shape: tuple[int, ...],
+    masked: bool = False,
 ) -> Parsed:
     """Check one reply against ``fields``; return the site's public facts and its values.
 
-    The values are ``None`` when the site declined.
+    The values are ``None`` when the site declined. ``masked``: they are a masked
+    ring vector of secure aggregation (unsigned integers, returned as sent).
     """
     node = msg.metadata.src_node_id
     content = msg.content
@@ -72,7 +74,12 @@ def parse_release_reply(
     arrays = content.get(record[0])
     if not isinstance(arrays, ArrayRecord) or set(arrays) != {record[1]}:
         raise ProtocolError(f"node {node} sent no well-formed {record[0]!r} record")
-    values = arrays[record[1]].numpy().astype(np.float64)
+    values = arrays[record[1]].numpy()
+    if masked:
+        if values.shape != shape or values.dtype not in (np.uint32, np.uint64):
+            raise ProtocolError(f"node {node} sent a masked vector that is not uint32/64{shape}")
+        return facts, values.astype(np.uint64)
+    values = values.astype(np.float64)
     if values.shape != shape or not np.isfinite(values).all():
         raise ProtocolError(f"node {node} sent values of shape {values.shape}, not {shape}")
     return facts, values

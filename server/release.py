@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from server.report import build_report, write_report
-from server.report_facts import add_release_stages, distributed_facts
+from server.report_facts import distributed_facts
+from server.report_release import add_release_stages
 from shared.config import RunSettings
 from shared.distdp.step import parameter_count
 from shared.manifest import save_model
@@ -40,7 +41,7 @@ def release(
     report = build_report(settings, sites, len(history), family.name, sigma, history)
     if release_stages is not None:
         add_release_stages(report, settings, release_stages)
-    if settings.noise_placement == "distributed":
+    elif settings.noise_placement == "distributed":
         report["distributed"] = distributed_facts(
             settings, dim=parameter_count(family.private_module())
         )

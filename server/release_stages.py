@@ -8,9 +8,13 @@ first, :mod:`client.release_stage`); the server sums the vectors and fits the
 stage (:meth:`shared.models.release.ReleaseFamily.fit_release`), which is
 post-processing. The stages' σ_s = σ/√ρ_s spend exactly ε per site together.
 
-Each site's noisy vector is seen by the server (noise placement ``local``; secure
-aggregation is not wired into these stages and the run config refuses it), so the
-sum carries √K times the noise of one central release; the privacy report says so.
+Without secure aggregation the server sees each site's noisy vector (noise
+placement ``local``), and the sum of n vectors carries √n times the noise of one
+central release. Under secure aggregation (:mod:`server.release_secure`) the server
+learns only the sum: with placement ``local`` each share still carries the full
+noise; with ``distributed`` the noise is split over K = ``min_sites`` shares, so
+the sum carries the noise of one central release at the same ε per site. The
+privacy report says which.
 
 Every fitted stage's summed vector is saved to ``release_stages.json`` in the
 output folder, so a coordinator that restarts refits the stages already paid for
@@ -20,7 +24,6 @@ from the saved sums instead of asking (and charging) the sites again.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,8 +40,10 @@ from server.oneshot import (
     save_stage,
     sites_sent,
 )
+from server.release_secure import secure_release
 from shared import keys
 from shared.config import RunSettings
+from shared.distdp.release import release_grid_bits
 from shared.models.release import ReleaseFamily, release_stage_noise
 from shared.release_request import ReleaseRequest
 
@@ -48,15 +53,25 @@ RELEASE_FILE = "release_stages.json"
 
 def stage_request(family: ReleaseFamily, settings: RunSettings, stage: int) -> ReleaseRequest:
     """What every site is asked for in ``stage`` (public: schema, settings, fit so far)."""
+    sigma = release_stage_noise(settings)[stage]
+    sensitivity, length = family.release_sensitivity(stage), family.release_length(stage)
+    noise_sites = settings.min_sites if settings.noise_placement == "distributed" else 1
+    bits = 0
+    if settings.secure_aggregation:
+        bits = release_grid_bits(
+            noise_multiplier=sigma, sensitivity=sensitivity, noise_sites=noise_sites, length=length
+        )
     return ReleaseRequest(
         stage=stage,
-        noise_multiplier=release_stage_noise(settings)[stage],
-        sensitivity=family.release_sensitivity(stage),
-        length=family.release_length(stage),
+        noise_multiplier=sigma,
+        sensitivity=sensitivity,
+        length=length,
         ledger_round=stage + 1,
         schema_fingerprint=family.schema.fingerprint(),
         model=settings.model,
         accountant=settings.accountant,
+        noise_sites=noise_sites,
+        grid_bits=bits,
     )
 
 
@@ -94,10 +109,15 @@ def fit_release_stages(
             _refit(path, family, stages[stage], stage)
             continue
         request = stage_request(family, settings, stage)
-        parsed, total = _collect(grid, settings, family, request)
-        sent = sites_sent(parsed)
-        # Each site added its own N(0, (σ_s Δ_s)²): the sum's std is √K times that.
-        noise_std = request.noise_multiplier * request.sensitivity * math.sqrt(len(sent))
+        secure: dict[str, Any] = {}
+        if settings.secure_aggregation:
+            parsed, sent, total, info = secure_release(grid, settings, family, request)
+            secure = {"secure_aggregation": info.as_dict(), "noise_sites": request.noise_sites}
+        else:
+            parsed, total = _collect(grid, settings, family, request)
+            sent = sites_sent(parsed)
+        # n vectors, each with noise std σ_sΔ_s/√K: the sum's std is σ_sΔ_s·√(n/K).
+        noise_std = request.sum_std(len(sent))
         family.fit_release(total, stage=stage, noise_std=noise_std)
         record_sites(parsed, sites)
         stages.append(
@@ -109,6 +129,7 @@ def fit_release_stages(
                 "length": request.length,
                 "noise_std_of_sum": noise_std,
                 "sites_sent": sent,
+                **secure,
                 "total": total.tolist(),
             }
         )
@@ -124,7 +145,8 @@ def fit_release_stages(
     return {
         "release_noise_multiplier": settings.release_noise_multiplier(),
         "stages": [{k: v for k, v in s.items() if k != "total"} for s in stages],
-        "per_site_statistics_seen_by_server": True,
+        "per_site_statistics_seen_by_server": not settings.secure_aggregation,
+        "noise_placement": settings.noise_placement,
         "saved_sums": RELEASE_FILE,
     }
 

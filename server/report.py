@@ -16,9 +16,9 @@ from server.report_facts import (
     aggregation_text,
     effect_calibration_facts,
     numeric_encoder_facts,
-    release_markdown,
     secure_aggregation_facts,
 )
+from server.report_release import release_markdown
 from shared import keys
 from shared.config import RunSettings
 

@@ -12,7 +12,10 @@ from typing import Any
 
 from shared import keys
 from shared.config import RunSettings
-from shared.distdp.accounting import accounting_multiplier, largest_tolerated_collusion
+from shared.distdp.accounting import (
+    accounting_multiplier,
+    largest_tolerated_collusion,
+)
 
 
 def aggregation_text(settings: RunSettings) -> str:
@@ -139,6 +142,25 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
         return {"enabled": False}
     threshold = settings.secagg_threshold or "a strict majority of the sampled sites (at least 2)"
     distributed = settings.noise_placement == "distributed"
+    if settings.releases_statistics:
+        quantisation = (
+            "each stage's counts (integers) scaled exactly to a grid 2^-b, discrete Gaussian "
+            "noise added, summed modulo 2^48"
+        )
+        sees = "the sum of the sites' noisy count shares, once per release stage"
+    elif distributed:
+        quantisation = (
+            "each site's noisy clipped gradient sum stochastically rounded to the grid "
+            f"C·2^-{settings.distributed_plan().grid_bits} (C = {settings.max_grad_norm}) and "
+            "summed modulo 2^48"
+        )
+        sees = "the sum of the sites' noisy gradient shares, once per DP-SGD step"
+    else:
+        quantisation = (
+            f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
+            f"stochastically rounded to 2^{settings.secagg_bits} levels"
+        )
+        sees = "the sum (hence the mean) of the surviving sites' quantised updates, each round"
     return {
         "enabled": True,
         "protocol": (
@@ -146,18 +168,9 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
             "relayed under AES-GCM), semi-honest server"
         ),
         "threshold": threshold,
-        "quantisation": (
-            "each site's noisy clipped gradient sum stochastically rounded to the grid "
-            f"C·2^-{settings.distributed_plan().grid_bits} (C = {settings.max_grad_norm}) and summed "
-            "modulo 2^48"
-            if distributed
-            else f"each coordinate in [-C, C] (C = update clip norm {settings.update_clip_norm}) "
-            f"stochastically rounded to 2^{settings.secagg_bits} levels"
-        ),
+        "quantisation": quantisation,
         "server_sees": [
-            "the sum of the sites' noisy gradient shares, once per DP-SGD step"
-            if distributed
-            else "the sum (hence the mean) of the surviving sites' quantised updates, each round",
+            sees,
             "which sites took part in each round and how many survived (round_history)",
             "each site's name, cumulative ε, δ and the other public accounting fields",
             "masked update vectors, uniformly random to the server on their own",
@@ -172,66 +185,3 @@ def secure_aggregation_facts(settings: RunSettings) -> dict[str, Any]:
             "in its ledger (at most one round's spend); nothing from that round is released"
         ),
     }
-
-
-def add_release_stages(
-    report: dict[str, Any], settings: RunSettings, stages: dict[str, Any]
-) -> None:
-    """Rewrite ``report``'s DP-SGD sections for a release family (no DP-SGD rounds)."""
-    report["release_stages"] = stages
-    report["run"] = _release_run(settings, stages)
-    report["sent_by_each_site"] = {
-        rec: list(fields) for rec, fields in keys.RELEASE_REPLY_FIELDS.items()
-    }
-    report["not_protected"] = [
-        *[g for g in report["not_protected"] if "individual update" not in g],
-        "the coordinator sees each site's noisy statistics of every stage (secure "
-        "aggregation is not used for release stages); each is DP on its own",
-    ]
-
-
-def _release_run(settings: RunSettings, stages: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "target_epsilon_this_run": settings.epsilon,
-        "calibration_delta": settings.delta,
-        "noise_multiplier": stages["release_noise_multiplier"],
-        "noise_placement": "local",
-        "secure_aggregation": False,
-        "mechanism": (
-            "one Gaussian release per stage: each site adds N(0, (sigma_s Delta_s)^2) to every "
-            "coordinate of its statistics, with sigma_s = sigma / sqrt(rho_s) for the stage's "
-            "budget share rho_s, so the stages compose to one release at sigma: epsilon per "
-            "site. Each is recorded in the site's ledger as (sigma_s, q = 1, 1 step)."
-        ),
-        "stages": len(stages["stages"]),
-        "settings_not_used": [
-            "rounds",
-            "local-steps",
-            "sample-rate",
-            "max-grad-norm",
-            "learning-rate",
-            "update-clip-norm",
-            "aggregation",
-        ],
-    }
-
-
-def release_markdown(report: dict[str, Any]) -> str:
-    """The report's "This run" section for a release family."""
-    run, facts = report["run"], report["release_stages"]
-    lines = "\n".join(
-        f"- stage {s['stage']}: {s['length']} statistics, {s['budget_share']:.0%} of the budget, "
-        f"σ_s = {s['noise_multiplier']:.4f}, L2 sensitivity Δ_s = {s['l2_sensitivity']:.3f}, "
-        f"sent by {', '.join(s['sites_sent'])}"
-        for s in facts["stages"]
-    )
-    return f"""- no DP-SGD: the model was fitted from {run["stages"]} noisy release(s) of
-  statistics per site; σ = {run["noise_multiplier"]:.4f} was calibrated so they spend
-  ε = {run["target_epsilon_this_run"]} at δ = {run["calibration_delta"]}
-
-{lines}
-
-- the coordinator saw each site's noisy statistics (noise placement local, no secure
-  aggregation): each is DP on its own, and their sum carries √K times one release's noise.
-  The summed vectors are in {facts["saved_sums"]}.
-"""

@@ -42,6 +42,7 @@ from shared.secagg import (
     UnmaskShares,
     required_threshold,
 )
+from shared.secagg.encoding import IntVector
 from shared.secagg.vectors import unflatten_state
 
 log = logging.getLogger("fedsynth.server")
@@ -107,6 +108,105 @@ def _roster_record(base: dict[str, object], roster: dict[int, PublicKeys]) -> Co
     )
 
 
+@dataclass
+class OpenRound:
+    """A secure round after stages 1 and 2: who shared keys, and the messages' common fields.
+
+    Attributes
+    ----------
+    proto : ServerRound
+        The protocol state (roster, routed ciphertexts).
+    index : dict
+        Node id → protocol index (1..N) of every sampled site.
+    base : dict
+        Fields every later stage's secure aggregation record carries (the context).
+    inboxes : dict
+        Protocol index → the ciphertexts routed to it (the sites that may send input).
+    threshold : int
+        t: the fewest inputs the server can unmask.
+    """
+
+    proto: ServerRound
+    index: dict[int, int]
+    base: dict[str, object]
+    inboxes: dict[int, dict[int, bytes]]
+    threshold: int
+
+    @property
+    def node_of(self) -> dict[int, int]:
+        """Protocol index → node id."""
+        return {i: n for n, i in self.index.items()}
+
+    def peers_record(self) -> ConfigRecord:
+        """Stage 3's secure aggregation record: the sites whose key shares were routed."""
+        return _roster_record(self.base, self.proto.share_senders)
+
+    def send_inputs(
+        self, grid: Grid, action: str, content: RecordDict, timeout: float
+    ) -> dict[int, Message]:
+        """Stage 3: ``content`` to every site with an inbox; the error-free replies."""
+        node_of = self.node_of
+        return _stage(grid, action, {node_of[i]: content for i in self.inboxes}, timeout)
+
+    def unmask(self, grid: Grid, survivors: set[int], timeout: float) -> IntVector:
+        """Stage 4: ask the survivors for shares and rebuild the masks; the ring sum."""
+        unmask = _unmask_requests(self.base, survivors, self.inboxes, self.node_of)
+        replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
+        return self.proto.unmask(_read(replies, self.index, _shares))
+
+    def dropped(self, survivors: set[int]) -> int:
+        """Sites that shared keys but sent no usable input."""
+        return len(set(self.inboxes) - survivors)
+
+
+def sample_index(grid: Grid, min_sites: int) -> dict[int, int]:
+    """Every connected node (at least ``min_sites``, waiting for them) → protocol index."""
+    n_all = len(list(grid.get_node_ids()))
+    node_ids, _ = sample_nodes(grid, min_sites, max(n_all, min_sites))
+    return {nid: i + 1 for i, nid in enumerate(sorted(node_ids))}
+
+
+def open_round(
+    grid: Grid,
+    index: dict[int, int],
+    *,
+    threshold: int,
+    codec: FixedPointCodec,
+    label: str,
+    params: dict[str, object],
+    timeout: float,
+) -> OpenRound:
+    """Stages 1 and 2 with fresh keys; ``params`` are extra public fields of stage 1.
+
+    Raises
+    ------
+    SecAggError
+        Fewer than ``threshold`` sites answered a stage.
+    """
+    context = f"fedsynth|{label}|{secrets.token_hex(16)}".encode()
+    proto = ServerRound(threshold=threshold, codec=codec, context=context)
+    base: dict[str, object] = {keys.SA_CONTEXT: context}
+    common = {
+        **params,
+        keys.SA_THRESHOLD: threshold,
+        keys.SA_NUM_SITES: len(index),
+        keys.SA_CONTEXT: context,
+    }
+    setup = {
+        nid: RecordDict({keys.SECAGG: ConfigRecord({**common, keys.SA_INDEX: i})})  # type: ignore[dict-item]
+        for nid, i in index.items()
+    }
+    roster = proto.register_keys(
+        _read(_stage(grid, keys.SECAGG_SETUP, setup, timeout), index, _keys)
+    )
+    node_of = {i: n for n, i in index.items()}
+    # The server relays ciphertexts it cannot read.
+    rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
+    replies = _stage(grid, keys.SECAGG_SHARE_KEYS, {node_of[i]: rec for i in roster}, timeout)
+    inboxes = proto.route_shares(_read(replies, index, _ciphertexts))
+    return OpenRound(proto, index, base, inboxes, threshold)
+
+
 def secure_round(
     grid: Grid,
     strategy: SiteAveraging,
@@ -125,58 +225,36 @@ def secure_round(
         Too few sites at some stage (or fewer than ``min_sites`` updates):
         nothing was aggregated.
     """
-    n_all = len(list(grid.get_node_ids()))
-    node_ids, _ = sample_nodes(grid, strategy.min_sites, max(n_all, strategy.min_sites))
-    index = {nid: i + 1 for i, nid in enumerate(sorted(node_ids))}
+    index = sample_index(grid, strategy.min_sites)
     timeout = settings.round_timeout
     try:
         t = required_threshold(len(index), settings.secagg_threshold)
         codec = FixedPointCodec(
             clip=settings.update_clip_norm, bits=settings.secagg_bits, max_sites=len(index)
         )
-        context = f"fedsynth|round={server_round}|{secrets.token_hex(16)}".encode()
-        proto = ServerRound(threshold=t, codec=codec, context=context)
-        base: dict[str, object] = {keys.SA_CONTEXT: context}
-        params = {
-            keys.SA_THRESHOLD: t,
-            keys.SA_NUM_SITES: len(index),
-            keys.SA_BITS: codec.bits,
-            keys.SA_CLIP: codec.clip,
-            keys.SA_CONTEXT: context,
-        }
-        # Stage 1: advertise keys.
-        setup = {
-            nid: RecordDict({keys.SECAGG: ConfigRecord({**params, keys.SA_INDEX: i})})  # type: ignore[dict-item]
-            for nid, i in index.items()
-        }
-        replies = _stage(grid, keys.SECAGG_SETUP, setup, timeout)
-        adverts = _read(replies, index, _keys)
-        roster = proto.register_keys(adverts)
-        node_of = {i: n for n, i in index.items()}
-        # Stage 2: share keys (the server relays ciphertexts it cannot read).
-        rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
-        replies = _stage(grid, keys.SECAGG_SHARE_KEYS, {node_of[i]: rec for i in roster}, timeout)
-        sent = _read(replies, index, _ciphertexts)
-        inboxes = proto.route_shares(sent)
+        opened = open_round(
+            grid,
+            index,
+            threshold=t,
+            codec=codec,
+            label=f"round={server_round}",
+            params={keys.SA_BITS: codec.bits, keys.SA_CLIP: codec.clip},
+            timeout=timeout,
+        )
         # Stage 3: train and send the masked update.
-        u2 = _roster_record(base, proto.share_senders)
         train = RecordDict(
             {
                 keys.GLOBAL_ARRAYS: ArrayRecord(state),
                 keys.TRAIN_CONFIG: train_config,
-                keys.SECAGG: u2,
+                keys.SECAGG: opened.peers_record(),
             }
         )
-        replies = _stage(grid, keys.SECAGG_TRAIN, {node_of[i]: train for i in inboxes}, timeout)
+        replies = opened.send_inputs(grid, keys.SECAGG_TRAIN, train, timeout)
         parsed = strategy.parse_replies(server_round, replies.values(), masked=True)
         masked = {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
-        survivors = proto.collect_masked(masked)
+        survivors = opened.proto.collect_masked(masked)
         strategy.check_quorum(server_round, parsed, len(survivors))
-        # Stage 4: unmask.
-        dropped = sorted(set(inboxes) - survivors)
-        unmask = _unmask_requests(base, survivors, inboxes, node_of)
-        replies = _stage(grid, keys.SECAGG_UNMASK, unmask, timeout)
-        total = proto.unmask(_read(replies, index, _shares))
+        total = opened.unmask(grid, survivors, timeout)
         mean = codec.decode_sum(total, len(survivors)) / len(survivors)
     except SecAggAbortedError as exc:
         raise RoundFailedError(
@@ -186,13 +264,13 @@ def secure_round(
         ) from exc
     except SecAggError as exc:
         raise RoundFailedError(f"round {server_round}: secure aggregation failed: {exc}") from exc
-    info = SecureRoundInfo(t, len(index), len(survivors), len(dropped), codec.step)
+    info = SecureRoundInfo(t, len(index), len(survivors), opened.dropped(survivors), codec.step)
     log.info(
         "round %d: secure sum of %d site(s) (threshold %d, %d dropped after key sharing)",
         server_round,
         len(survivors),
         t,
-        len(dropped),
+        info.dropped_after_key_sharing,
     )
     return unflatten_state(mean, state), info
 

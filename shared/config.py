@@ -227,19 +227,21 @@ class RunSettings:
         Raises
         ------
         ConfigError
-            Secure aggregation or distributed noise (each stage is one Gaussian release
-            per site with its own full noise, and the server sees each site's vector),
-            or the ``dp-quantile`` numeric encoder.
+            Noise placement ``distributed`` without secure aggregation (each share
+            carries only 1/K of the noise) or with fewer than 2 sites or than the
+            secure aggregation threshold; or the ``dp-quantile`` numeric encoder.
         """
         name = self.model.generator
-        if self.noise_placement != "local" or self.secure_aggregation:
-            raise ConfigError(
-                f"generator {name!r} releases each site's noisy statistics once per stage with "
-                "the site's own full noise (noise placement 'local'); secure aggregation and "
-                "'distributed' noise are not wired into its Flower stages. Pass "
-                "--no-secure-aggregation and --noise-placement local, or use a DP-SGD family "
-                "such as 'dp-vae'"
-            )
+        if self.noise_placement == "distributed":
+            DistributedPlan.refuse_without_secure_aggregation(self.secure_aggregation)
+            threshold = self.secagg_threshold or max(2, self.min_sites // 2 + 1)
+            if self.min_sites < 2 or threshold > self.min_sites:
+                raise ConfigError(
+                    f"generator {name!r} with noise placement 'distributed' splits each "
+                    f"stage's noise over min-sites = {self.min_sites} shares, which must be at "
+                    f"least 2 and at least the secure aggregation threshold ({threshold}); "
+                    "raise --min-sites or lower the threshold"
+                )
         if self.fits_encoder:
             raise ConfigError(
                 f"generator {name!r} bins numeric columns on their public bounds itself; it "

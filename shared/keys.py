@@ -149,3 +149,13 @@ RELEASE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
 }
+# Under secure aggregation, stage 3 of each release stage's secure round is
+# "train.release_share": the same request plus SECAGG (peers); the reply carries the
+# accounting records and MASKED_UPDATE, the masked ring share of the site's counts plus
+# discrete Gaussian noise of std σ_sΔ_s/√K (shared.distdp.release).
+RELEASE_SHARE = "release_share"
+RELEASE_SHARE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    MASKED_UPDATE: (MASKED_VECTOR,),
+    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}

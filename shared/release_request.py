@@ -43,6 +43,13 @@ class ReleaseRequest:
         The run's generator settings, to rebuild the model at the site.
     accountant : str
         The privacy accountant the site's ledger composes with.
+    noise_sites : int
+        K. 1: the site adds the full noise σ_sΔ_s. Above 1 (noise placement
+        ``distributed``, only under secure aggregation) the site's share carries
+        variance (σ_sΔ_s)²/K, and only the sum of K shares carries σ_sΔ_s.
+    grid_bits : int
+        b: a secure share encodes the counts on the grid γ = 2**-b
+        (:func:`shared.distdp.release.release_grid_bits`); 0 for a plain release.
     """
 
     stage: int
@@ -53,12 +60,28 @@ class ReleaseRequest:
     schema_fingerprint: str
     model: ModelSettings
     accountant: str = "rdp"
+    noise_sites: int = 1
+    grid_bits: int = 0
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "sensitivity"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"release request {name} must be positive, got {value!r}")
+        if self.noise_sites < 1 or not 0 <= self.grid_bits <= 16:
+            raise ConfigError(
+                f"release request needs noise-sites >= 1 and grid-bits in 0..16, got "
+                f"{self.noise_sites} and {self.grid_bits}"
+            )
+
+    @property
+    def share_std(self) -> float:
+        """Noise std of one site's vector: σ_sΔ_s/√K (σ_sΔ_s when K = 1)."""
+        return self.noise_multiplier * self.sensitivity / math.sqrt(self.noise_sites)
+
+    def sum_std(self, senders: int) -> float:
+        """Noise std of the sum of ``senders`` sites' vectors: σ_sΔ_s·√(n/K)."""
+        return self.share_std * math.sqrt(senders)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ReleaseRequest:
@@ -72,6 +95,8 @@ class ReleaseRequest:
             schema_fingerprint=read_value(config, "schema-fingerprint", str, None),
             model=ModelSettings.from_config(config),
             accountant=read_accountant(config),
+            noise_sites=read_value(config, "noise-sites", int, 1, lambda v: v >= 1, ">= 1"),
+            grid_bits=read_value(config, "grid-bits", int, 0, lambda v: 0 <= v <= 16, "0..16"),
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -85,4 +110,6 @@ class ReleaseRequest:
             "ledger-round": self.ledger_round,
             "schema-fingerprint": self.schema_fingerprint,
             "accountant": self.accountant,
+            "noise-sites": self.noise_sites,
+            "grid-bits": self.grid_bits,
         }

@@ -23,11 +23,10 @@ per row:
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from shared.accounting import calibrate_noise
-from shared.distdp.encoding import ModularCodec
-from shared.distdp.step import secure_sum, site_share
+from shared.distdp.release import release_codec, release_grid_bits, release_share
+from shared.distdp.step import secure_sum
 from shared.errors import ConfigError
 from shared.models.release import ReleaseFamily, stage_noise_multipliers
 
@@ -99,24 +98,25 @@ def distributed_total(
 ) -> np.ndarray:
     """Securely summed statistics of ``stage``, with discrete Gaussian noise shares.
 
-    Statistics are integer counts, so the grid step is 1 and rounding is exact;
-    each share's noise has scale σ_sΔ_s/√K, the K shares together σ_sΔ_s.
+    The same shares as a Flower run's (:mod:`shared.distdp.release`): integer counts
+    on the grid 2**-b, each share's noise of scale σ_sΔ_s/√K, the K together σ_sΔ_s.
     """
     k = len(sites)
     if k < 2:
         raise ConfigError("placement 'distributed' needs at least 2 sites; with one use 'pooled'")
-    delta_l2 = family.release_sensitivity(stage)
-    codec = ModularCodec(grid=1.0)
-    rows = sum(len(s) for s in sites)
-    codec.check_headroom(bound=float(rows + 20 * noise_multiplier * delta_l2))
+    delta_l2, length = family.release_sensitivity(stage), family.release_length(stage)
+    bits = release_grid_bits(
+        noise_multiplier=noise_multiplier, sensitivity=delta_l2, noise_sites=k, length=length
+    )
+    codec = release_codec(bits)
     rng = np.random.default_rng([seed, stage])
     shares = {
-        i: site_share(
-            torch.from_numpy(family.statistics(s, stage)),
-            sigma=noise_multiplier,
-            clip_norm=delta_l2,
+        i: release_share(
+            family.statistics(s, stage),
+            noise_multiplier=noise_multiplier,
+            sensitivity=delta_l2,
             noise_sites=k,
-            codec=codec,
+            grid_bits=bits,
             rng=rng,
         )
         for i, s in enumerate(sites, start=1)

@@ -105,7 +105,8 @@ def run_simulation(plan: SimulationPlan) -> Path:
     t0 = time.perf_counter()
     if plan.settings.get("generator") in RELEASE_GENERATORS:
         # Refuse what a release family's stages cannot honour before any file is written.
-        RunSettings.from_run_config({**plan.settings, "schema-path": "-", "out-dir": "-"})
+        early = {**plan.settings, "schema-path": "-", "out-dir": "-", "min-sites": plan.sites}
+        RunSettings.from_run_config(early)
     if plan.settings.get("noise-placement") == "distributed":
         # Refuse before any file is written or process started.
         DistributedPlan.refuse_without_secure_aggregation(

@@ -1,11 +1,14 @@
 """``dp-marginal`` over the deployment engine: a TLS SuperLink and two authenticated sites.
 
-The release stages travel the same gRPC/TLS path as training rounds: two sites with
-registered keys each answer both stages and record exactly two ledger entries.
+The release stages travel the same gRPC/TLS path as training rounds, under the
+coordinator's default secure aggregation with the noise split over the two sites
+(``--noise-placement distributed``): each site answers both stages' four secure
+aggregation messages and records exactly two ledger entries.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,9 @@ from tests.e2e import independent_epsilon, ledger, run_cli, start_cli, stop, wai
 pytestmark = pytest.mark.slow
 
 
-def test_dp_marginal_deploys_over_tls_and_charges_each_site_twice(tmp_path: Path) -> None:
+def test_dp_marginal_deploys_over_tls_with_distributed_noise_and_charges_each_site_twice(
+    tmp_path: Path,
+) -> None:
     root = tmp_path
     assert run_cli(["certs", "demo", "--out", str(root / "certs"), "--sites", "2"]).returncode == 0
     schema = cohort_schema()
@@ -46,7 +51,8 @@ def test_dp_marginal_deploys_over_tls_and_charges_each_site_twice(tmp_path: Path
             "dp-marginal",
             "--epsilon",
             "1",
-            "--no-secure-aggregation",
+            "--noise-placement",
+            "distributed",
             "--synthetic-rows",
             "500",
             "--round-timeout",
@@ -99,4 +105,11 @@ def test_dp_marginal_deploys_over_tls_and_charges_each_site_twice(tmp_path: Path
         assert [e["round"] for e in entries] == [1, 2]
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
         assert 0.98 <= independent_epsilon(history, delta=1e-5) <= 1.0
-    assert "noisy release stage(s)" in (out / "privacy_report.md").read_text()
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["run"]["secure_aggregation"] is True
+    assert report["run"]["noise_placement"] == "distributed"
+    stages = report["release_stages"]["stages"]
+    assert [s["noise_sites"] for s in stages] == [2, 2]
+    assert all(s["secure_aggregation"]["survivors"] == 2 for s in stages)
+    md = (out / "privacy_report.md").read_text()
+    assert "noisy release stage(s)" in md and "learnt only the sum" in md

@@ -248,17 +248,16 @@ def test_network_selection_respects_usefulness_and_orders_parents_first() -> Non
 
 
 @pytest.mark.parametrize("command", ["simulate", "server"])
-def test_flower_commands_refuse_secure_aggregation_for_the_family_before_writing(
+def test_flower_commands_refuse_distributed_noise_without_secure_aggregation(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Its stages are local-noise releases: secure aggregation (the server's default) is refused.
+    # Shares carrying 1/K of the noise must never reach the server one by one.
     out = tmp_path / "out"
     args = [command, "--generator", "dp-marginal", "--out", str(out)]
+    args += ["--noise-placement", "distributed", "--no-secure-aggregation"]
     if command == "server":
         args += ["--schema", str(Path("shared/data/cohort_schema.json").resolve()), "--insecure"]
-    else:
-        args += ["--secure-aggregation"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "--no-secure-aggregation" in err and "'dp-vae'" in err
+    assert "needs secure aggregation" in err and "--secure-aggregation" in err
     assert not out.exists()

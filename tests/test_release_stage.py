@@ -85,16 +85,24 @@ def test_stage_noise_spends_exactly_epsilon_and_splits_by_share(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("extra", "flag"),
     [
-        ({"secure-aggregation": True}, "--no-secure-aggregation"),
-        ({"noise-placement": "distributed"}, "local"),
+        ({"noise-placement": "distributed"}, "--secure-aggregation"),
+        (
+            {"noise-placement": "distributed", "secure-aggregation": True, "min-sites": 1},
+            "raise --min-sites",
+        ),
         ({"numeric-encoder": "dp-quantile"}, "--numeric-encoder minmax"),
     ],
 )
 def test_release_runs_refuse_what_their_stages_cannot_honour(
     tmp_path: Path, extra: dict[str, Any], flag: str
 ) -> None:
-    with pytest.raises(ConfigError, match=f"dp-marginal.*{flag}"):
+    with pytest.raises(ConfigError, match=flag):
         run_settings(tmp_path, **extra)
+    # Secure aggregation, with local or distributed noise, is taken.
+    run = run_settings(tmp_path, **{"secure-aggregation": True, "min-sites": 3})
+    assert run.secure_aggregation and run.noise_placement == "local"
+    dist = {"secure-aggregation": True, "min-sites": 3, "noise-placement": "distributed"}
+    assert run_settings(tmp_path, **dist).noise_placement == "distributed"
 
 
 def test_request_round_trips_and_refuses_a_nonpositive_noise(cohort: Schema) -> None:
@@ -228,7 +236,7 @@ def test_a_restart_refits_from_the_saved_sums_without_asking_the_sites(
 
 def test_privacy_report_describes_the_stages_not_dp_sgd(tmp_path: Path) -> None:
     from server.report import build_report, render_markdown
-    from server.report_facts import add_release_stages
+    from server.report_release import add_release_stages
 
     run = run_settings(tmp_path)
     stage = {"stage": 0, "length": 2553, "budget_share": 0.3, "noise_multiplier": 7.4171}
