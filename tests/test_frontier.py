@@ -199,3 +199,22 @@ def test_cells_train_and_score_on_tiny_data() -> None:
     assert single["note"].startswith("best site")
     for key in grid.METRICS:
         assert np.isfinite(single[key]), key
+
+
+def test_release_placement_benchmark_prints_noise_and_paired_aucs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from simulations.benchmarks.release_placements import main as placements
+
+    placements(["--table", "cohort", "--rows", "1500", "--draws", "2", "--sites", "3"])
+    out = capsys.readouterr().out
+    # The two releases' noise must both read σ_sΔ_s = 76.00 (ε = 1, Δ = √105) within 5 %.
+    stds = [
+        float(line.split("per cell ")[1].split()[0])
+        for line in out.splitlines()
+        if "per cell" in line
+    ]
+    assert len(stds) == 2 and all(abs(s - 76.0) < 3.8 for s in stds)
+    assert "distributed − pooled-dp (paired)" in out and "local − pooled-dp (paired)" in out
+    with pytest.raises(SystemExit, match="not a release family"):
+        placements(["--table", "cohort", "--rows", "1500", "--family", "dp-vae"])
