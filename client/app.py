@@ -177,6 +177,15 @@ def encoder_histogram(msg: Message, context: Context) -> Message:
     return handle_histogram(msg, context, public_reason)
 
 
+@app.train(keys.ENCODER_SHARE)
+def encoder_share(msg: Message, context: Context) -> Message:
+    """DP encoder stage under secure aggregation: the masked share of the histograms."""
+    setup_logging()
+    from client.encoder import handle_histogram_share
+
+    return handle_histogram_share(msg, context, public_reason)
+
+
 @app.train(keys.EFFECT_CALIBRATION)
 def effect_calibration(msg: Message, context: Context) -> Message:
     """Staged generator, after the last round: noisy AIPW score sums (:mod:`client.effect`)."""

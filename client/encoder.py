@@ -22,9 +22,16 @@ import numpy as np
 from flwr.app import Context, Message, RecordDict
 
 from client.errors import SiteConfigError
-from client.oneshot import ReleaseResult, answer_release, charge_and_release, release_reply
+from client.oneshot import (
+    ReleaseResult,
+    answer_release,
+    answer_secure_release,
+    charge_and_release,
+    release_reply,
+)
 from client.settings import SiteSettings
 from shared import keys
+from shared.distdp.release import release_share
 from shared.dp_quantile import (
     HistogramRequest,
     add_histogram_noise,
@@ -66,19 +73,44 @@ def raw_histograms(site: SiteSettings, request: HistogramRequest) -> np.ndarray:
 
 
 def release_histograms(
-    site: SiteSettings, request: HistogramRequest, counts: np.ndarray, *, run: str
+    site: SiteSettings,
+    request: HistogramRequest,
+    counts: np.ndarray,
+    *,
+    run: str,
+    share: bool = False,
 ) -> ReleaseResult:
-    """Step 3: budget check, Gaussian noise, durable ledger record (in that order)."""
+    """Step 3: budget check, noise, durable ledger record (in that order).
+
+    ``share``: return the flattened counts plus discrete Gaussian noise of the same
+    std σ_h√d as a ring share for secure aggregation (:mod:`shared.distdp.release`);
+    the ledger records the same ``(σ_h, q = 1, 1 step)`` either way.
+    """
+    sensitivity = histogram_sensitivity(counts.shape[0])
+    if share:
+
+        def noisy(rng: np.random.Generator) -> np.ndarray:
+            return release_share(
+                counts.ravel(),
+                noise_multiplier=request.noise_multiplier,
+                sensitivity=sensitivity,
+                noise_sites=1,
+                grid_bits=0,
+                rng=rng,
+            )
+    else:
+
+        def noisy(rng: np.random.Generator) -> np.ndarray:
+            return add_histogram_noise(counts, noise_multiplier=request.noise_multiplier, rng=rng)
+
     result = charge_and_release(
         site,
         noise_multiplier=request.noise_multiplier,
-        sensitivity=histogram_sensitivity(counts.shape[0]),
+        sensitivity=sensitivity,
         accountant=request.accountant,
         ledger_round=ENCODER_ROUND,
         run=run,
-        noisy=lambda rng: add_histogram_noise(
-            counts, noise_multiplier=request.noise_multiplier, rng=rng
-        ),
+        noisy=noisy,
     )
     if result.sent:
         log.info(
@@ -93,10 +125,20 @@ def release_histograms(
 
 
 def reply_content(
-    site: SiteSettings | None, request: HistogramRequest | None, result: ReleaseResult
+    site: SiteSettings | None,
+    request: HistogramRequest | None,
+    result: ReleaseResult,
+    *,
+    masked: bool = False,
 ) -> RecordDict:
-    """The reply: only the fields in :data:`shared.keys.ENCODER_REPLY_FIELDS`."""
-    d = 0 if result.noisy is None else result.noisy.shape[0]
+    """The reply: only the fields in :data:`shared.keys.ENCODER_REPLY_FIELDS`.
+
+    ``masked``: the values are the flattened, masked ring share
+    (:data:`shared.keys.RELEASE_SHARE_REPLY_FIELDS`).
+    """
+    d = 0
+    if result.noisy is not None and request is not None:
+        d = result.noisy.size // request.bins if masked else result.noisy.shape[0]
     return release_reply(
         site,
         result,
@@ -104,7 +146,9 @@ def reply_content(
         sensitivity=histogram_sensitivity(d) if d else 0.0,
         accountant=request.accountant if request else "",
         schema_fingerprint=request.schema_fingerprint if request else "",
-        record=(keys.HISTOGRAM_ARRAYS, keys.HISTOGRAM_COUNTS),
+        record=(keys.MASKED_UPDATE, keys.MASKED_VECTOR)
+        if masked
+        else (keys.HISTOGRAM_ARRAYS, keys.HISTOGRAM_COUNTS),
     )
 
 
@@ -117,9 +161,32 @@ def handle_histogram(
         context,
         public_reason,
         stage="encoder histograms",
-        parse=lambda content: HistogramRequest.from_config(dict(content[keys.ENCODER_CONFIG])),
+        parse=_parse,
         run_stage=lambda site, request, _content, run: release_histograms(
             site, request, raw_histograms(site, request), run=run
         ),
         reply=reply_content,
     )
+
+
+def handle_histogram_share(
+    msg: Message, context: Context, public_reason: Callable[[BaseException], str]
+) -> Message:
+    """Stage 3 of the secure encoder stage: the masked share of the noisy histograms."""
+    return answer_secure_release(
+        msg,
+        context,
+        public_reason,
+        stage="secure encoder histograms",
+        parse=_parse,
+        noise_sites=lambda _request: 1,
+        grid_bits=lambda _request: 0,
+        run_stage=lambda site, request, _content, run: release_histograms(
+            site, request, raw_histograms(site, request), run=run, share=True
+        ),
+        reply=lambda site, request, result: reply_content(site, request, result, masked=True),
+    )
+
+
+def _parse(content: RecordDict) -> HistogramRequest:
+    return HistogramRequest.from_config(dict(content[keys.ENCODER_CONFIG]))

@@ -171,3 +171,57 @@ def answer_release(
         log.exception("%s failed", stage)
         result = ReleaseResult(False, public_reason(exc), 0.0, 0)
     return Message(content=reply(site, request, result), reply_to=msg)
+
+
+def answer_secure_release(
+    msg: Message,
+    context: Context,
+    public_reason: Callable[[BaseException], str],
+    *,
+    stage: str,
+    parse: Callable[[RecordDict], Request],
+    noise_sites: Callable[[Request], int],
+    grid_bits: Callable[[Request], int],
+    run_stage: Callable[[SiteSettings, Request, RecordDict, str], ReleaseResult],
+    reply: Callable[[SiteSettings | None, Request | None, ReleaseResult], RecordDict],
+) -> Message:
+    """Stage 3 of a secure one-shot release: ``run_stage``'s ring share, masked.
+
+    ``run_stage`` returns the unmasked ring share (:func:`shared.distdp.release.release_share`)
+    as its values, after charging the ledger. Nothing is computed or charged unless
+    the site knows its place in the secure round and, for K = ``noise_sites(request)``
+    above 1, at least K sites' keys were relayed (else the sum the server can unmask
+    could carry less than the charged noise); the site then refuses at the protocol level.
+    """
+    from dataclasses import replace
+    from typing import cast
+
+    from client import secagg
+    from shared.distdp.release import release_codec
+    from shared.secagg import SecAggAbortedError, site_mask
+
+    try:
+        sa_state, me, peers = secagg.participation(msg, context)
+        k = noise_sites(parse(msg.content))
+        if len(peers) < k:
+            raise SecAggAbortedError(
+                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
+                f"K = {k} the noise is split over; this site sends nothing"
+            )
+    except (FedsynthError, KeyError, ValueError, TypeError) as exc:
+        return secagg.refuse(msg, exc)
+
+    def masked_stage(
+        site: SiteSettings, request: Request, content: RecordDict, run: str
+    ) -> ReleaseResult:
+        result = run_stage(site, request, content, run)
+        if not result.sent or result.noisy is None:
+            return result
+        ring = release_codec(grid_bits(request)).ring
+        context_bytes = cast(bytes, sa_state[keys.SA_CONTEXT])
+        masked = site_mask(me, result.noisy, peers, codec=ring, context=context_bytes)
+        return replace(result, noisy=ring.to_wire(masked))
+
+    return answer_release(
+        msg, context, public_reason, stage=stage, parse=parse, run_stage=masked_stage, reply=reply
+    )

@@ -27,24 +27,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import replace
-from typing import cast
 
 import numpy as np
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from client import secagg
 from client.errors import SiteConfigError
-from client.oneshot import ReleaseResult, answer_release, charge_and_release, release_reply
+from client.oneshot import (
+    ReleaseResult,
+    answer_release,
+    answer_secure_release,
+    charge_and_release,
+    release_reply,
+)
 from client.settings import SiteSettings
 from client.site import model_and_rows
 from shared import keys
-from shared.distdp.release import release_codec, release_grid_bits, release_share
-from shared.errors import FedsynthError
+from shared.distdp.release import release_grid_bits, release_share
 from shared.models.release import ReleaseFamily, add_release_noise
 from shared.release_request import ReleaseRequest
-from shared.secagg import SecAggAbortedError, site_mask
 
 log = logging.getLogger("fedsynth.client")
 
@@ -214,41 +215,22 @@ def handle_release(
 def handle_release_share(
     msg: Message, context: Context, public_reason: Callable[[BaseException], str]
 ) -> Message:
-    """Stage 3 of a secure release: the masked share of one stage's noisy counts.
-
-    Nothing is computed or charged unless the site knows its place in the secure
-    round, and, for K > 1, at least K sites' keys were relayed (else the sum the
-    server can unmask could carry less than the charged noise).
-    """
-    try:
-        sa_state, me, peers = secagg.participation(msg, context)
-        noise_sites = _parse(msg.content).noise_sites
-        if len(peers) < noise_sites:
-            raise SecAggAbortedError(
-                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
-                f"K = {noise_sites} the noise is split over; this site sends nothing"
-            )
-    except (FedsynthError, KeyError, ValueError, TypeError) as exc:
-        return secagg.refuse(msg, exc)
+    """Stage 3 of a secure release stage: the masked share of one stage's noisy counts."""
 
     def run_stage(
         site: SiteSettings, request: ReleaseRequest, content: RecordDict, run: str
     ) -> ReleaseResult:
         stats = exact_statistics(site, request, _state_of(content))
-        result = release_statistics(site, request, stats, run=run, share=True)
-        if not result.sent or result.noisy is None:
-            return result
-        ring = release_codec(request.grid_bits).ring
-        context_bytes = cast(bytes, sa_state[keys.SA_CONTEXT])
-        masked = site_mask(me, result.noisy, peers, codec=ring, context=context_bytes)
-        return replace(result, noisy=ring.to_wire(masked))
+        return release_statistics(site, request, stats, run=run, share=True)
 
-    return answer_release(
+    return answer_secure_release(
         msg,
         context,
         public_reason,
         stage="secure release stage",
         parse=_parse,
+        noise_sites=lambda request: request.noise_sites,
+        grid_bits=lambda request: request.grid_bits,
         run_stage=run_stage,
         reply=lambda site, request, result: reply_content(site, request, result, masked=True),
     )

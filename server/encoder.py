@@ -7,11 +7,12 @@ and fits one public CDF per column (:func:`shared.dp_quantile.cdf_from_counts`),
 which becomes part of the model (a state-dict buffer, shipped to every site with
 the weights of each round and saved with the release).
 
-Secure aggregation is *not* used for this stage, even when the run uses it: the
-masking protocol here is wired to the training round's update, and each site's
-histogram is already DP on its own (noise std σ_h·√d per bin), so the server
-seeing it is allowed, though weaker than seeing only the sum. The privacy report
-says so (``encoder.per_site_histograms_seen_by_server``).
+When the run uses secure aggregation, so does this stage
+(:func:`server.release_secure.secure_stage_sum`): each site sends its counts plus
+discrete Gaussian noise of the same std σ_h·√d as a masked share, and the server
+learns only the sum. Without it the server sees each site's noisy histogram, which
+is DP on its own, so allowed, though weaker than seeing only the sum. The privacy
+report says which (``encoder.per_site_histograms_seen_by_server``).
 
 The fitted CDFs and the stage's public facts are written to ``encoder.json`` in
 the output folder, so a coordinator that restarts before round 1 is
@@ -38,6 +39,7 @@ from server.oneshot import (
     save_stage,
     sites_sent,
 )
+from server.release_secure import secure_stage_sum
 from shared import keys
 from shared.config import RunSettings
 from shared.dp_quantile import HistogramRequest, cdf_from_counts, histogram_sensitivity
@@ -94,16 +96,30 @@ def fit_encoder(
     sigma_h = settings.encoder_noise_multiplier()
     request = HistogramRequest(sigma_h, bins, schema.fingerprint(), settings.accountant)
     config = cast("dict[str, ConfigRecordValues]", request.to_config())
-    parsed, total = collect_releases(
-        grid,
-        settings,
-        stage="encoder stage",
-        message_type=keys.ENCODER_HISTOGRAM,
-        content=lambda: RecordDict({keys.ENCODER_CONFIG: ConfigRecord(config)}),
-        parse=lambda rep: parse_histogram_reply(rep, (d, bins)),
-        fix="use --numeric-encoder minmax",
-    )
-    sent = sites_sent(parsed)
+    if settings.secure_aggregation:
+        # Each share carries the full noise (K = 1): counts are integers, grid 1.
+        parsed, sent, flat, _ = secure_stage_sum(
+            grid,
+            settings,
+            label="encoder stage",
+            message_type=keys.ENCODER_SHARE,
+            content=RecordDict({keys.ENCODER_CONFIG: ConfigRecord(config)}),
+            length=d * bins,
+            noise_sites=1,
+            grid_bits=0,
+        )
+        total = flat.reshape(d, bins)
+    else:
+        parsed, total = collect_releases(
+            grid,
+            settings,
+            stage="encoder stage",
+            message_type=keys.ENCODER_HISTOGRAM,
+            content=lambda: RecordDict({keys.ENCODER_CONFIG: ConfigRecord(config)}),
+            parse=lambda rep: parse_histogram_reply(rep, (d, bins)),
+            fix="use --numeric-encoder minmax",
+        )
+        sent = sites_sent(parsed)
     cdfs = np.stack([cdf_from_counts(total[i]) for i in range(d)])
     family.set_numeric_encoder(cdfs)
     record_sites(parsed, sites)
@@ -116,7 +132,7 @@ def fit_encoder(
         "noise_std_per_bin": sigma_h * histogram_sensitivity(d),
         "budget_fraction": settings.encoder_budget_fraction,
         "sites_sent": sent,
-        "per_site_histograms_seen_by_server": True,
+        "per_site_histograms_seen_by_server": not settings.secure_aggregation,
     }
     save_stage(saved, {"identity": identity, "info": info, "cdfs": cdfs.tolist(), "sites": sites})
     log.info(

@@ -1,11 +1,14 @@
-"""One release stage under secure aggregation: the server learns only the sum of the counts.
+"""One-shot releases of counts under secure aggregation: the server learns only their sum.
 
-The four message stages of :mod:`server.secagg` with fresh keys per release stage:
+Used for a release family's stages (``dp-marginal``) and for the DP encoder's
+histograms. The four message stages of :mod:`server.secagg`, with fresh keys each time:
 
 1. ``train.secagg_setup`` and 2. ``train.secagg_share_keys``: as for a training round;
-3. ``train.release_share``: the model as fitted so far, the public
-   :class:`shared.release_request.ReleaseRequest` and the peers; each site charges
-   its ledger and answers with its masked ring share (:mod:`client.release_stage`);
+3. the stage's own message (``train.release_share`` with the model as fitted so far
+   and the public :class:`shared.release_request.ReleaseRequest`, or
+   ``train.encoder_share`` with the histogram request) plus the peers; each site
+   charges its ledger and answers with its masked ring share
+   (:func:`client.oneshot.answer_secure_release`);
 4. ``train.secagg_unmask``: as for a training round.
 
 With ``K = noise_sites > 1`` (noise placement ``distributed``) a stage in which
@@ -39,7 +42,42 @@ log = logging.getLogger("fedsynth.server")
 def secure_release(
     grid: Grid, settings: RunSettings, family: ReleaseFamily, request: ReleaseRequest
 ) -> tuple[list[Parsed], list[str], np.ndarray, SecureRoundInfo]:
-    """Collect one stage's shares under secure aggregation and decode their sum.
+    """One release stage of ``family`` under secure aggregation (see :func:`secure_stage_sum`)."""
+    config = cast("dict[str, ConfigRecordValues]", request.to_config())
+    content = RecordDict(
+        {
+            keys.RELEASE_CONFIG: ConfigRecord(config),
+            keys.GLOBAL_ARRAYS: ArrayRecord(family.state_dict()),
+        }
+    )
+    return secure_stage_sum(
+        grid,
+        settings,
+        label=f"release stage {request.stage}",
+        message_type=keys.RELEASE_SHARE,
+        content=content,
+        length=request.length,
+        noise_sites=request.noise_sites,
+        grid_bits=request.grid_bits,
+    )
+
+
+def secure_stage_sum(
+    grid: Grid,
+    settings: RunSettings,
+    *,
+    label: str,
+    message_type: str,
+    content: RecordDict,
+    length: int,
+    noise_sites: int,
+    grid_bits: int,
+) -> tuple[list[Parsed], list[str], np.ndarray, SecureRoundInfo]:
+    """Collect one one-shot release's shares under secure aggregation and decode their sum.
+
+    ``content`` is the stage's request (the peers are added to it); every site answers
+    ``message_type`` with a masked ring share of ``length`` counts on the grid
+    2**-``grid_bits``, carrying 1/``noise_sites`` of the noise variance.
 
     Returns
     -------
@@ -58,33 +96,25 @@ def secure_release(
         Too few sites at some stage, fewer than K shares or ``min_sites`` inputs:
         nothing was unmasked.
     """
-    label = f"release stage {request.stage}"
     timeout = settings.round_timeout
     index = sample_index(grid, settings.min_sites)
-    codec = release_codec(request.grid_bits)
+    codec = release_codec(grid_bits)
     try:
         opened = open_round(
             grid,
             index,
             threshold=required_threshold(len(index), settings.secagg_threshold),
             codec=codec.ring,
-            label=f"release|stage={request.stage}",
+            label=f"{message_type}|{label}",
             params={},
             timeout=timeout,
         )
-        config = cast("dict[str, ConfigRecordValues]", request.to_config())
-        content = RecordDict(
-            {
-                keys.RELEASE_CONFIG: ConfigRecord(config),
-                keys.GLOBAL_ARRAYS: ArrayRecord(family.state_dict()),
-                keys.SECAGG: opened.peers_record(),
-            }
-        )
-        replies = opened.send_inputs(grid, keys.RELEASE_SHARE, content, timeout)
+        content[keys.SECAGG] = opened.peers_record()
+        replies = opened.send_inputs(grid, message_type, content, timeout)
         parsed: list[tuple[int, Parsed]] = []
         for node, rep in replies.items():
             try:
-                parsed.append((index[node], _parse(rep, request.length)))
+                parsed.append((index[node], _parse(rep, length)))
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 log.warning("%s: reply discarded: %s", label, exc)
         for _, (facts, values) in parsed:
@@ -93,7 +123,7 @@ def secure_release(
         survivors = opened.proto.collect_masked(
             {i: values for i, (_, values) in parsed if values is not None}
         )
-        _check_inputs(label, settings, request, len(survivors), [p for _, p in parsed])
+        _check_inputs(settings, noise_sites, len(survivors), [p for _, p in parsed])
         total = codec.decode(opened.unmask(grid, survivors, timeout))
     except SecAggAbortedError as exc:
         raise RoundFailedError(
@@ -121,14 +151,14 @@ def _parse(rep: Any, length: int) -> Parsed:
 
 
 def _check_inputs(
-    label: str, settings: RunSettings, request: ReleaseRequest, inputs: int, parsed: list[Parsed]
+    settings: RunSettings, noise_sites: int, inputs: int, parsed: list[Parsed]
 ) -> None:
     """Refuse to unmask a sum of fewer than K shares or fewer than ``min_sites`` inputs."""
     declined = "; ".join(f"{f['site']}: {f['reason']}" for f, v in parsed if v is None)
     why = f" (declined: {declined})" if declined else ""
-    if inputs < request.noise_sites:
+    if inputs < noise_sites:
         raise SecAggAbortedError(
-            f"only {inputs} of the K = {request.noise_sites} noise shares arrived; their sum "
+            f"only {inputs} of the K = {noise_sites} noise shares arrived; their sum "
             f"would carry too little noise, so the stage is aborted before unmasking{why}"
         )
     if inputs < settings.min_sites:

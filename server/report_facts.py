@@ -99,11 +99,20 @@ def numeric_encoder_facts(settings: RunSettings) -> dict[str, Any]:
             "columns), composed with DP-SGD in each site's ledger (round 0)"
         ),
         "sent_by_each_site_before_round_1": {
-            rec: list(fields) for rec, fields in keys.ENCODER_REPLY_FIELDS.items()
+            rec: list(fields)
+            for rec, fields in (
+                keys.RELEASE_SHARE_REPLY_FIELDS
+                if settings.secure_aggregation
+                else keys.ENCODER_REPLY_FIELDS
+            ).items()
         },
         "server_sees": (
-            "each site's noisy histograms (secure aggregation is not used for this stage); "
-            "they are DP on their own. Details and the fitted CDFs: encoder.json"
+            "only the sum of the sites' noisy histograms (masked shares under secure "
+            "aggregation; each share is DP on its own). Details and the fitted CDFs: "
+            "encoder.json"
+            if settings.secure_aggregation
+            else "each site's noisy histograms (secure aggregation is off); they are DP on "
+            "their own. Details and the fitted CDFs: encoder.json"
         ),
     }
 

@@ -154,6 +154,10 @@ RELEASE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
 # accounting records and MASKED_UPDATE, the masked ring share of the site's counts plus
 # discrete Gaussian noise of std σ_sΔ_s/√K (shared.distdp.release).
 RELEASE_SHARE = "release_share"
+# The DP encoder's histograms under secure aggregation: "train.encoder_share", the
+# ENCODER_CONFIG request plus SECAGG; the reply has the RELEASE_SHARE_REPLY_FIELDS, the
+# flattened (columns × bins) counts plus discrete Gaussian noise of std σ_h√d, masked.
+ENCODER_SHARE = "encoder_share"
 RELEASE_SHARE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     MASKED_UPDATE: (MASKED_VECTOR,),
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],

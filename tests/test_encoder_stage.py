@@ -228,4 +228,10 @@ def test_privacy_report_states_what_the_encoder_stage_sent() -> None:
     assert facts["kind"] == "dp-quantile" and facts["budget_fraction"] == 0.1
     assert facts["histogram_noise_multiplier"] == settings.encoder_noise_multiplier()
     assert keys.HISTOGRAM_ARRAYS in facts["sent_by_each_site_before_round_1"]
-    assert "secure aggregation is not used" in facts["server_sees"]
+    assert "secure aggregation is off" in facts["server_sees"]
+    secure = RunSettings.from_run_config(
+        {**base, "numeric-encoder": "dp-quantile", "secure-aggregation": True, "min-sites": 2}
+    )
+    facts = build_report(secure, {}, 1, "dp-vae", 1.0, [])["numeric_encoder"]
+    assert keys.MASKED_UPDATE in facts["sent_by_each_site_before_round_1"]
+    assert facts["server_sees"].startswith("only the sum")

@@ -222,3 +222,29 @@ def test_sites_send_nothing_when_fewer_than_k_peers_shared_keys(
     assert all(r.has_error() and "fewer than the K = 3" in r.error.reason for r in replies)
     assert all(_entries(run, i) == [] for i in range(SITES))
     assert PrivacyLedger.open(_site(run, 0).ledger_path, site="site-0").history == []
+
+
+@pytest.mark.usefixtures("_task_identity")
+def test_the_dp_encoder_histograms_are_summed_securely_when_the_run_is(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    extra = {"numeric-encoder": "dp-quantile", "secure-aggregation": True, "min-sites": SITES}
+    settings, cfg = make_run(sites_template, run, **extra, rounds=1)
+    grid = ReleaseGrid(cfg)
+    out = run_federation(grid, settings)
+
+    assert keys.ENCODER_HISTOGRAM not in grid.received  # no site sent a histogram in clear
+    replies = grid.received[keys.ENCODER_SHARE]
+    assert len(replies) == SITES
+    assert all(set(r.content.keys()) == set(keys.RELEASE_SHARE_REPLY_FIELDS) for r in replies)
+    sigma_h = settings.encoder_noise_multiplier()
+    for i in range(SITES):
+        first = _entries(run, i)[0]
+        assert (first["round"], first["steps"], first["sample_rate"]) == (0, 1, 1.0)
+        assert first["noise_multiplier"] == pytest.approx(sigma_h)
+    info = json.loads((out / "encoder.json").read_text())["info"]
+    assert info["per_site_histograms_seen_by_server"] is False
+    assert info["sites_sent"] == [f"site-{i}" for i in range(SITES)]
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["numeric_encoder"]["server_sees"].startswith("only the sum")
