@@ -9,7 +9,8 @@ at least K shares, which carries the full noise σ²C².
 
 Order of operations, each failing closed (as in :mod:`client.site`):
 
-1. secure aggregation checks (the site knows its peers; else nothing is computed);
+1. secure aggregation checks (the site knows its peers, and at least K of them shared
+   keys; else nothing is computed);
 2. the site's schema must match the server's; the table is loaded and validated;
 3. under the ledger lock: refuse if one more step would exceed the budget (no
    charge, no share); compute the share; record ``(σC/Δ, q, 1)`` durably — the
@@ -57,7 +58,7 @@ from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import FedsynthError
 from shared.models import build_generator
-from shared.secagg import site_mask
+from shared.secagg import SecAggAbortedError, site_mask
 from shared.streaming import encode_table
 
 log = logging.getLogger("fedsynth.client")
@@ -179,7 +180,14 @@ def handle_step(msg: Message, context: Context, build_reply: ReplyBuilder) -> Me
 
     try:
         state, me, peers = secagg.participation(msg, context)
-    except (FedsynthError, KeyError, ValueError) as exc:
+        k = DistributedStepSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG])).noise_sites
+        if len(peers) < k:
+            # The sum the server could unmask would carry less than the charged noise.
+            raise SecAggAbortedError(
+                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
+                f"K = {k} the noise is split over; this site computes and sends nothing"
+            )
+    except (FedsynthError, KeyError, ValueError, TypeError) as exc:
         return secagg.refuse(msg, exc)
     site: SiteSettings | None = None
     step: DistributedStepSettings | None = None

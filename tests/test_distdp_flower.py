@@ -130,6 +130,22 @@ def test_a_missing_share_aborts_before_unmasking_and_the_senders_stay_charged(
     assert len(_ledger(tmp_path / "run", 2)["entries"]) == 1
 
 
+@pytest.mark.slow  # a whole federation in process
+def test_sites_compute_nothing_when_fewer_than_k_peers_shared_keys(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    settings, cfg = make_run(sites_template, tmp_path / "run", **DIST)
+    grid = StepGrid(cfg, silent={keys.SECAGG_SHARE_KEYS: {101}})
+    with pytest.raises(RoundFailedError, match="DP-SGD step 1"):
+        run_federation(grid, settings)
+    replies = grid.received[keys.DISTDP_STEP]
+    assert len(replies) == 2
+    assert all(r.has_error() and "fewer than the K = 3" in r.error.reason for r in replies)
+    for i in (1, 2):
+        path = tmp_path / "run" / "sites" / f"site-{i}" / "state" / "privacy_ledger.json"
+        assert not path.exists() or _ledger(tmp_path / "run", i)["entries"] == []
+
+
 def _site_and_step(
     run: Path, settings: RunSettings, **site: Any
 ) -> tuple[SiteSettings, DistributedStepSettings, dict[str, torch.Tensor]]:
