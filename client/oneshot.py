@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import TypeVar, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client import secagg
 from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from shared import keys
 from shared.errors import FedsynthError
+from shared.secagg import SecAggAbortedError, site_mask
 
 log = logging.getLogger("fedsynth.client")
 Request = TypeVar("Request")
@@ -193,12 +195,7 @@ def answer_secure_release(
     above 1, at least K sites' keys were relayed (else the sum the server can unmask
     could carry less than the charged noise); the site then refuses at the protocol level.
     """
-    from dataclasses import replace
-    from typing import cast
-
-    from client import secagg
-    from shared.distdp.release import release_codec
-    from shared.secagg import SecAggAbortedError, site_mask
+    from shared.distdp.release import release_codec  # imports torch: only when sharing
 
     try:
         sa_state, me, peers = secagg.participation(msg, context)
