@@ -190,24 +190,29 @@ def _parse(content: RecordDict) -> ReleaseRequest:
     return ReleaseRequest.from_config(dict(content[keys.RELEASE_CONFIG]))
 
 
-def handle_release(
-    msg: Message, context: Context, public_reason: Callable[[BaseException], str]
-) -> Message:
-    """Answer one release stage (errors become a decline with a safe reason)."""
-
+def _stage_runner(
+    *, share: bool
+) -> Callable[[SiteSettings, ReleaseRequest, RecordDict, str], ReleaseResult]:
     def run_stage(
         site: SiteSettings, request: ReleaseRequest, content: RecordDict, run: str
     ) -> ReleaseResult:
         stats = exact_statistics(site, request, _state_of(content))
-        return release_statistics(site, request, stats, run=run)
+        return release_statistics(site, request, stats, run=run, share=share)
 
+    return run_stage
+
+
+def handle_release(
+    msg: Message, context: Context, public_reason: Callable[[BaseException], str]
+) -> Message:
+    """Answer one release stage (errors become a decline with a safe reason)."""
     return answer_release(
         msg,
         context,
         public_reason,
         stage="release stage",
         parse=_parse,
-        run_stage=run_stage,
+        run_stage=_stage_runner(share=False),
         reply=reply_content,
     )
 
@@ -216,13 +221,6 @@ def handle_release_share(
     msg: Message, context: Context, public_reason: Callable[[BaseException], str]
 ) -> Message:
     """Stage 3 of a secure release stage: the masked share of one stage's noisy counts."""
-
-    def run_stage(
-        site: SiteSettings, request: ReleaseRequest, content: RecordDict, run: str
-    ) -> ReleaseResult:
-        stats = exact_statistics(site, request, _state_of(content))
-        return release_statistics(site, request, stats, run=run, share=True)
-
     return answer_secure_release(
         msg,
         context,
@@ -231,6 +229,6 @@ def handle_release_share(
         parse=_parse,
         noise_sites=lambda request: request.noise_sites,
         grid_bits=lambda request: request.grid_bits,
-        run_stage=run_stage,
+        run_stage=_stage_runner(share=True),
         reply=lambda site, request, result: reply_content(site, request, result, masked=True),
     )
