@@ -58,7 +58,7 @@ from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import FedsynthError
 from shared.models import build_generator
-from shared.secagg import SecAggAbortedError, site_mask
+from shared.secagg import site_mask
 from shared.streaming import encode_table
 
 log = logging.getLogger("fedsynth.client")
@@ -179,14 +179,8 @@ def handle_step(msg: Message, context: Context, build_reply: ReplyBuilder) -> Me
     from client.app import _spent, public_reason
 
     try:
-        state, me, peers = secagg.participation(msg, context)
         k = DistributedStepSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG])).noise_sites
-        if len(peers) < k:
-            # The sum the server could unmask would carry less than the charged noise.
-            raise SecAggAbortedError(
-                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
-                f"K = {k} the noise is split over; this site computes and sends nothing"
-            )
+        state, me, peers = secagg.participation(msg, context, noise_sites=k)
     except (FedsynthError, KeyError, ValueError, TypeError) as exc:
         return secagg.refuse(msg, exc)
     site: SiteSettings | None = None

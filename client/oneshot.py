@@ -27,7 +27,7 @@ from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from shared import keys
 from shared.errors import FedsynthError
-from shared.secagg import SecAggAbortedError, site_mask
+from shared.secagg import site_mask
 
 log = logging.getLogger("fedsynth.client")
 Request = TypeVar("Request")
@@ -198,13 +198,8 @@ def answer_secure_release(
     from shared.distdp.release import release_codec  # imports torch: only when sharing
 
     try:
-        sa_state, me, peers = secagg.participation(msg, context)
         k = noise_sites(parse(msg.content))
-        if len(peers) < k:
-            raise SecAggAbortedError(
-                f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
-                f"K = {k} the noise is split over; this site sends nothing"
-            )
+        sa_state, me, peers = secagg.participation(msg, context, noise_sites=k)
     except (FedsynthError, KeyError, ValueError, TypeError) as exc:
         return secagg.refuse(msg, exc)
 

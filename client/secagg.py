@@ -118,15 +118,18 @@ def handle_share_keys(msg: Message, context: Context) -> Message:
 
 
 def participation(
-    msg: Message, context: Context
+    msg: Message, context: Context, *, noise_sites: int = 1
 ) -> tuple[ConfigRecord, SiteSecrets, dict[int, PublicKeys]]:
     """Stage 3 checks: this round's state, the site's secrets and the peers whose keys arrived.
+
+    ``noise_sites``: K, when the site's input carries only 1/K of the noise; fewer
+    than K peers would let the server unmask a sum with less than the charged noise.
 
     Raises
     ------
     SecAggProtocolError, SecAggAbortedError
-        The site's shares were not relayed, or fewer peers than the threshold shared
-        keys: the site must not compute (nor charge) anything this round.
+        The site's shares were not relayed, or fewer peers than the threshold (or
+        than K) shared keys: the site must not compute (nor charge) anything this round.
     """
     state, cfg = _state(msg, context), _config(msg)
     roster = _roster(
@@ -140,6 +143,11 @@ def participation(
         raise SecAggAbortedError(
             f"only {len(peers)} site(s) shared keys, fewer than the threshold; "
             "this site does not train or send anything this round"
+        )
+    if len(peers) < noise_sites:
+        raise SecAggAbortedError(
+            f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
+            f"K = {noise_sites} the noise is split over; this site computes and sends nothing"
         )
     return state, me, peers
 

@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from server.errors import RoundFailedError
-from server.secagg import SecureRoundInfo, open_round, sample_index
+from server.secagg import SecureRoundInfo, open_round, require_noise_shares, sample_index
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
 from shared.config import DistributedStepSettings, RunSettings
@@ -95,13 +95,8 @@ def secure_step(
         survivors = opened.proto.collect_masked(
             {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
         )
-        if len(survivors) < step.noise_sites:
-            declined = "; ".join(f"{r.site}: {r.reason}" for r in parsed if not r.trained)
-            raise SecAggAbortedError(
-                f"only {len(survivors)} of the K = {step.noise_sites} noise shares arrived; "
-                "their sum would carry too little noise, so the step is aborted before unmasking"
-                + (f" (declined: {declined})" if declined else "")
-            )
+        declined = "; ".join(f"{r.site}: {r.reason}" for r in parsed if not r.trained)
+        require_noise_shares(len(survivors), step.noise_sites, what="step", declined=declined)
         strategy.check_quorum(rnd, parsed, len(survivors))
         total = codec.decode(opened.unmask(grid, survivors, timeout))
     except SecAggAbortedError as exc:

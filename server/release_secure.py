@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 
 from server.errors import ProtocolError, RoundFailedError
 from server.oneshot import Parsed, parse_release_reply
-from server.secagg import SecureRoundInfo, open_round, sample_index
+from server.secagg import SecureRoundInfo, open_round, require_noise_shares, sample_index
 from shared import keys
 from shared.config import RunSettings
 from shared.distdp.release import release_codec
@@ -155,12 +155,8 @@ def _check_inputs(
 ) -> None:
     """Refuse to unmask a sum of fewer than K shares or fewer than ``min_sites`` inputs."""
     declined = "; ".join(f"{f['site']}: {f['reason']}" for f, v in parsed if v is None)
+    require_noise_shares(inputs, noise_sites, what="stage", declined=declined)
     why = f" (declined: {declined})" if declined else ""
-    if inputs < noise_sites:
-        raise SecAggAbortedError(
-            f"only {inputs} of the K = {noise_sites} noise shares arrived; their sum "
-            f"would carry too little noise, so the stage is aborted before unmasking{why}"
-        )
     if inputs < settings.min_sites:
         raise SecAggAbortedError(
             f"only {inputs} site input(s), fewer than the minimum of {settings.min_sites}{why}"

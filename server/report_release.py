@@ -42,9 +42,7 @@ def release_collusion(settings: RunSettings) -> dict[str, Any]:
     σ_s√((K − t)/K) (:func:`shared.distdp.accounting.effective_sigma`).
     """
     k = settings.min_sites
-    t_max = largest_tolerated_collusion(
-        sites=k, threshold=settings.secagg_threshold or max(2, k // 2 + 1)
-    )
+    t_max = largest_tolerated_collusion(sites=k, threshold=settings.noise_share_threshold)
     mechanisms = settings.mechanisms()
 
     def eps(t: int) -> float:

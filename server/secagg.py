@@ -159,6 +159,24 @@ class OpenRound:
         return len(set(self.inboxes) - survivors)
 
 
+def require_noise_shares(arrived: int, noise_sites: int, *, what: str, declined: str) -> None:
+    """Abort before unmasking when fewer than K noise shares arrived.
+
+    Their sum would carry less than the noise each sender was charged for.
+
+    Raises
+    ------
+    SecAggAbortedError
+        ``arrived < noise_sites``; ``declined`` lists the declines, if any.
+    """
+    if arrived < noise_sites:
+        raise SecAggAbortedError(
+            f"only {arrived} of the K = {noise_sites} noise shares arrived; their sum would "
+            f"carry too little noise, so the {what} is aborted before unmasking"
+            + (f" (declined: {declined})" if declined else "")
+        )
+
+
 def sample_index(grid: Grid, min_sites: int) -> dict[int, int]:
     """Every connected node (at least ``min_sites``, waiting for them) → protocol index."""
     n_all = len(list(grid.get_node_ids()))

@@ -217,6 +217,14 @@ class RunSettings:
         return s
 
     @property
+    def noise_share_threshold(self) -> int:
+        """Secure aggregation threshold when the noise is split over K = ``min_sites`` shares.
+
+        ``secagg_threshold``, or by default a strict majority of the K sites (at least 2).
+        """
+        return self.secagg_threshold or max(2, self.min_sites // 2 + 1)
+
+    @property
     def releases_statistics(self) -> bool:
         """Whether the generator is fitted from one noisy release per stage (no DP-SGD)."""
         return self.model.generator in RELEASE_GENERATORS
@@ -234,7 +242,7 @@ class RunSettings:
         name = self.model.generator
         if self.noise_placement == "distributed":
             DistributedPlan.refuse_without_secure_aggregation(self.secure_aggregation)
-            threshold = self.secagg_threshold or max(2, self.min_sites // 2 + 1)
+            threshold = self.noise_share_threshold
             if self.min_sites < 2 or threshold > self.min_sites:
                 raise ConfigError(
                     f"generator {name!r} with noise placement 'distributed' splits each "

@@ -196,7 +196,7 @@ def plan_for_run(run: RunSettings) -> DistributedPlan:
             f"spend budget on the {run.model.numeric_encoder!r} encoder histograms; use "
             "--numeric-encoder minmax with it, or noise placement 'local'"
         )
-    threshold = run.secagg_threshold or max(2, run.min_sites // 2 + 1)
+    threshold = run.noise_share_threshold
     if run.min_sites < 2 or threshold > run.min_sites:
         raise ConfigError(
             f"noise placement 'distributed' splits the noise over min-sites = {run.min_sites} "
