@@ -2,8 +2,8 @@
 
 The release stages travel the same gRPC/TLS path as training rounds, under the
 coordinator's default secure aggregation with the noise split over the two sites
-(``--noise-placement distributed``): each site answers both stages' four secure
-aggregation messages and records exactly two ledger entries.
+(``--noise-placement distributed``): each site answers every stage's four secure
+aggregation messages and records exactly three ledger entries.
 """
 
 from __future__ import annotations
@@ -102,14 +102,14 @@ def test_dp_marginal_deploys_over_tls_with_distributed_noise_and_charges_each_si
     assert len(load_table(out / "synthetic.csv", Schema.load(root / "schema.json"))) == 500
     for i in range(2):
         entries = ledger(root / f"state-{i}")["entries"]
-        assert [e["round"] for e in entries] == [1, 2]
+        assert [e["round"] for e in entries] == [1, 2, 3]
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
         assert 0.98 <= independent_epsilon(history, delta=1e-5) <= 1.0
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["run"]["secure_aggregation"] is True
     assert report["run"]["noise_placement"] == "distributed"
     stages = report["release_stages"]["stages"]
-    assert [s["noise_sites"] for s in stages] == [2, 2]
+    assert [s["noise_sites"] for s in stages] == [2, 2, 2]
     assert all(s["secure_aggregation"]["survivors"] == 2 for s in stages)
     md = (out / "privacy_report.md").read_text()
     assert "noisy release stage(s)" in md and "learnt only the sum" in md

@@ -26,7 +26,7 @@ def test_simulate_fits_dp_marginal_from_two_charged_releases_and_resumes_free(
     assert isinstance(family, MarginalGenerator)
     assert (family.net.parents >= 0).any()
     stages = report["release_stages"]["stages"]
-    assert [s["stage"] for s in stages] == [0, 1]
+    assert [s["stage"] for s in stages] == [0, 1, 2]
     assert all(s["sites_sent"] == ["site-0", "site-1"] for s in stages)
     # Each ledger holds exactly the two announced releases, and together they spend ε = 1.
     for name in ("site-0", "site-1"):
@@ -40,7 +40,7 @@ def test_simulate_fits_dp_marginal_from_two_charged_releases_and_resumes_free(
     # Rerun with the same --out: refitted from the saved sums, nothing charged again.
     again = simulate_small(out, *opts)
     for name in ("site-0", "site-1"):
-        assert len(ledger(out / "sites" / name / "state")["entries"]) == 2
+        assert len(ledger(out / "sites" / name / "state")["entries"]) == 3
     assert again["sites"] == report["sites"]
     saved = json.loads((out / "release_stages.json").read_text())
-    assert len(saved["stages"]) == 2
+    assert len(saved["stages"]) == 3

@@ -208,13 +208,14 @@ def test_release_placement_benchmark_prints_noise_and_paired_aucs(
 
     placements(["--table", "cohort", "--rows", "1500", "--draws", "2", "--sites", "3"])
     out = capsys.readouterr().out
-    # The two releases' noise must both read σ_sΔ_s = 76.00 (ε = 1, Δ = √105) within 5 %.
+    # Stage 0's noise must read σ_sΔ_s = (4.06/√0.1)·√8 = 36.3 in both placements, within
+    # 5 % (ε = 1; Δ = √(1 + 7): the row count and the 7 binned columns' grid histograms).
     stds = [
         float(line.split("per cell ")[1].split()[0])
         for line in out.splitlines()
         if "per cell" in line
     ]
-    assert len(stds) == 2 and all(abs(s - 76.0) < 3.8 for s in stds)
+    assert len(stds) == 2 and all(abs(s - 36.3) < 1.8 for s in stds)
     assert "distributed − pooled-dp (paired)" in out and "local − pooled-dp (paired)" in out
     with pytest.raises(SystemExit, match="not a release family"):
         placements(["--table", "cohort", "--rows", "1500", "--family", "dp-vae"])

@@ -21,6 +21,7 @@ from shared.config import ModelSettings
 from shared.errors import ConfigError, ModelError
 from shared.manifest import load_model, save_model
 from shared.models import build_generator
+from shared.models import marginal_columns as mc
 from shared.models.marginal import MarginalGenerator
 from shared.models.release import stage_noise_multipliers
 from shared.schema import Schema
@@ -54,15 +55,14 @@ def fitted(cohort: Schema, cohort_rows: pd.DataFrame) -> MarginalGenerator:
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), stage=st.sampled_from([0, 1]))
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), stage=st.sampled_from([0, 1, 2]))
 def test_one_row_moves_the_release_by_exactly_its_sensitivity(
     cohort: Schema, seed: int, n: int, stage: int
 ) -> None:
     fam = _family(cohort)
     rows = fam.sample_encoded(n + 1, torch.Generator().manual_seed(seed)).numpy()
-    if stage == 1:  # some network: the sensitivity must not depend on which
-        fam.fit_release(fam.statistics(rows, 0), stage=0, noise_std=0.0)
-    # Stage 1's fine histograms count a numeric value only when present: force presence so
+    _fit_until(fam, rows, stage)  # some bins and network: Δ must not depend on which
+    # The grid histograms count a numeric value only when present: force presence so
     # the row touches every part (a missing value moves the release by less).
     for span in (s for s in fam.transformer.spans if s.kind == "missing"):
         rows[-1, span.start : span.stop] = [1.0, 0.0]
@@ -70,8 +70,14 @@ def test_one_row_moves_the_release_by_exactly_its_sensitivity(
     assert np.linalg.norm(change) == pytest.approx(fam.release_sensitivity(stage), rel=1e-12)
     assert set(np.unique(change)) <= {0.0, 1.0}
     d = len(cohort.columns)
-    expected = d * (d - 1) / 2 if stage == 0 else d + fam.n_binned
+    expected = (1 + fam.n_binned, d * (d - 1) / 2, d)[stage]
     assert fam.release_sensitivity(stage) ** 2 == pytest.approx(expected)
+
+
+def _fit_until(fam: MarginalGenerator, rows: np.ndarray, stage: int) -> None:
+    """Fit the stages before ``stage`` from the exact statistics of ``rows``."""
+    for earlier in range(stage):
+        fam.fit_release(fam.statistics(rows, earlier), stage=earlier, noise_std=0.0)
 
 
 def test_sigma_is_the_gaussian_mechanism_and_the_stages_compose_to_it() -> None:
@@ -105,14 +111,14 @@ def test_structure_recovers_a_planted_chain_from_clean_counts() -> None:
     cats = np.array(["a", "b", "c"])
     frame = pd.DataFrame({k: cats[v] for k, v in zip("ABCDE", [a, b, c, d, e], strict=True)})
     fam = _family(_chain_schema())
-    fam.fit_release(fam.statistics(fam.encode(frame), 0), stage=0, noise_std=0.0)
+    _fit_until(fam, fam.encode(frame), 2)
     parents = fam.net.parents.numpy()
     assert fam.net.order.numpy()[0] == 0  # rooted at the target
     for child, neighbour in [(1, 0), (2, 1), (3, 2)]:
         assert neighbour in parents[child].tolist(), (child, parents.tolist())
     assert 4 not in parents[:4].tolist()  # the independent column explains nothing
     info, _, total = dm.pair_information(
-        fam.statistics(fam.encode(frame), 0), fam.sizes, noise_std=0.0
+        fam.statistics(fam.encode(frame), 1), fam.sizes, noise_std=0.0
     )
     assert total == pytest.approx(n)
     assert info[0, 1] > info[0, 2] > info[0, 3] > 10 * abs(info[0, 4])  # data processing
@@ -212,8 +218,8 @@ def test_release_family_refuses_dp_sgd_and_bad_releases(fitted: MarginalGenerato
         fitted.private_module()
     with pytest.raises(ModelError, match="expected"):
         fitted.fit_release(np.zeros(3), stage=0, noise_std=1.0)
-    with pytest.raises(ModelError, match="stages 0 and 1"):
-        fitted.release_length(2)
+    with pytest.raises(ModelError, match="stages 0, 1 and 2"):
+        fitted.release_length(3)
 
 
 def test_local_sum_carries_k_times_the_variance_of_the_distributed_sum(
@@ -237,14 +243,22 @@ def test_local_sum_carries_k_times_the_variance_of_the_distributed_sum(
     assert var_local / var_dist == pytest.approx(k, rel=0.25)
 
 
-def test_network_selection_respects_usefulness_and_orders_parents_first() -> None:
+def test_network_selection_weighs_signal_against_noise_and_orders_parents_first() -> None:
     info = np.array([[1.0, 0.5, 0.4], [0.5, 1.0, 0.1], [0.4, 0.1, 1.0]])
     order, parents = bn.select_network(info, [2, 2, 2], root=0, total=1000, cell_noise_std=0.0)
     assert order.tolist()[0] == 0 and bn.check_network(order, parents)
     assert parents[1].tolist() == [0, -1]
-    # Too little data per cell for any parent: every column stands alone.
+    # Noise of std 10 on 10 rows would fake 2 nats in a 2 × 2 table: every column stands alone.
+    assert dm.noise_information(2, 2, noise_std=10.0, total=10) == pytest.approx(2.0)
     order, parents = bn.select_network(info, [2, 2, 2], root=0, total=10, cell_noise_std=10.0)
     assert (parents == -1).all()
+    # A large table is chosen when its signal stands out: 16 × 16 cells, one per row of the
+    # parent (two codings of one variable, I = log 16), and noise faking ~0.5 nats.
+    info = np.array([[1.0, 0.01, 0.01], [0.01, np.log(16), np.log(16)], [0.01, np.log(16), 3.0]])
+    fake = dm.noise_information(16, 16, noise_std=5.0, total=1000)
+    assert 0.3 < fake < np.log(16) / 2
+    _, parents = bn.select_network(info, [2, 16, 16], root=0, total=1000, cell_noise_std=5.0)
+    assert 1 in parents[2].tolist() or 2 in parents[1].tolist()
 
 
 @pytest.mark.parametrize("command", ["simulate", "server"])
@@ -261,3 +275,86 @@ def test_flower_commands_refuse_distributed_noise_without_secure_aggregation(
     err = capsys.readouterr().err
     assert "needs secure aggregation" in err and "--secure-aggregation" in err
     assert not out.exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(-50, 200, allow_nan=False), min_size=1, max_size=40))
+def test_norm_sub_is_non_negative_keeps_the_total_and_the_order(values: list[float]) -> None:
+    v = np.asarray(values)
+    out = bn.norm_sub(v)
+    assert (out >= 0).all()
+    assert out.sum() == pytest.approx(max(v.sum(), 1.0), rel=1e-9, abs=1e-9)
+    kept = np.argsort(v, kind="stable")
+    assert (np.diff(out[kept]) >= -1e-9).all()  # a larger noisy count never ends smaller
+    if (v >= 0).all() and v.sum() >= 1:
+        np.testing.assert_allclose(out, v, atol=1e-9)  # nothing to remove
+
+
+def test_norm_sub_zeroes_pure_noise_cells_that_clipping_keeps() -> None:
+    # One real cell of 100 and 15 cells of noise ±20 that sum to zero.
+    noisy = np.array([100.0, *([20.0, -20.0] * 7), 0.0])
+    out = bn.norm_sub(noisy)
+    assert out.sum() == pytest.approx(100.0)
+    assert np.clip(noisy, 0, None).sum() == pytest.approx(240.0)  # clipping: 140 % too much
+    # τ solves (100 − τ) + 7 (20 − τ) = 100 with τ < 20: τ = 17.5.
+    assert out[0] == pytest.approx(82.5) and out[1] == pytest.approx(2.5) and out[2] == 0.0
+
+
+def test_quantile_edges_spread_crowded_values_over_all_bins() -> None:
+    bins, width = 4, mc.fine_width(4)
+    weights = np.zeros(width)
+    weights[10:14] = 25.0  # all the mass in 4 adjacent grid cells
+    edges = mc.quantile_edges(weights, bins)
+    assert edges.tolist() == [0, 11, 12, 13, width]  # one crowded cell per bin
+    uniform = mc.quantile_edges(np.ones(width), bins)
+    assert (np.diff(uniform) > 0).all() and np.diff(uniform).max() - np.diff(uniform).min() <= 1
+    columns = _family(_numeric_schema(), marginal_bins=4).columns  # y, then binned x
+    equal_width = mc.uniform_edges(columns, bins)
+    assert equal_width[0].tolist() == [0] * (bins + 1)
+    assert mc.quantile_edges(np.zeros(width), bins).tolist() == equal_width[1].tolist()
+
+
+def _numeric_schema() -> Schema:
+    cols = [
+        {"name": "y", "type": "categorical", "categories": ["no", "yes"]},
+        {"name": "x", "type": "continuous", "min": 0.0, "max": 100.0},
+    ]
+    return Schema.from_dict({"fedsynth_schema_version": 1, "name": "num", "columns": cols})
+
+
+def test_bins_follow_the_data_so_crowded_columns_keep_their_association() -> None:
+    # x lives in [10, 30] of public bounds [0, 100]; y depends on x within that range.
+    rng = np.random.default_rng(4)
+    n = 4000
+    x = rng.uniform(10.0, 30.0, n)
+    y = np.where(rng.random(n) < (x - 10.0) / 20.0, "yes", "no")
+    frame = validate_frame(pd.DataFrame({"y": y, "x": x}), _numeric_schema())
+    fam = _family(_numeric_schema())
+    fit_placement(fam, "pooled", [fam.encode(frame)], epsilon=None, delta=1e-5, seed=0)
+    shares = np.bincount(fam.codes(fam.encode(frame))[:, 1], minlength=8) / n
+    assert shares.max() < 0.2  # equal-width bins (12.5 wide) would hold 62 % in one bin
+    synth = fam.sample(n, seed=0)
+    assert synth["x"].between(9.3, 31.3).mean() > 0.99  # within the data's grid cells
+    real_gap = frame.groupby("y")["x"].mean().diff().iloc[-1]
+    fake_gap = synth.groupby("y")["x"].mean().diff().iloc[-1]
+    assert fake_gap == pytest.approx(real_gap, rel=0.15)
+
+
+def test_table_margins_of_exact_tables_are_the_columns_shares() -> None:
+    rng = np.random.default_rng(5)
+    sizes = [2, 3, 4]
+    codes = np.stack([rng.integers(0, k, 500) for k in sizes], axis=1)
+    parents = np.array([[-1, -1], [0, -1], [0, 1]])
+    margins = bn.table_margins(bn.node_tables(codes, sizes, parents), sizes, parents)
+    for c, k in enumerate(sizes):
+        np.testing.assert_allclose(margins[c], np.bincount(codes[:, c], minlength=k) / 500)
+
+
+def test_bin_edges_that_do_not_rise_are_a_damaged_model(
+    cohort: Schema, fitted: MarginalGenerator
+) -> None:
+    state = {k: v.clone() for k, v in fitted.state_dict().items()}
+    binned = next(i for i, c in enumerate(fitted.columns) if c.binned)
+    state["edges"][binned, 2] = state["edges"][binned, 1]
+    with pytest.raises(ModelError, match="edges"):
+        _family(cohort).load_state_dict(state)

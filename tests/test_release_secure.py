@@ -167,14 +167,14 @@ def test_secure_stages_reveal_only_the_sum_with_the_planned_noise(
     out = run_federation(grid, settings)
 
     # The server only ever held masked shares.
-    assert len(grid.received[keys.RELEASE_SHARE]) == 2 * SITES
+    assert len(grid.received[keys.RELEASE_SHARE]) == 3 * SITES
     for reply in grid.received[keys.RELEASE_SHARE]:
         assert set(reply.content.keys()) == set(keys.RELEASE_SHARE_REPLY_FIELDS)
-    # Each site: the two announced releases, (σ_s, q = 1, 1 step) at rounds 1 and 2.
+    # Each site: the three announced releases, (σ_s, q = 1, 1 step) at rounds 1, 2 and 3.
     sigmas = settings.mechanisms()
     for i in range(SITES):
         entries = _entries(run, i)
-        assert [e["round"] for e in entries] == [1, 2]
+        assert [e["round"] for e in entries] == [1, 2, 3]
         got = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
         assert got == [pytest.approx(m) for m in sigmas]
     report = json.loads((out / "privacy_report.json").read_text())
@@ -182,7 +182,7 @@ def test_secure_stages_reveal_only_the_sum_with_the_planned_noise(
     assert report["run"]["noise_placement"] == settings.noise_placement
     assert set(report["sent_by_each_site"]) == set(keys.RELEASE_SHARE_REPLY_FIELDS)
     stages = report["release_stages"]["stages"]
-    assert [s["noise_sites"] for s in stages] == [k, k]
+    assert [s["noise_sites"] for s in stages] == [k, k, k]
     assert stages[0]["secure_aggregation"]["survivors"] == SITES
     # K = 3: the sum carries one central release's noise; K = 1: √3 times it.
     noise, central = _stage0_noise(settings, run)

@@ -69,14 +69,11 @@ def test_the_config_knows_every_release_family_without_importing_it() -> None:
 def test_stage_noise_spends_exactly_epsilon_and_splits_by_share(tmp_path: Path) -> None:
     run = run_settings(tmp_path, epsilon=1.0)
     sigma = run.release_noise_multiplier()
-    s0, s1 = release_stage_noise(run)
-    # σ_s = σ/√ρ_s with ρ = (0.3, 0.7); 1/σ² adds up, so the two spend one release's ε.
-    assert (s0, s1) == (
-        pytest.approx(sigma / math.sqrt(0.3)),
-        pytest.approx(sigma / math.sqrt(0.7)),
-    )
-    assert 1 / s0**2 + 1 / s1**2 == pytest.approx(1 / sigma**2)
-    assert run.mechanisms() == [(s0, 1.0, 1), (s1, 1.0, 1)]
+    stages = release_stage_noise(run)
+    # σ_s = σ/√ρ_s with ρ = (0.1, 0.3, 0.6); 1/σ² adds up, so they spend one release's ε.
+    assert stages == [pytest.approx(sigma / math.sqrt(rho)) for rho in (0.1, 0.3, 0.6)]
+    assert sum(1 / s**2 for s in stages) == pytest.approx(1 / sigma**2)
+    assert run.mechanisms() == [(s, 1.0, 1) for s in stages]
     assert epsilon_of(run.mechanisms(), delta=run.delta) == pytest.approx(1.0, abs=0.01)
     with pytest.raises(ConfigError, match="not a release family"):
         release_stage_noise(RunSettings())
@@ -119,14 +116,14 @@ def test_site_release_is_the_announced_mechanism_charged_before_it_is_returned(
     site: SiteSettings, cohort: Schema, tmp_path: Path
 ) -> None:
     family = marginal(cohort)
-    req = stage_request(family, run_settings(tmp_path), 0)
+    req = stage_request(family, run_settings(tmp_path), 1)
     stats = exact_statistics(site, req, family.state_dict())
-    # 105 pair tables of 200 rows: every table sums to the row count.
+    # Stage 1: 105 pair tables of 200 rows: every table sums to the row count.
     assert stats.shape == (req.length,) and stats.sum() == pytest.approx(105 * 200)
     result = release_statistics(site, req, stats, run="r1")
     ledger = PrivacyLedger.open(site.ledger_path, site="h1")
     assert ledger.history == [(req.noise_multiplier, 1.0, 1)]
-    assert ledger.entries[0].round == 1
+    assert ledger.entries[0].round == 2
     assert ledger.entries[0].max_grad_norm == pytest.approx(math.sqrt(105))
     assert result.sent and result.noisy is not None
     noise = result.noisy - stats
@@ -138,13 +135,13 @@ def test_a_mismatched_announcement_or_schema_stops_before_any_charge(
     site: SiteSettings, cohort: Schema, tmp_path: Path
 ) -> None:
     family = marginal(cohort)
-    req = stage_request(family, run_settings(tmp_path), 0)
+    req = stage_request(family, run_settings(tmp_path), 1)
     wrong = ReleaseRequest(
-        0, req.noise_multiplier, 1.0, req.length, 1, req.schema_fingerprint, MARGINAL
+        1, req.noise_multiplier, 1.0, req.length, 1, req.schema_fingerprint, MARGINAL
     )
     with pytest.raises(SiteConfigError, match=r"sensitivity 10.24.*announced .* and 1"):
         exact_statistics(site, wrong, family.state_dict())
-    foreign = ReleaseRequest(0, 5.0, req.sensitivity, req.length, 1, "0" * 64, MARGINAL)
+    foreign = ReleaseRequest(1, 5.0, req.sensitivity, req.length, 1, "0" * 64, MARGINAL)
     with pytest.raises(SiteConfigError, match="install the consortium's current schema"):
         exact_statistics(site, foreign, family.state_dict())
     assert not site.ledger_path.exists()

@@ -2,25 +2,26 @@
 
 The family discretises every column from the public schema alone
 (:mod:`shared.models.marginal_columns`): categoricals into their categories
-(plus a null slot when nullable), numerics into ``marginal_bins`` equal-width
-bins on the public bounds (an integer column with at most that many values gets
-one bin per value), then one code per public atom and a null code when
-nullable. It is fitted in two Gaussian releases (stages of
-:class:`shared.models.release.ReleaseFamily`):
+(plus a null slot when nullable), numerics into ``marginal_bins`` bins (an
+integer column with at most that many values gets one bin per value), then one
+code per public atom and a null code when nullable. It is fitted in three
+Gaussian releases (stages of :class:`shared.models.release.ReleaseFamily`):
 
-0. *structure* (share :data:`STRUCTURE_SHARE` of the budget): every site releases
-   all 2-way tables (:mod:`shared.dp_marginals`: m = d(d − 1)/2 tables, L2
+0. *grid* (share :data:`GRID_SHARE` of the budget): every site releases its row
+   count and the grid histogram of each of the b binned numeric columns
+   (sensitivity √(1 + b)); the server moves the bin edges to the histograms'
+   noisy quantiles and keeps the histograms for drawing values within a bin;
+1. *structure* (share :data:`STRUCTURE_SHARE`): every site releases all 2-way
+   tables on those bins (:mod:`shared.dp_marginals`: m = d(d − 1)/2 tables, L2
    sensitivity √m); the server estimates the margins and the pairs' mutual
    information and picks a network with at most two parents per column
    (:func:`shared.dp_bayesnet.select_network`);
-1. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
-   of that network and the fine histograms of the b binned numeric columns
-   (:mod:`shared.models.marginal_columns`; sensitivity √(d + b)); the server
-   fits P(X | parents) and where values fall within each bin.
+2. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
+   of that network (sensitivity √d); the server fits P(X | parents).
 
-The network (``order``, ``parents``), the margins (``marginal``) and the
-conditional tables (``conditional``, padded to the largest domain) and the fine
-histograms (``fine``) are buffers,
+The bin edges (``edges``), the grid histograms (``fine``), the network
+(``order``, ``parents``), the margins (``marginal``) and the conditional
+tables (``conditional``, padded to the largest domain) are buffers,
 so the model is a ``state_dict`` like every family. Sampling is ancestral in
 ``order``; a binned numeric value is drawn through its bin's fine histogram, an
 atom code gives the atom exactly, and an integer column's code is its value. Rows
@@ -46,8 +47,10 @@ from shared.models import marginal_columns as mc
 from shared.models.base import register_family
 from shared.models.release import ReleaseFamily
 
-#: Share ρ of the release budget spent on the structure (PrivBayes's β = 0.3, Zhang et al.
-#: 2017, Sec. 6); the conditional tables get the rest.
+#: Share ρ of the release budget spent on the grid histograms that place the bins.
+GRID_SHARE = 0.1
+#: Share ρ spent on the structure (near PrivBayes's β = 0.3, Zhang et al. 2017,
+#: Sec. 6); the conditional tables get the rest.
 STRUCTURE_SHARE = 0.3
 
 
@@ -59,8 +62,10 @@ class _Network(nn.Module):
     marginal: torch.Tensor
     conditional: torch.Tensor
     fine: torch.Tensor
+    edges: torch.Tensor
+    rows: torch.Tensor
 
-    def __init__(self, sizes: list[int], fine: np.ndarray) -> None:
+    def __init__(self, sizes: list[int], fine: np.ndarray, edges: np.ndarray) -> None:
         super().__init__()
         d, k = len(sizes), max(sizes)
         marginal = torch.zeros(d, k, dtype=torch.float64)
@@ -71,6 +76,9 @@ class _Network(nn.Module):
         self.register_buffer("marginal", marginal)
         self.register_buffer("conditional", marginal[:, None, :].repeat(1, k * k, 1))
         self.register_buffer("fine", torch.from_numpy(fine))
+        self.register_buffer("edges", torch.from_numpy(edges))
+        #: The grid release's noisy row count N (0 until fitted).
+        self.register_buffer("rows", torch.zeros((), dtype=torch.float64))
 
 
 @register_family("dp-marginal")
@@ -89,7 +97,8 @@ class MarginalGenerator(ReleaseFamily):
         self.n_binned = sum(c.binned for c in self.columns)
         target = self.schema.roles.get("target")
         self.root = self.schema.names.index(target) if target else 0
-        return _Network(self.sizes, mc.uniform_fine(self.columns, self.bins))
+        fine = mc.uniform_fine(self.columns, self.bins)
+        return _Network(self.sizes, fine, mc.uniform_edges(self.columns, self.bins))
 
     @property
     def net(self) -> _Network:
@@ -101,85 +110,117 @@ class MarginalGenerator(ReleaseFamily):
     # -- release -------------------------------------------------------------------
     @classmethod
     def release_shares(cls) -> tuple[float, ...]:
-        """Structure, then conditional tables."""
-        return (STRUCTURE_SHARE, 1.0 - STRUCTURE_SHARE)
+        """Grid, structure, then conditional tables."""
+        return (GRID_SHARE, STRUCTURE_SHARE, 1.0 - GRID_SHARE - STRUCTURE_SHARE)
 
     def _parents(self) -> np.ndarray:
         return self.net.parents.cpu().numpy()
 
     def release_length(self, stage: int) -> int:
-        """Cells of all pair tables (stage 0) or of the network's tables (stage 1)."""
+        """Row count and grid cells (0), all pair tables' cells (1), network tables' cells (2)."""
         if _stage(stage) == 0:
+            return 1 + self.n_binned * mc.fine_width(self.bins)
+        if stage == 1:
             return dm.release_length(self.sizes)
         parents = self._parents()
-        tables = sum(
+        return sum(
             int(np.prod(bn.table_shape(self.sizes, x, parents[x]))) for x in range(len(self.sizes))
         )
-        return tables + self.n_binned * mc.fine_width(self.bins)
 
     def release_sensitivity(self, stage: int) -> float:
-        """√m for the m = d(d − 1)/2 pair tables (stage 0); √(d + b) for stage 1.
+        """√(1 + b) (stage 0), √m with m = d(d − 1)/2 (stage 1), √d (stage 2).
 
-        Stage 1 holds the d network tables and the fine histograms of the b
-        binned numeric columns: one row adds 1 to one cell of each table and to
-        at most one cell of each histogram.
+        One row adds 1 to the row count and to at most one cell of each of the b
+        grid histograms (stage 0), and to one cell of each table (stages 1, 2).
         """
         d = len(self.sizes)
-        count = len(dm.pair_list(d)) if _stage(stage) == 0 else d + self.n_binned
+        count = (1 + self.n_binned, len(dm.pair_list(d)), d)[_stage(stage)]
         return dm.release_sensitivity(count)
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
-        """``(n, d)`` codes of encoded rows (a pure function of each row)."""
-        return mc.codes(self.columns, rows)
+        """``(n, d)`` codes of encoded rows under the fitted bins (a pure function of each row)."""
+        return mc.codes(self.columns, rows, self.net.edges.cpu().numpy())
 
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
-        """Exact pair tables (stage 0) or network tables (stage 1) of the rows' codes."""
-        codes = self.codes(rows)
+        """Exact statistics of ``stage``: count and grid histograms, pair or network tables."""
         if _stage(stage) == 0:
+            count = np.array([float(len(rows))])
+            return np.concatenate([count, mc.fine_counts(self.columns, rows, self.bins)])
+        codes = self.codes(rows)
+        if stage == 1:
             return dm.pair_tables(codes, self.sizes)
-        tables = bn.node_tables(codes, self.sizes, self._parents())
-        return np.concatenate([tables, mc.fine_counts(self.columns, rows, self.bins)])
+        return bn.node_tables(codes, self.sizes, self._parents())
 
     def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
-        """Stage 0: choose the network; stage 1: fit its conditional tables."""
+        """Stage 0: place the bins; stage 1: choose the network; stage 2: fit its tables."""
         total = np.asarray(total, dtype=np.float64)
         if total.shape != (self.release_length(stage),):
             raise ModelError(
                 f"stage {stage} release has shape {total.shape}, expected "
                 f"({self.release_length(stage)},) for schema {self.schema.name!r} with "
                 f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
-                "schema and settings, and stage 1 must follow stage 0's fit"
+                "schema and settings, and each stage must follow the previous stage's fit"
             )
         net = self.net
-        if _stage(stage) == 0:
-            info, margins, rows = dm.pair_information(total, self.sizes, noise_std=noise_std)
-            # Per-cell noise the stage-1 tables will carry (σ_s ∝ 1/√ρ_s): public.
-            rho0, rho1 = self.release_shares()
-            later = noise_std * (rho0 / rho1) ** 0.5 * self.release_sensitivity(1)
-            later /= self.release_sensitivity(0)
-            order, parents = bn.select_network(
-                info, self.sizes, root=self.root, total=rows, cell_noise_std=later
-            )
-            net.order.copy_(torch.from_numpy(order))
-            net.parents.copy_(torch.from_numpy(parents))
-            for c, p in enumerate(margins):
-                net.marginal[c, : len(p)] = torch.from_numpy(p)
-            # Until stage 1 is fitted, each column follows its margin whatever its parents,
-            # uniformly within its bins (nothing from an earlier fit is kept).
-            net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
-            net.fine.copy_(torch.from_numpy(mc.uniform_fine(self.columns, self.bins)))
-            return
-        margins = [net.marginal[c, :k].cpu().numpy() for c, k in enumerate(self.sizes)]
-        split = len(total) - self.n_binned * mc.fine_width(self.bins)
-        tables = bn.fit_conditionals(
-            total[:split], self.sizes, self._parents(), margins, noise_std=noise_std
+        if stage == 0:
+            self._fit_grid(total)
+        elif stage == 1:
+            self._fit_structure(total, noise_std)
+        else:
+            parents = self._parents()
+            margins = bn.table_margins(total, self.sizes, parents)
+            tables = bn.fit_conditionals(total, self.sizes, parents, margins, noise_std=noise_std)
+            cond = torch.zeros_like(net.conditional)
+            for c, table in enumerate(tables):
+                cond[c, : table.shape[0], : table.shape[1]] = torch.from_numpy(table)
+                net.marginal[c, : len(margins[c])] = torch.from_numpy(margins[c])
+            net.conditional.copy_(cond)
+
+    def _fit_grid(self, total: np.ndarray) -> None:
+        """Bins at the grid histograms' noisy quantiles; the histograms for values within."""
+        net = self.net
+        width = mc.fine_width(self.bins)
+        hist = np.concatenate(
+            [bn.norm_sub(total[1 + k * width : 1 + (k + 1) * width]) for k in range(self.n_binned)]
+            or [np.zeros(0)]
         )
-        fine = mc.fine_table(self.columns, total[split:], self.bins)
-        net.fine.copy_(torch.from_numpy(fine))
-        cond = torch.zeros_like(net.conditional)
-        for c, table in enumerate(tables):
-            cond[c, : table.shape[0], : table.shape[1]] = torch.from_numpy(table)
-        net.conditional.copy_(cond)
+        edges = mc.uniform_edges(self.columns, self.bins)
+        binned = [i for i, c in enumerate(self.columns) if c.binned]
+        for k, i in enumerate(binned):
+            edges[i] = mc.quantile_edges(hist[k * width : (k + 1) * width], self.bins)
+        net.rows.fill_(max(float(total[0]), 1.0))
+        net.edges.copy_(torch.from_numpy(edges))
+        net.fine.copy_(torch.from_numpy(mc.fine_table(self.columns, hist, self.bins)))
+        self._reset_network()
+
+    def _fit_structure(self, total: np.ndarray, noise_std: float) -> None:
+        """The network from the pair tables' noise-corrected information."""
+        net = self.net
+        info, margins, _ = dm.pair_information(total, self.sizes, noise_std=noise_std)
+        # Per-cell noise the stage-2 tables will carry (σ_s ∝ 1/√ρ_s): public.
+        _, rho1, rho2 = self.release_shares()
+        later = noise_std * (rho1 / rho2) ** 0.5 * self.release_sensitivity(2)
+        later /= self.release_sensitivity(1)
+        order, parents = bn.select_network(
+            info, self.sizes, root=self.root, total=float(net.rows), cell_noise_std=later
+        )
+        self._reset_network()
+        net.order.copy_(torch.from_numpy(order))
+        net.parents.copy_(torch.from_numpy(parents))
+        for c, p in enumerate(margins):
+            net.marginal[c, : len(p)] = torch.from_numpy(p)
+        # Until stage 2 is fitted, each column follows its margin whatever its parents.
+        net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
+
+    def _reset_network(self) -> None:
+        """No parents, uniform margins: nothing fitted on earlier bins is kept."""
+        net = self.net
+        net.order.copy_(torch.arange(len(self.sizes)))
+        net.parents.fill_(-1)
+        net.marginal.zero_()
+        for c, size in enumerate(self.sizes):
+            net.marginal[c, :size] = 1.0 / size
+        net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
 
     # -- sampling ------------------------------------------------------------------
     def _configurations(self, codes: np.ndarray, x: int, parents: np.ndarray) -> np.ndarray:
@@ -200,9 +241,9 @@ class MarginalGenerator(ReleaseFamily):
             cdf = np.cumsum(cond[x][given, : self.sizes[x]], axis=1)
             u = rng.random(n)[:, None] * cdf[:, -1:]
             codes[:, x] = np.minimum((u >= cdf).sum(axis=1), self.sizes[x] - 1)
-        fine = self.net.fine.cpu().numpy()
+        fine, edges = self.net.fine.cpu().numpy(), self.net.edges.cpu().numpy()
         rows = mc.encode_codes(
-            self.columns, codes, fine, width=self.transformer.width, bins=self.bins, rng=rng
+            self.columns, codes, fine, edges, width=self.transformer.width, rng=rng
         )
         return torch.from_numpy(rows)
 
@@ -215,18 +256,20 @@ class MarginalGenerator(ReleaseFamily):
         ok = bn.check_network(net.order.cpu().numpy(), parents)
         ok = ok and bool(np.isfinite(cond).all() and (cond >= 0).all())
         ok = ok and bool(np.isfinite(fine).all() and (fine >= 0).all())
+        ok = ok and mc.check_edges(self.columns, net.edges.cpu().numpy(), self.bins)
         for x, size in enumerate(self.sizes if ok else []):
             configs = int(np.prod(bn.table_shape(self.sizes, x, parents[x])[:-1]))
             ok = ok and bool(np.allclose(cond[x, :configs, :size].sum(axis=1), 1.0, atol=1e-6))
         if not ok:
             raise ModelError(
                 f"the dp-marginal model for schema {self.schema.name!r} is damaged (its network "
-                "is not ordered parents-first or a conditional table is not a distribution); "
+                "is not ordered parents-first, a conditional table is not a distribution or "
+                "the bin edges do not rise); "
                 "restore the model folder from the run's original output"
             )
 
 
 def _stage(stage: int) -> int:
-    if stage not in (0, 1):
-        raise ModelError(f"dp-marginal has release stages 0 and 1, not {stage}")
+    if stage not in (0, 1, 2):
+        raise ModelError(f"dp-marginal has release stages 0, 1 and 2, not {stage}")
     return stage

@@ -4,21 +4,28 @@ Codes (what the marginal tables count):
 
 * categorical column: its category index (the transformer's one-hot slot, so a
   nullable column's last code is "missing");
-* numeric column: one of ``bins`` equal-width bins on the public bounds (an
-  integer column with at most ``bins`` values: one code per value), then one
-  code per public atom and a null code when nullable, in the order of the
-  column's mode span (:func:`shared.transforms.mode_spans`: slot 0 is "a value
-  in the value slot", the other slots follow the value codes).
+* numeric column: one of ``bins`` bins (an integer column with at most
+  ``bins`` values: one code per value), then one code per public atom and a
+  null code when nullable, in the order of the column's mode span
+  (:func:`shared.transforms.mode_spans`: slot 0 is "a value in the value
+  slot", the other slots follow the value codes).
 
-Values within a bin (what sampling needs back): a binned numeric column also
-has a fine histogram, :data:`FINE` cells per bin plus one cell for "exactly the
-minimum" and one for "exactly the maximum" (point masses at a public bound,
-such as a spending of zero, are common in health data and are lost by drawing
-uniformly within the first bin). One row adds 1 to at most one cell of each
-binned column's fine histogram (none when missing or at an atom), so these histograms add
-the number of binned columns to the squared L2 sensitivity of the release that
-carries them. A value is drawn by picking a cell within its bin in proportion
-to the (clipped, noisy) counts, then uniformly within the cell, or exactly the bound.
+The fine grid: a binned numeric column's range is cut into :data:`FINE` ·
+``bins`` equal cells, plus one cell for "exactly the minimum" and one for
+"exactly the maximum" (point masses at a public bound, such as a spending of
+zero, are common in health data). A bin is a run of consecutive grid cells:
+``edges[b] ≤ cell < edges[b + 1]``. Before any release the bins are equal-width
+(:func:`uniform_edges`); ``dp-marginal`` then releases every binned column's
+grid histogram and moves the edges to its noisy quantiles
+(:func:`quantile_edges`, post-processing), so that health values crowded in
+a small part of wide public bounds (creatinine 0.6–1.5 within 0.3–8 mg/dL)
+spread over all the bins instead of one or two. The edges are part of the
+model, so every site codes its rows the same way.
+
+One row adds 1 to at most one cell of each binned column's grid histogram
+(none when missing or at an atom). A value is drawn by picking a grid cell
+within its bin in proportion to the noisy histogram, then uniformly within
+the cell, or exactly the bound.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import numpy as np
 from shared.schema import Column
 from shared.transforms import SpanInfo, TableTransformer, mode_spans
 
-#: Fine histogram cells per bin of a binned numeric column.
-FINE = 4
+#: Grid cells per bin of a binned numeric column (finer grids place quantile
+#: edges more exactly but carry more noise per unit of mass).
+FINE = 8
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,61 @@ def discretise(transformer: TableTransformer, bins: int) -> list[Discrete]:
 
 
 def fine_width(bins: int) -> int:
-    """Cells of one binned column's fine histogram: ``FINE · bins`` plus the two bounds."""
+    """Cells of one binned column's grid: ``FINE · bins`` plus the two bounds."""
     return FINE * bins + 2
 
 
-def codes(columns: list[Discrete], rows: np.ndarray) -> np.ndarray:
-    """``(n, d)`` codes of encoded rows (a pure function of each row)."""
+def uniform_edges(columns: list[Discrete], bins: int) -> np.ndarray:
+    """``(d, bins + 1)`` grid edges of equal-width bins (zeros for unbinned columns).
+
+    Bin ``b`` holds the :data:`FINE` grid cells of its width; the first bin also
+    holds the minimum's cell and the last the maximum's.
+    """
+    edges = np.zeros((len(columns), bins + 1), dtype=np.int64)
+    for i, c in enumerate(columns):
+        if c.binned:
+            edges[i] = _equal_width(bins)
+    return edges
+
+
+def _equal_width(bins: int) -> np.ndarray:
+    return np.array([0, *(1 + FINE * b for b in range(1, bins)), fine_width(bins)], np.int64)
+
+
+def quantile_edges(weights: np.ndarray, bins: int) -> np.ndarray:
+    """Edges of ``bins`` bins of about equal mass under non-negative grid ``weights``.
+
+    Every bin keeps at least one grid cell, so the edges rise strictly from 0 to
+    ``len(weights)``; with no mass at all the bins are equal-width.
+    """
+    width = len(weights)
+    cum = np.cumsum(np.asarray(weights, dtype=np.float64))
+    if cum[-1] <= 0:
+        return _equal_width(bins)
+    targets = cum[-1] * np.arange(1, bins) / bins
+    # Edge b: the first cell after the one where the mass reaches b/bins.
+    inner = np.searchsorted(cum, targets, side="left") + 1
+    edges = np.concatenate([[0], inner, [width]]).astype(np.int64)
+    for b in range(1, bins):  # at least one cell per bin, from the left ...
+        edges[b] = max(edges[b], edges[b - 1] + 1)
+    for b in range(bins - 1, 0, -1):  # ... and from the right
+        edges[b] = min(edges[b], edges[b + 1] - 1)
+    return edges
+
+
+def check_edges(columns: list[Discrete], edges: np.ndarray, bins: int) -> bool:
+    """Whether every binned column's edges rise strictly from 0 to the grid's width."""
+    if edges.shape != (len(columns), bins + 1):
+        return False
+    width = fine_width(bins)
+    return all(
+        not c.binned or (e[0] == 0 and e[-1] == width and bool((np.diff(e) > 0).all()))
+        for c, e in zip(columns, edges, strict=True)
+    )
+
+
+def codes(columns: list[Discrete], rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``(n, d)`` codes of encoded rows under grid ``edges`` (a pure function of each row)."""
     x = np.asarray(rows, dtype=np.float64)
     out = np.empty((len(x), len(columns)), dtype=np.int64)
     for i, c in enumerate(columns):
@@ -82,11 +139,22 @@ def codes(columns: list[Discrete], rows: np.ndarray) -> np.ndarray:
         if not c.column.is_numeric:
             out[:, i] = np.argmax(x[:, s.start : s.stop], axis=1)
             continue
-        u = (x[:, s.start] + 1.0) / 2.0  # [0, 1] within the bounds
-        code = np.floor(u * c.values) if c.binned else np.rint(u * (c.values - 1))
+        if c.binned:
+            cell = _grid_cells(x[:, s.start], len(edges[i]) - 1)
+            code = np.searchsorted(edges[i, 1:-1], cell, side="right")
+        else:
+            code = np.rint((x[:, s.start] + 1.0) / 2.0 * (c.values - 1))
         out[:, i] = np.clip(code, 0, c.values - 1)
         slot = _mode_slots(c, x)
         out[slot > 0, i] = c.values + slot[slot > 0] - 1
+    return out
+
+
+def _grid_cells(v: np.ndarray, bins: int) -> np.ndarray:
+    """Grid cell of each encoded value (``[-1, 1]``; the bounds get their own cells)."""
+    width = fine_width(bins)
+    cell = 1 + np.clip(np.floor((v + 1.0) / 2.0 * (width - 2)), 0, width - 3)
+    out: np.ndarray = np.where(v <= -1.0, 0, np.where(v >= 1.0, width - 1, cell)).astype(np.int64)
     return out
 
 
@@ -104,19 +172,18 @@ def fine_counts(columns: list[Discrete], rows: np.ndarray, bins: int) -> np.ndar
     parts = []
     width = fine_width(bins)
     for c in (c for c in columns if c.binned):
-        v = x[:, c.span.start]
         present = _mode_slots(c, x) == 0  # neither missing nor at an atom
-        cell = 1 + np.clip(np.floor((v + 1.0) / 2.0 * (width - 2)), 0, width - 3)
-        cell = np.where(v <= -1.0, 0, np.where(v >= 1.0, width - 1, cell))
-        parts.append(np.bincount(cell[present].astype(np.int64), minlength=width))
+        cell = _grid_cells(x[present, c.span.start], bins)
+        parts.append(np.bincount(cell, minlength=width))
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
-def fine_table(columns: list[Discrete], noisy: np.ndarray, bins: int) -> np.ndarray:
-    """``(d, fine_width)`` non-negative weights from the noisy fine histograms (0 rows elsewhere).
+def fine_table(columns: list[Discrete], weights: np.ndarray, bins: int) -> np.ndarray:
+    """``(d, fine_width)`` grid weights from non-negative histograms (0 rows elsewhere).
 
-    Negative counts are clipped; a bin whose cells are all zero falls back to
-    uniform within the bin (the bounds' cells stay zero).
+    ``weights`` holds the binned columns' histograms, concatenated; a grid
+    cell is reset to 1 where every inner cell of the histogram is zero, so
+    sampling falls back to uniform (the bounds' cells stay zero).
     """
     width = fine_width(bins)
     out = np.zeros((len(columns), width))
@@ -124,12 +191,10 @@ def fine_table(columns: list[Discrete], noisy: np.ndarray, bins: int) -> np.ndar
     for i, c in enumerate(columns):
         if not c.binned:
             continue
-        w = np.clip(np.asarray(noisy[pos : pos + width], dtype=np.float64), 0.0, None)
+        w = np.asarray(weights[pos : pos + width], dtype=np.float64).copy()
         pos += width
-        for b in range(bins):
-            cells = _cells(b, bins)
-            if w[cells].sum() <= 0:
-                w[1 + b * FINE : 1 + (b + 1) * FINE] = 1.0
+        if w[1:-1].sum() <= 0:
+            w[1:-1] = 1.0
         out[i] = w
     return out
 
@@ -143,26 +208,20 @@ def uniform_fine(columns: list[Discrete], bins: int) -> np.ndarray:
     return out
 
 
-def _cells(b: int, bins: int) -> np.ndarray:
-    """Fine cells of bin ``b``: its FINE cells, plus the minimum's (first bin) or maximum's."""
-    cells = list(range(1 + b * FINE, 1 + (b + 1) * FINE))
-    if b == 0:
-        cells.insert(0, 0)
-    if b == bins - 1:
-        cells.append(FINE * bins + 1)
-    return np.asarray(cells, dtype=np.int64)
-
-
 def _binned_values(
-    code: np.ndarray, weights: np.ndarray, bins: int, rng: np.random.Generator
+    code: np.ndarray, weights: np.ndarray, edges: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Encoded values ([-1, 1]) of bin codes, drawn through the fine histogram."""
+    """Encoded values ([-1, 1]) of bin codes, drawn through the grid histogram."""
     out = np.zeros(len(code))
-    n_fine = FINE * bins
+    n_fine = len(weights) - 2
     for b in np.unique(code).tolist():
         rows = np.flatnonzero(code == b)
-        cells = _cells(b, bins)
-        p = weights[cells] / weights[cells].sum()
+        cells = np.arange(edges[b], edges[b + 1])
+        w = weights[cells]
+        if w.sum() <= 0:  # no mass left in the bin: uniform over its inner cells
+            w = ((cells > 0) & (cells < n_fine + 1)).astype(np.float64)
+            w = w if w.sum() > 0 else np.ones(len(cells))
+        p = w / w.sum()
         cell = cells[np.minimum(np.searchsorted(np.cumsum(p), rng.random(len(rows))), len(p) - 1)]
         inner = -1.0 + 2.0 * (cell - 1 + rng.random(len(rows))) / n_fine
         out[rows] = np.where(cell == 0, -1.0, np.where(cell == n_fine + 1, 1.0, inner))
@@ -173,9 +232,9 @@ def encode_codes(
     columns: list[Discrete],
     codes_: np.ndarray,
     fine: np.ndarray,
+    edges: np.ndarray,
     *,
     width: int,
-    bins: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Encoded rows (transformer layout, point values) of sampled codes."""
@@ -189,7 +248,7 @@ def encode_codes(
         present = code < c.values
         v = np.minimum(code, c.values - 1)
         if c.binned:
-            value = _binned_values(v, fine[i], bins, rng)
+            value = _binned_values(v, fine[i], edges[i], rng)
         else:  # one code per integer value
             value = -1.0 + 2.0 * v / max(c.values - 1, 1)
         out[:, c.span.start] = np.where(present, value, 0.0)
