@@ -1,6 +1,6 @@
 """Noisy 2-way marginals of discretised columns, and the pairwise information they show.
 
-Structure release (per site; the first of the two releases of ``dp-marginal``).
+Structure release (per site; stage 1 of the three releases of ``dp-marginal``).
 Every column is discretised from the public schema alone
 (:mod:`shared.models.marginal_columns`), and the site counts the 2-way contingency
 table of every pair of columns: m = d(d − 1)/2 tables. Adding or removing one

@@ -23,7 +23,7 @@ The bin edges (``edges``), the grid histograms (``fine``), the network
 (``order``, ``parents``), the margins (``marginal``) and the conditional
 tables (``conditional``, padded to the largest domain) are buffers,
 so the model is a ``state_dict`` like every family. Sampling is ancestral in
-``order``; a binned numeric value is drawn through its bin's fine histogram, an
+``order``; a binned numeric value is drawn through its bin's grid histogram, an
 atom code gives the atom exactly, and an integer column's code is its value. Rows
 go through the base class as point distributions, so constraints and conditions
 are met by bounded redraws (:mod:`shared.models.sampling`).
