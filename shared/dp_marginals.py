@@ -1,7 +1,7 @@
 """Noisy 2-way marginals of discretised columns, and the pairwise information they show.
 
 Structure release (per site; stage 1 of the three releases of ``dp-marginal``).
-Every column is discretised from the public schema alone
+Every column is discretised from the public schema and the grid release (stage 0)
 (:mod:`shared.models.marginal_columns`), and the site counts the 2-way contingency
 table of every pair of columns: m = d(d − 1)/2 tables. Adding or removing one
 row adds or removes exactly 1 in one cell of each table, so the L2 sensitivity
