@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.dp_marginals import noise_information
+from shared.dp_marginals import noise_information, to_distribution
 
 #: Weight of the noise information in a parent set's score (1: the expected
 #: information pure noise would show; tuned on public tables, see the module notes).
@@ -205,11 +205,7 @@ def table_margins(noisy: np.ndarray, sizes: Sequence[int], parents: np.ndarray) 
             others = tuple(a for a in range(len(cols)) if a != axis)
             acc[c] += table.sum(axis=others) / (n // sizes[c])
             weight[c] += 1.0 / (n // sizes[c])
-    out = []
-    for a, w, k in zip(acc, weight, sizes, strict=True):
-        p = np.clip(a / w, 0.0, None)
-        out.append(p / p.sum() if p.sum() > 0 else np.full(k, 1.0 / k))
-    return out
+    return [to_distribution(a / w) for a, w in zip(acc, weight, strict=True)]
 
 
 def check_network(order: np.ndarray, parents: np.ndarray) -> bool:

@@ -99,9 +99,14 @@ def one_way_estimates(
                 other = sizes[j] if c == i else sizes[i]
                 acc += (t.sum(axis=1) if c == i else t.sum(axis=0)) / other
                 weight += 1.0 / other
-        p = np.clip(acc / weight, 0.0, None) if weight else np.ones(k)
-        out.append(p / p.sum() if p.sum() > 0 else np.full(k, 1.0 / k))
+        out.append(to_distribution(acc / weight if weight else np.ones(k)))
     return out
+
+
+def to_distribution(counts: np.ndarray) -> np.ndarray:
+    """Noisy counts clipped at zero and normalised (uniform if nothing is left)."""
+    p = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    return p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / len(p))
 
 
 def rake(table: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:

@@ -180,17 +180,15 @@ class MarginalGenerator(ReleaseFamily):
         """Bins at the grid histograms' noisy quantiles; the histograms for values within."""
         net = self.net
         width = mc.fine_width(self.bins)
-        hist = np.concatenate(
-            [bn.norm_sub(total[1 + k * width : 1 + (k + 1) * width]) for k in range(self.n_binned)]
-            or [np.zeros(0)]
-        )
         edges = mc.uniform_edges(self.columns, self.bins)
+        fine = np.zeros((len(self.columns), width))  # an empty bin samples uniformly
         binned = [i for i, c in enumerate(self.columns) if c.binned]
         for k, i in enumerate(binned):
-            edges[i] = mc.quantile_edges(hist[k * width : (k + 1) * width], self.bins)
+            fine[i] = bn.norm_sub(total[1 + k * width : 1 + (k + 1) * width])
+            edges[i] = mc.quantile_edges(fine[i], self.bins)
         net.rows.fill_(max(float(total[0]), 1.0))
         net.edges.copy_(torch.from_numpy(edges))
-        net.fine.copy_(torch.from_numpy(mc.fine_table(self.columns, hist, self.bins)))
+        net.fine.copy_(torch.from_numpy(fine))
         self._reset_network()
 
     def _fit_structure(self, total: np.ndarray, noise_std: float) -> None:
@@ -204,7 +202,6 @@ class MarginalGenerator(ReleaseFamily):
         order, parents = bn.select_network(
             info, self.sizes, root=self.root, total=float(net.rows), cell_noise_std=later
         )
-        self._reset_network()
         net.order.copy_(torch.from_numpy(order))
         net.parents.copy_(torch.from_numpy(parents))
         for c, p in enumerate(margins):

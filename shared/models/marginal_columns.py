@@ -178,27 +178,6 @@ def fine_counts(columns: list[Discrete], rows: np.ndarray, bins: int) -> np.ndar
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
-def fine_table(columns: list[Discrete], weights: np.ndarray, bins: int) -> np.ndarray:
-    """``(d, fine_width)`` grid weights from non-negative histograms (0 rows elsewhere).
-
-    ``weights`` holds the binned columns' histograms, concatenated; a grid
-    cell is reset to 1 where every inner cell of the histogram is zero, so
-    sampling falls back to uniform (the bounds' cells stay zero).
-    """
-    width = fine_width(bins)
-    out = np.zeros((len(columns), width))
-    pos = 0
-    for i, c in enumerate(columns):
-        if not c.binned:
-            continue
-        w = np.asarray(weights[pos : pos + width], dtype=np.float64).copy()
-        pos += width
-        if w[1:-1].sum() <= 0:
-            w[1:-1] = 1.0
-        out[i] = w
-    return out
-
-
 def uniform_fine(columns: list[Discrete], bins: int) -> np.ndarray:
     """The unfitted fine table: uniform within every bin (no mass on the bounds)."""
     out = np.zeros((len(columns), fine_width(bins)))
