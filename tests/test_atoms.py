@@ -193,7 +193,9 @@ def test_family_trained_without_dp_puts_mass_on_the_atoms(generator: str) -> Non
         data,
         steps=300,
         sample_rate=0.05,
-        learning_rate=0.01,
+        # Without DP noise the GAN's two Adam players at 0.01 can collapse the atom
+        # (measured: zero-cost rates of 0.3 % to 76 % across seeds); 0.002 keeps it.
+        learning_rate=0.002 if generator == "dp-ctgan" else 0.01,
         device=torch.device("cpu"),
         seed=0,
     )
