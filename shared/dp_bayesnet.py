@@ -137,13 +137,16 @@ def fit_conditionals(
     marginals: Sequence[np.ndarray],
     *,
     noise_std: float,
+    support: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """P(X | parents) per column, ``(parent configurations, k_x)`` each.
 
     Each table is made non-negative with its total kept (:func:`norm_sub`);
     every cell then gets a pseudo-count of
     ``max(PRIOR_WEIGHT · noise_std, 0.5) · p(x)`` (``p``: the column's marginal estimate), so a
-    configuration with little signal falls back to the marginal.
+    configuration with little signal falls back to the marginal. ``support``
+    (one boolean mask per column) zeroes values an earlier release found empty,
+    unless that would leave a configuration with nothing.
     """
     out = []
     pos = 0
@@ -156,6 +159,9 @@ def fit_conditionals(
             t.reshape(-1, sizes[x])
             + max(PRIOR_WEIGHT * noise_std, 0.5) * np.asarray(marginals[x])[None, :]
         )
+        if support is not None:
+            kept = t * support[x][None, :]
+            t = np.where(kept.sum(axis=1, keepdims=True) > 0, kept, t)
         out.append(t / t.sum(axis=1, keepdims=True))
     if pos != len(noisy):
         raise ValueError(f"release has {len(noisy)} cells, expected {pos}")

@@ -10,14 +10,16 @@ Gaussian releases (stages of :class:`shared.models.release.ReleaseFamily`):
 0. *grid* (share :data:`GRID_SHARE` of the budget): every site releases its row
    count and the grid histogram of each of the b binned numeric columns
    (sensitivity √(1 + b)); the server moves the bin edges to the histograms'
-   noisy quantiles and keeps the histograms for drawing values within a bin;
+   noisy quantiles and keeps the histograms for drawing values within a bin
+   (the outer bins fitted monotone, :func:`shared.models.marginal_columns.shape_tails`);
 1. *structure* (share :data:`STRUCTURE_SHARE`): every site releases all 2-way
    tables on those bins (:mod:`shared.dp_marginals`: m = d(d − 1)/2 tables, L2
    sensitivity √m); the server estimates the margins and the pairs' mutual
    information and picks a network with at most two parents per column
    (:func:`shared.dp_bayesnet.select_network`);
 2. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
-   of that network (sensitivity √d); the server fits P(X | parents).
+   of that network (sensitivity √d); the server fits P(X | parents), never
+   drawing a bin the grid found empty.
 
 The bin edges (``edges``), the grid histograms (``fine``), the network
 (``order``, ``parents``), the margins (``marginal``) and the conditional
@@ -163,20 +165,23 @@ class MarginalGenerator(ReleaseFamily):
             )
         net = self.net
         if stage == 0:
-            self._fit_grid(total)
+            self._fit_grid(total, noise_std)
         elif stage == 1:
             self._fit_structure(total, noise_std)
         else:
             parents = self._parents()
             margins = bn.table_margins(total, self.sizes, parents)
-            tables = bn.fit_conditionals(total, self.sizes, parents, margins, noise_std=noise_std)
+            allowed = mc.support(self.columns, net.fine.cpu().numpy(), net.edges.cpu().numpy())
+            tables = bn.fit_conditionals(
+                total, self.sizes, parents, margins, noise_std=noise_std, support=allowed
+            )
             cond = torch.zeros_like(net.conditional)
             for c, table in enumerate(tables):
                 cond[c, : table.shape[0], : table.shape[1]] = torch.from_numpy(table)
                 net.marginal[c, : len(margins[c])] = torch.from_numpy(margins[c])
             net.conditional.copy_(cond)
 
-    def _fit_grid(self, total: np.ndarray) -> None:
+    def _fit_grid(self, total: np.ndarray, noise_std: float) -> None:
         """Bins at the grid histograms' noisy quantiles; the histograms for values within."""
         net = self.net
         width = mc.fine_width(self.bins)
@@ -184,8 +189,9 @@ class MarginalGenerator(ReleaseFamily):
         fine = np.zeros((len(self.columns), width))  # an empty bin samples uniformly
         binned = [i for i, c in enumerate(self.columns) if c.binned]
         for k, i in enumerate(binned):
-            fine[i] = bn.norm_sub(total[1 + k * width : 1 + (k + 1) * width])
-            edges[i] = mc.quantile_edges(fine[i], self.bins)
+            noisy = total[1 + k * width : 1 + (k + 1) * width]
+            edges[i] = mc.quantile_edges(bn.norm_sub(noisy), self.bins)
+            fine[i] = mc.shape_tails(noisy, edges[i], noise_std=noise_std)
         net.rows.fill_(max(float(total[0]), 1.0))
         net.edges.copy_(torch.from_numpy(edges))
         net.fine.copy_(torch.from_numpy(fine))
