@@ -261,6 +261,43 @@ def test_network_selection_weighs_signal_against_noise_and_orders_parents_first(
     assert 1 in parents[2].tolist() or 2 in parents[1].tolist()
 
 
+def test_a_target_stays_a_parent_of_every_column_it_informs() -> None:
+    # Column 3's best pair of parents is (1, 2); the target 0 tells it a little.
+    info = np.eye(4)
+    for (i, j), v in {(0, 1): 0.5, (0, 2): 0.4, (0, 3): 0.05, (1, 3): 0.3, (2, 3): 0.3}.items():
+        info[i, j] = info[j, i] = v
+    plain = bn.select_network(info, [2] * 4, root=0, total=1000, cell_noise_std=0.0)[1]
+    tan = bn.select_network(info, [2] * 4, root=0, total=1000, cell_noise_std=0.0, target=True)
+    assert sorted(plain[3].tolist()) == [1, 2]
+    # Tree-augmented naive Bayes: 0.05 + 0.3 − 0.05 · 0.4 (redundancy of 0 and 2) beats (0, 1).
+    assert tan[1][3].tolist() == [0, 2] and bn.check_network(*tan)
+    # Noise that would fake 0.08 nats in the (0, 3) table outweighs 0.05: not forced.
+    assert dm.noise_information(2, 2, noise_std=200.0, total=1000) == pytest.approx(0.08)
+    noisy = bn.select_network(info, [2] * 4, root=0, total=1000, cell_noise_std=200.0, target=True)
+    assert 0 not in noisy[1][3].tolist()
+
+
+def test_structure_tables_merge_adjacent_value_bins_only() -> None:
+    schema = Schema.from_dict(
+        {
+            "fedsynth_schema_version": 1,
+            "name": "merge",
+            "columns": [
+                {"name": "y", "type": "categorical", "categories": ["a", "b", "c"]},
+                {"name": "x", "type": "continuous", "min": 0.0, "max": 1.0, "nullable": True},
+                {"name": "k", "type": "integer", "min": 0, "max": 3},
+            ],
+        }
+    )
+    for bins, merged in [(8, [0, 0, 1, 1, 2, 2, 3, 3, 4]), (5, [0, 0, 1, 1, 2, 3])]:
+        fam = _family(schema, marginal_bins=bins)
+        maps = mc.structure_maps(fam.columns, 2)
+        assert maps[0].tolist() == [0, 1, 2]  # categories keep their own codes
+        assert maps[1].tolist() == merged  # value bins pair up; the null code follows
+        assert maps[2].tolist() == [0, 1, 2, 3]  # one code per integer value: kept
+        assert fam.release_length(1) == dm.release_length([3, merged[-1] + 1, 4])
+
+
 @pytest.mark.parametrize("command", ["simulate", "server"])
 def test_flower_commands_refuse_distributed_noise_without_secure_aggregation(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -13,10 +13,12 @@ Gaussian releases (stages of :class:`shared.models.release.ReleaseFamily`):
    noisy quantiles and keeps the histograms for drawing values within a bin
    (the outer bins fitted monotone, :func:`shared.models.marginal_columns.shape_tails`);
 1. *structure* (share :data:`STRUCTURE_SHARE`): every site releases all 2-way
-   tables on those bins (:mod:`shared.dp_marginals`: m = d(d − 1)/2 tables, L2
-   sensitivity √m); the server estimates the margins and the pairs' mutual
+   tables on those bins, adjacent value bins merged in pairs
+   (:data:`STRUCTURE_MERGE`; :mod:`shared.dp_marginals`: m = d(d − 1)/2 tables,
+   L2 sensitivity √m); the server estimates the margins and the pairs' mutual
    information and picks a network with at most two parents per column
-   (:func:`shared.dp_bayesnet.select_network`);
+   (:func:`shared.dp_bayesnet.select_network`), keeping a named target as a
+   parent of every column it informs;
 2. *conditionals* (the rest): every site releases the d tables ``(parents…, X)``
    of that network (sensitivity √d); the server fits P(X | parents), never
    drawing a bin the grid found empty.
@@ -54,6 +56,9 @@ GRID_SHARE = 0.1
 #: Share ρ spent on the structure (near PrivBayes's β = 0.3, Zhang et al. 2017,
 #: Sec. 6); the conditional tables get the rest.
 STRUCTURE_SHARE = 0.3
+#: Adjacent value bins merged in the structure's pair tables: choosing parents needs
+#: only to detect dependence, and 4 × 4 cells carry a quarter of 8 × 8's noise information.
+STRUCTURE_MERGE = 2
 
 
 class _Network(nn.Module):
@@ -96,6 +101,8 @@ class MarginalGenerator(ReleaseFamily):
         self.bins = self.settings.marginal_bins
         self.columns = mc.discretise(self.transformer, self.bins)
         self.sizes = [c.size for c in self.columns]
+        self.merge = mc.structure_maps(self.columns, STRUCTURE_MERGE)
+        self.coarse_sizes = [int(m.max()) + 1 for m in self.merge]
         self.n_binned = sum(c.binned for c in self.columns)
         target = self.schema.roles.get("target")
         self.root = self.schema.names.index(target) if target else 0
@@ -123,7 +130,7 @@ class MarginalGenerator(ReleaseFamily):
         if _stage(stage) == 0:
             return 1 + self.n_binned * mc.fine_width(self.bins)
         if stage == 1:
-            return dm.release_length(self.sizes)
+            return dm.release_length(self.coarse_sizes)
         parents = self._parents()
         return sum(
             int(np.prod(bn.table_shape(self.sizes, x, parents[x]))) for x in range(len(self.sizes))
@@ -150,7 +157,8 @@ class MarginalGenerator(ReleaseFamily):
             return np.concatenate([count, mc.fine_counts(self.columns, rows, self.bins)])
         codes = self.codes(rows)
         if stage == 1:
-            return dm.pair_tables(codes, self.sizes)
+            coarse = np.stack([m[codes[:, i]] for i, m in enumerate(self.merge)], axis=1)
+            return dm.pair_tables(coarse, self.coarse_sizes)
         return bn.node_tables(codes, self.sizes, self._parents())
 
     def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
@@ -198,20 +206,25 @@ class MarginalGenerator(ReleaseFamily):
         self._reset_network()
 
     def _fit_structure(self, total: np.ndarray, noise_std: float) -> None:
-        """The network from the pair tables' noise-corrected information."""
+        """The network from the merged pair tables' noise-corrected information."""
         net = self.net
-        info, margins, _ = dm.pair_information(total, self.sizes, noise_std=noise_std)
+        info, coarse, _ = dm.pair_information(total, self.coarse_sizes, noise_std=noise_std)
         # Per-cell noise the stage-2 tables will carry (σ_s ∝ 1/√ρ_s): public.
         _, rho1, rho2 = self.release_shares()
         later = noise_std * (rho1 / rho2) ** 0.5 * self.release_sensitivity(2)
         later /= self.release_sensitivity(1)
         order, parents = bn.select_network(
-            info, self.sizes, root=self.root, total=float(net.rows), cell_noise_std=later
+            info,
+            self.sizes,
+            root=self.root,
+            total=float(net.rows),
+            cell_noise_std=later,
+            target="target" in self.schema.roles,
         )
         net.order.copy_(torch.from_numpy(order))
         net.parents.copy_(torch.from_numpy(parents))
-        for c, p in enumerate(margins):
-            net.marginal[c, : len(p)] = torch.from_numpy(p)
+        for c, (p, m) in enumerate(zip(coarse, self.merge, strict=True)):
+            net.marginal[c, : len(m)] = torch.from_numpy(p[m] / np.bincount(m)[m])
         # Until stage 2 is fitted, each column follows its margin whatever its parents.
         net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
 

@@ -197,6 +197,22 @@ def support(columns: list[Discrete], fine: np.ndarray, edges: np.ndarray) -> lis
     return out
 
 
+def structure_maps(columns: list[Discrete], merge: int) -> list[np.ndarray]:
+    """Per column, each code's code in the coarser structure tables (``merge`` bins into one).
+
+    Only binned numeric columns are coarsened: their value bins ``b`` become
+    ``b // merge``, and atom and null codes follow; every other code keeps its own.
+    """
+    out = []
+    for c in columns:
+        code = np.arange(c.size)
+        if c.binned and merge > 1:
+            coarse = -(-c.values // merge)
+            code = np.where(code < c.values, code // merge, coarse + code - c.values)
+        out.append(code.astype(np.int64))
+    return out
+
+
 def check_edges(columns: list[Discrete], edges: np.ndarray, bins: int) -> bool:
     """Whether every binned column's edges rise strictly from 0 to the grid's width."""
     if edges.shape != (len(columns), bins + 1):
