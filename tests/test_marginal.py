@@ -337,20 +337,6 @@ def test_norm_sub_zeroes_pure_noise_cells_that_clipping_keeps() -> None:
     assert out[0] == pytest.approx(82.5) and out[1] == pytest.approx(2.5) and out[2] == 0.0
 
 
-def test_quantile_edges_spread_crowded_values_over_all_bins() -> None:
-    bins, width = 4, mc.fine_width(4)
-    weights = np.zeros(width)
-    weights[10:14] = 25.0  # all the mass in 4 adjacent grid cells
-    edges = mc.quantile_edges(weights, bins)
-    assert edges.tolist() == [0, 11, 12, 13, width]  # one crowded cell per bin
-    uniform = mc.quantile_edges(np.ones(width), bins)
-    assert (np.diff(uniform) > 0).all() and np.diff(uniform).max() - np.diff(uniform).min() <= 1
-    columns = _family(_numeric_schema(), marginal_bins=4).columns  # y, then binned x
-    equal_width = mc.uniform_edges(columns, bins)
-    assert equal_width[0].tolist() == [0] * (bins + 1)
-    assert mc.quantile_edges(np.zeros(width), bins).tolist() == equal_width[1].tolist()
-
-
 def _numeric_schema() -> Schema:
     cols = [
         {"name": "y", "type": "categorical", "categories": ["no", "yes"]},

@@ -11,7 +11,7 @@ Gaussian releases (stages of :class:`shared.models.release.ReleaseFamily`):
    count and the grid histogram of each of the b binned numeric columns
    (sensitivity √(1 + b)); the server moves the bin edges to the histograms'
    noisy quantiles and keeps the histograms for drawing values within a bin
-   (the outer bins fitted monotone, :func:`shared.models.marginal_columns.shape_tails`);
+   (the outer bins fitted monotone, :func:`shared.models.marginal_grid.shape_tails`);
 1. *structure* (share :data:`STRUCTURE_SHARE`): every site releases all 2-way
    tables on those bins, adjacent value bins merged in pairs
    (:data:`STRUCTURE_MERGE`; :mod:`shared.dp_marginals`: m = d(d − 1)/2 tables,
@@ -48,6 +48,7 @@ from shared import dp_bayesnet as bn
 from shared import dp_marginals as dm
 from shared.errors import ConfigError, ModelError
 from shared.models import marginal_columns as mc
+from shared.models import marginal_grid as mg
 from shared.models.base import register_family
 from shared.models.release import ReleaseFamily
 
@@ -179,7 +180,7 @@ class MarginalGenerator(ReleaseFamily):
         else:
             parents = self._parents()
             margins = bn.table_margins(total, self.sizes, parents)
-            allowed = mc.support(self.columns, net.fine.cpu().numpy(), net.edges.cpu().numpy())
+            allowed = mg.support(self.columns, net.fine.cpu().numpy(), net.edges.cpu().numpy())
             tables = bn.fit_conditionals(
                 total, self.sizes, parents, margins, noise_std=noise_std, support=allowed
             )
@@ -198,8 +199,8 @@ class MarginalGenerator(ReleaseFamily):
         binned = [i for i, c in enumerate(self.columns) if c.binned]
         for k, i in enumerate(binned):
             noisy = total[1 + k * width : 1 + (k + 1) * width]
-            edges[i] = mc.quantile_edges(bn.norm_sub(noisy), self.bins)
-            fine[i] = mc.shape_tails(noisy, edges[i], noise_std=noise_std)
+            edges[i] = mg.quantile_edges(bn.norm_sub(noisy), self.bins)
+            fine[i] = mg.shape_tails(noisy, edges[i], noise_std=noise_std)
         net.rows.fill_(max(float(total[0]), 1.0))
         net.edges.copy_(torch.from_numpy(edges))
         net.fine.copy_(torch.from_numpy(fine))

@@ -16,10 +16,10 @@ The fine grid: a binned numeric column's range is cut into :data:`FINE` ·
 zero, are common in health data). A bin is a run of consecutive grid cells:
 ``edges[b] ≤ cell < edges[b + 1]``. Before any release the bins are equal-width
 (:func:`uniform_edges`); ``dp-marginal`` then releases every binned column's
-grid histogram and moves the edges to its noisy quantiles
-(:func:`quantile_edges`, post-processing), so that health values crowded in
-a small part of wide public bounds (creatinine 0.6–1.5 within 0.3–8 mg/dL)
-spread over all the bins instead of one or two. The edges are part of the
+grid histogram and moves the edges to its noisy quantiles (post-processing,
+:mod:`shared.models.marginal_grid`), so that health values crowded in a small
+part of wide public bounds (creatinine 0.6–1.5 within 0.3–8 mg/dL) spread over
+all the bins instead of one or two. The edges are part of the
 model, so every site codes its rows the same way.
 
 One row adds 1 to at most one cell of each binned column's grid histogram
@@ -31,20 +31,15 @@ the cell, or exactly the bound.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
-from scipy.optimize import isotonic_regression
 
-from shared.dp_bayesnet import norm_sub
 from shared.schema import Column
 from shared.transforms import SpanInfo, TableTransformer, mode_spans
 
 #: Grid cells per bin of a binned numeric column (finer grids place quantile
 #: edges more exactly but carry more noise per unit of mass).
 FINE = 8
-#: Significance (in noise stds) a tail block or a bound's own grid cell needs to be kept.
-TAIL_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -95,106 +90,13 @@ def uniform_edges(columns: list[Discrete], bins: int) -> np.ndarray:
     edges = np.zeros((len(columns), bins + 1), dtype=np.int64)
     for i, c in enumerate(columns):
         if c.binned:
-            edges[i] = _equal_width(bins)
+            edges[i] = equal_width(bins)
     return edges
 
 
-def _equal_width(bins: int) -> np.ndarray:
+def equal_width(bins: int) -> np.ndarray:
+    """Grid edges of ``bins`` equal-width bins (the first and last also hold a bound's cell)."""
     return np.array([0, *(1 + FINE * b for b in range(1, bins)), fine_width(bins)], np.int64)
-
-
-def quantile_edges(weights: np.ndarray, bins: int) -> np.ndarray:
-    """Edges of ``bins`` bins of about equal mass under non-negative grid ``weights``.
-
-    Every bin keeps at least one grid cell, so the edges rise strictly from 0 to
-    ``len(weights)``; with no mass at all the bins are equal-width.
-    """
-    width = len(weights)
-    cum = np.cumsum(np.asarray(weights, dtype=np.float64))
-    if cum[-1] <= 0:
-        return _equal_width(bins)
-    targets = cum[-1] * np.arange(1, bins) / bins
-    # Edge b: the first cell after the one where the mass reaches b/bins.
-    inner = np.searchsorted(cum, targets, side="left") + 1
-    edges = np.concatenate([[0], inner, [width]]).astype(np.int64)
-    for b in range(1, bins):  # at least one cell per bin, from the left ...
-        edges[b] = max(edges[b], edges[b - 1] + 1)
-    for b in range(bins - 1, 0, -1):  # ... and from the right
-        edges[b] = min(edges[b], edges[b + 1] - 1)
-    return edges
-
-
-def shape_tails(noisy: np.ndarray, edges: np.ndarray, *, noise_std: float) -> np.ndarray:
-    """Within-bin weights of one grid histogram, with the outer bins fitted monotone.
-
-    The first and last bins are the widest (they run from a quantile to a
-    public bound), so most of their grid cells hold no rows, only noise; the
-    positive part that :func:`shared.dp_bayesnet.norm_sub` keeps there would be
-    drawn as values far out in the tail, inflating the column's variance and
-    diluting its correlations. Their inner cells are fitted instead by
-    :func:`monotone_tail` (a density falling away from the bulk beyond the
-    outer quantiles, kept only while it stands out of the noise). A bound's own
-    cell (point mass at the minimum or maximum) keeps its count only above
-    :data:`TAIL_Z` noise stds. Inner bins keep ``norm_sub``'s weights.
-    Post-processing of the grid release.
-
-    Parameters
-    ----------
-    noisy : numpy.ndarray
-        The column's summed noisy grid histogram (``fine_width(bins)`` cells).
-    edges : numpy.ndarray
-        The column's bin edges over the grid (from :func:`quantile_edges`).
-    noise_std : float
-        Noise std per cell of ``noisy`` (0 without DP).
-    """
-    v = np.asarray(noisy, dtype=np.float64)
-    out = norm_sub(v)
-    last = len(v) - 1
-    first_bin = np.arange(min(int(edges[1]), last) - 1, 0, -1)  # from the bulk outwards
-    last_bin = np.arange(max(int(edges[-2]), 1), last)
-    for cells in (first_bin, last_bin):
-        out[cells] = monotone_tail(v[cells], noise_std=noise_std)
-    for bound in (0, last):
-        out[bound] = v[bound] if v[bound] > TAIL_Z * noise_std else 0.0
-    return out
-
-
-def monotone_tail(noisy: np.ndarray, *, noise_std: float) -> np.ndarray:
-    """Non-increasing, non-negative fit of noisy counts ordered from the bulk outwards.
-
-    Isotonic regression (``scipy.optimize.isotonic_regression``) pools the
-    counts into blocks of falling means, which averages the noise of empty
-    cells; walking outwards, the fit stops (zero from there on) at the first
-    block whose mean is not above :data:`TAIL_Z` times its noise std
-    ``noise_std / √length``, so pure noise leaves no tail behind.
-    """
-    v = np.asarray(noisy, dtype=np.float64)
-    out = np.zeros(len(v))
-    if len(v) == 0:
-        return out
-    fit = isotonic_regression(v, increasing=False)
-    starts = fit.blocks
-    for a, b in pairwise(starts):
-        if fit.x[a] <= TAIL_Z * noise_std / np.sqrt(b - a) or fit.x[a] <= 0:
-            break
-        out[a:b] = fit.x[a]
-    return out
-
-
-def support(columns: list[Discrete], fine: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
-    """Per column, which codes may be drawn: a bin whose grid cells all lost their mass may not.
-
-    Such a bin holds only noise in the later tables; drawn, it would be filled
-    uniformly over its (often wide, empty) range. Atoms, nulls, categories and
-    every code of a column with no grid mass at all stay allowed.
-    """
-    out = []
-    for i, c in enumerate(columns):
-        allowed = np.ones(c.size, dtype=bool)
-        if c.binned and fine[i].sum() > 0:
-            allowed[: c.values] = np.add.reduceat(fine[i], edges[i][:-1]) > 0
-        out.append(allowed)
-    return out
 
 
 def structure_maps(columns: list[Discrete], merge: int) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""dp-marginal's within-bin shapes: monotone outer bins and thresholded bounds."""
+"""dp-marginal's grid post-processing: quantile edges, monotone outer bins, support."""
 
 from __future__ import annotations
 
@@ -12,9 +12,24 @@ from shared import dp_bayesnet as bn
 from shared.config import ModelSettings
 from shared.models import build_generator
 from shared.models import marginal_columns as mc
+from shared.models import marginal_grid as mg
 from shared.schema import Schema
 from shared.tables import validate_frame
 from simulations.placement_release import fit_placement
+
+
+def test_quantile_edges_spread_crowded_values_over_all_bins() -> None:
+    bins, width = 4, mc.fine_width(4)
+    weights = np.zeros(width)
+    weights[10:14] = 25.0  # all the mass in 4 adjacent grid cells
+    edges = mg.quantile_edges(weights, bins)
+    assert edges.tolist() == [0, 11, 12, 13, width]  # one crowded cell per bin
+    uniform = mg.quantile_edges(np.ones(width), bins)
+    assert (np.diff(uniform) > 0).all() and np.diff(uniform).max() - np.diff(uniform).min() <= 1
+    columns = _family_columns(bins)  # y, then binned x
+    equal_width = mc.uniform_edges(columns, bins)
+    assert equal_width[0].tolist() == [0] * (bins + 1)
+    assert mg.quantile_edges(np.zeros(width), bins).tolist() == equal_width[1].tolist()
 
 
 def test_outer_bins_pool_noise_and_keep_only_what_stands_out() -> None:
@@ -25,7 +40,7 @@ def test_outer_bins_pool_noise_and_keep_only_what_stands_out() -> None:
     noisy[1:5] = [-10.0, 10.0, 30.0, 50.0]  # rising to the bulk; 10 is within 2 stds
     noisy[5:7] = [100.0, 80.0]
     noisy[7:17] = [30.0, -30.0] * 5  # noise in the wide last bin
-    out = mc.shape_tails(noisy, edges, noise_std=10.0)
+    out = mg.shape_tails(noisy, edges, noise_std=10.0)
     np.testing.assert_allclose(out[1:5], [0.0, 0.0, 30.0, 50.0])
     # Isotonic blocks by hand: 100 | 80 | 30 | eight cells of mean 0 (stop) | −30.
     np.testing.assert_allclose(out[5:17], [100.0, 80.0, 30.0, *[0.0] * 9])
@@ -37,12 +52,12 @@ def test_outer_bins_pool_noise_and_keep_only_what_stands_out() -> None:
 def test_a_long_faint_tail_is_kept_where_one_faint_cell_is_not() -> None:
     # A block of L cells of mean m is kept when m > 2 · σ / √L (σ = 10: 6.3 for L = 10).
     np.testing.assert_allclose(
-        mc.monotone_tail(np.array([100.0, *[8.0] * 10]), noise_std=10.0), [100.0, *[8.0] * 10]
+        mg.monotone_tail(np.array([100.0, *[8.0] * 10]), noise_std=10.0), [100.0, *[8.0] * 10]
     )
-    np.testing.assert_allclose(mc.monotone_tail(np.array([100.0, 8.0]), noise_std=10.0), [100, 0])
+    np.testing.assert_allclose(mg.monotone_tail(np.array([100.0, 8.0]), noise_std=10.0), [100, 0])
     # Without noise every positive block is kept.
     np.testing.assert_allclose(
-        mc.monotone_tail(np.array([5.0, 1.0, 0.0]), noise_std=0.0), [5, 1, 0]
+        mg.monotone_tail(np.array([5.0, 1.0, 0.0]), noise_std=0.0), [5, 1, 0]
     )
 
 
@@ -52,10 +67,10 @@ def test_bins_without_grid_mass_are_not_drawn() -> None:
     fine = np.zeros((len(columns), width))
     fine[1, 1:6] = 10.0  # x's mass only in its first bin
     edges = mc.uniform_edges(columns, bins)
-    allowed = mc.support(columns, fine, edges)
+    allowed = mg.support(columns, fine, edges)
     assert allowed[0].tolist() == [True, True]  # a categorical keeps every code
     assert allowed[1].tolist() == [True, False]
-    empty = mc.support(columns, np.zeros_like(fine), edges)
+    empty = mg.support(columns, np.zeros_like(fine), edges)
     assert empty[1].tolist() == [True, True]  # no grid mass at all: nothing is known
     sizes, parents = [2, 2], np.array([[-1, -1], [0, -1]])
     noisy = np.array([50.0, 50.0, 30.0, 20.0, 0.0, -5.0])  # y; then (y, x)
@@ -65,7 +80,7 @@ def test_bins_without_grid_mass_are_not_drawn() -> None:
     np.testing.assert_allclose(tables[1], [[1.0, 0.0], [0.0, 1.0]])
 
 
-def _family_columns() -> list[mc.Discrete]:
+def _family_columns(bins: int = 2) -> list[mc.Discrete]:
     schema = Schema.from_dict(
         {
             "fedsynth_schema_version": 1,
@@ -76,7 +91,7 @@ def _family_columns() -> list[mc.Discrete]:
             ],
         }
     )
-    fam = build_generator(schema, ModelSettings(generator="dp-marginal", marginal_bins=2))
+    fam = build_generator(schema, ModelSettings(generator="dp-marginal", marginal_bins=bins))
     return fam.columns  # type: ignore[attr-defined, no-any-return]
 
 
@@ -90,7 +105,7 @@ def test_outer_bins_are_monotone_inner_bins_keep_norm_sub(
 ) -> None:
     v = np.asarray(values)
     edges = np.array([0, *cut, len(v)])
-    out = mc.shape_tails(v, edges, noise_std=10.0)
+    out = mg.shape_tails(v, edges, noise_std=10.0)
     assert (out >= 0).all()
     assert (np.diff(out[1 : edges[1]]) >= -1e-9).all()  # rises towards the bulk
     assert (np.diff(out[edges[-2] : len(v) - 1]) <= 1e-9).all()  # falls away from it
