@@ -37,7 +37,7 @@ def test_outer_bins_pool_noise_and_keep_only_what_stands_out() -> None:
     edges = np.array([0, 5, width])
     noisy = np.zeros(width)
     noisy[0], noisy[-1] = 15.0, 100.0  # bounds: 15 < 2 · 10 is noise, 100 a point mass
-    noisy[1:5] = [-10.0, 10.0, 30.0, 50.0]  # rising to the bulk; 10 is within 2 stds
+    noisy[1:5] = [-10.0, 10.0, 30.0, 50.0]  # rising to the bulk; 10 is not above 1 std
     noisy[5:7] = [100.0, 80.0]
     noisy[7:17] = [30.0, -30.0] * 5  # noise in the wide last bin
     out = mg.shape_tails(noisy, edges, noise_std=10.0)
@@ -50,7 +50,7 @@ def test_outer_bins_pool_noise_and_keep_only_what_stands_out() -> None:
 
 
 def test_a_long_faint_tail_is_kept_where_one_faint_cell_is_not() -> None:
-    # A block of L cells of mean m is kept when m > 2 · σ / √L (σ = 10: 6.3 for L = 10).
+    # A block of L cells of mean m is kept when m > σ / √L (σ = 10: 3.2 for L = 10).
     np.testing.assert_allclose(
         mg.monotone_tail(np.array([100.0, *[8.0] * 10]), noise_std=10.0), [100.0, *[8.0] * 10]
     )
