@@ -15,7 +15,9 @@ the second release would fake in the table ``(Π, X)``
 only when its signal stands out of its noise. This replaces PrivBayes's
 θ-usefulness (rows per cell against noise), which assumes equal cells and so
 refused tables that are large but concentrated, such as two codings of the
-same variable (Adult's ``education`` and ``education_num``).
+same variable (Adult's ``education`` and ``education_num``). When the root is
+a prediction target, it stays a parent of every column it informs (the
+tree-augmented naive Bayes of :func:`select_network`).
 
 Conditional tables (the second release): each site releases the d tables
 ``(parents…, X)`` of the chosen network; one row adds 1 to one cell of each,
@@ -105,12 +107,12 @@ def select_network(
         Domain size of each column.
     root : int
         First column (no parents).
-    target : bool
-        Whether ``root`` is the prediction target (tree-augmented naive Bayes).
     total : float
         Estimated row count N (a DP estimate).
     cell_noise_std : float
         Noise std per cell of the second release's summed tables (0 without DP).
+    target : bool
+        Whether ``root`` is the prediction target (tree-augmented naive Bayes).
 
     Returns
     -------
