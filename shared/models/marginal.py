@@ -195,12 +195,11 @@ class MarginalGenerator(ReleaseFamily):
         net = self.net
         width = mc.fine_width(self.bins)
         edges = mc.uniform_edges(self.columns, self.bins)
-        fine = np.zeros((len(self.columns), width))  # an empty bin samples uniformly
+        fine = np.zeros((len(self.columns), width))  # unbinned columns: unused
         binned = [i for i, c in enumerate(self.columns) if c.binned]
         for k, i in enumerate(binned):
             noisy = total[1 + k * width : 1 + (k + 1) * width]
-            edges[i] = mg.quantile_edges(bn.norm_sub(noisy), self.bins)
-            fine[i] = mg.shape_tails(noisy, edges[i], noise_std=noise_std)
+            edges[i], fine[i] = mg.fit_grid(noisy, self.bins, noise_std=noise_std)
         net.rows.fill_(max(float(total[0]), 1.0))
         net.edges.copy_(torch.from_numpy(edges))
         net.fine.copy_(torch.from_numpy(fine))

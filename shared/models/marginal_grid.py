@@ -5,8 +5,9 @@ binned numeric column over its fine grid (:mod:`shared.models.marginal_columns`)
 The server puts the bin edges at the histogram's quantiles
 (:func:`quantile_edges`), fits the within-bin weights used to draw values
 (:func:`shape_tails`: the two wide outer bins by a monotone fit,
-:func:`monotone_tail`) and marks the bins left with no mass, which later
-stages never draw (:func:`support`). All of it reads only the noisy release.
+:func:`monotone_tail`; :func:`fit_grid` does both) and marks the bins left
+with no mass, which later stages never draw (:func:`support`). All of it
+reads only the noisy release.
 """
 
 from __future__ import annotations
@@ -72,7 +73,23 @@ def shape_tails(noisy: np.ndarray, edges: np.ndarray, *, noise_std: float) -> np
         Noise std per cell of ``noisy`` (0 without DP).
     """
     v = np.asarray(noisy, dtype=np.float64)
-    out = norm_sub(v)
+    return _shaped(v, norm_sub(v), edges, noise_std)
+
+
+def fit_grid(noisy: np.ndarray, bins: int, *, noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges at the noisy histogram's quantiles and the within-bin weights for them.
+
+    Norm-Sub is computed once: the edges use it, and so do the inner bins'
+    weights (:func:`shape_tails`).
+    """
+    v = np.asarray(noisy, dtype=np.float64)
+    base = norm_sub(v)
+    edges = quantile_edges(base, bins)
+    return edges, _shaped(v, base, edges, noise_std)
+
+
+def _shaped(v: np.ndarray, base: np.ndarray, edges: np.ndarray, noise_std: float) -> np.ndarray:
+    out = base.copy()
     last = len(v) - 1
     first_bin = np.arange(min(int(edges[1]), last) - 1, 0, -1)  # from the bulk outwards
     last_bin = np.arange(max(int(edges[-2]), 1), last)
