@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from client.errors import SiteConfigError
-from client.ledger import PrivacyLedger
+from client.ledger import PrivacyLedger, anchor_path_for
 from client.settings import SiteSettings
 from shared.runtime import FlowerRuntime, flower_bin, free_port, stop_process, write_toml_table
 from shared.schema import Schema
@@ -59,6 +59,17 @@ def preflight(site: SiteSettings) -> str:
     """
     schema = Schema.load(site.schema_path)
     frame = load_table(site.data_path, schema)
+    rows = f"site {site.site_name}: {len(frame)} rows valid against schema {schema.name!r} "
+    rows += f"({schema.fingerprint()[:12]})"
+    if not site.ledger_path.exists() and not anchor_path_for(site.ledger_path).exists():
+        # A check creates nothing: a mistyped --state-dir must not leave an empty
+        # ledger folder that a later run would take for this site's.
+        return (
+            f"{rows}; NO privacy ledger at {site.ledger_path}: the first round will start one "
+            f"with the full budget ε={site.budget_epsilon:g}. If this site has trained "
+            "before, its ledger is elsewhere: use the same --state-dir and --site-name as then"
+        )
+    # Opening an existing ledger (or a lone anchor, which fails closed) writes nothing.
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name)
     spent = ledger.epsilon(delta=site.budget_delta)
     if spent >= site.budget_epsilon:
@@ -69,9 +80,9 @@ def preflight(site: SiteSettings) -> str:
             site.budget_epsilon,
         )
     return (
-        f"site {site.site_name}: {len(frame)} rows valid against schema {schema.name!r} "
-        f"({schema.fingerprint()[:12]}); ε spent {spent:.4f} of {site.budget_epsilon:g} "
-        f"(δ={site.budget_delta:g}); ledger {site.ledger_path}"
+        f"{rows}; ε spent {spent:.4f} of {site.budget_epsilon:g} "
+        f"(δ={site.budget_delta:g}) over {len(ledger.entries)} recorded release(s); "
+        f"ledger {site.ledger_path}"
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from client.cli import add_site_options
 from client.doctor_connect import Finding, check_ca, check_server, check_site_key
-from client.errors import LedgerError
+from client.errors import LedgerError, LedgerSiteMismatchError
 from client.ledger import PrivacyLedger, anchor_path_for
 from client.settings import LEDGER_FILE
 from shared.errors import FedsynthError
@@ -108,11 +108,12 @@ def check_ledger(
         ledger = PrivacyLedger.open(ledger_path, site=site)
         spent = ledger.epsilon(delta=budget_delta)
     except FedsynthError as exc:
-        fix = (
-            "restore the newest ledger and its .anchor from backup; never delete or edit them"
-            if isinstance(exc, LedgerError)
-            else "check --budget-delta and the ledger"
-        )
+        if isinstance(exc, LedgerSiteMismatchError):
+            fix = "pass the site's own --site-name, or point --state-dir at its own ledger"
+        elif isinstance(exc, LedgerError):
+            fix = "restore the newest ledger and its .anchor from backup; never delete or edit them"
+        else:
+            fix = "check --budget-delta and the ledger"
         return Finding("ledger", "fail", str(exc), fix)
     left = budget_epsilon - spent
     summary = (

@@ -21,5 +21,9 @@ class LedgerError(SiteError):
     """The privacy ledger is missing, corrupt, rolled back or locked. Training stops (fail closed)."""
 
 
+class LedgerSiteMismatchError(LedgerError):
+    """The ledger found at the state folder was written by a site of another name."""
+
+
 class BudgetExhaustedError(SiteError):
     """The planned steps would take the site's cumulative ε past its total budget."""

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from client.errors import BudgetExhaustedError, LedgerError
+from client.errors import BudgetExhaustedError, LedgerError, LedgerSiteMismatchError
 from shared.accounting import ACCOUNTANTS, Mechanism, epsilon_of
 from shared.errors import AccountingError
 
@@ -180,9 +180,11 @@ class PrivacyLedger:
         except (KeyError, TypeError, AccountingError) as exc:
             raise self._corrupt(f"bad entry: {exc}") from None
         if stored_site != self.site:
-            raise LedgerError(
-                f"privacy ledger {self.path} belongs to site {stored_site!r}, not {self.site!r}; "
-                "point this site at its own ledger"
+            raise LedgerSiteMismatchError(
+                f"privacy ledger {self.path} belongs to site {stored_site!r}, not {self.site!r}. "
+                f"If this is that site's ledger, pass --site-name {stored_site} (the name "
+                "defaults to the data file's stem); otherwise point --state-dir at this "
+                "site's own ledger folder"
             )
         self.entries = entries
 

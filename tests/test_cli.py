@@ -72,6 +72,48 @@ def test_client_preflight_refuses_bad_data_before_connecting(
     assert not (tmp_path / "state" / "privacy_ledger.json").exists()
 
 
+def _check(table: Path, schema: Path, state: Path, *extra: str) -> int:
+    args = ["client", "--data", str(table), "--schema", str(schema), "--budget-epsilon", "3"]
+    return main([*args, "--state-dir", str(state), "--check", *extra])
+
+
+def test_client_check_without_a_ledger_says_so_and_creates_nothing(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, schema = files
+    state = tmp_path / "mistyped" / "state"
+
+    assert _check(table, schema, state) == 0
+
+    out = capsys.readouterr().out
+    assert f"NO privacy ledger at {state / 'privacy_ledger.json'}" in out
+    assert "same --state-dir and --site-name" in out
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_client_check_reports_the_spend_and_a_wrong_site_name(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.ledger import PrivacyLedger
+
+    table, schema = files
+    state = tmp_path / "state"
+    ledger = PrivacyLedger.open(state / "privacy_ledger.json", site="hospital-a")
+    ledger.record(
+        run="r", server_round=1, noise_multiplier=1.1, sample_rate=0.01, steps=100,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+    spent = ledger.epsilon(delta=1e-5)
+
+    assert _check(table, schema, state, "--site-name", "hospital-a") == 0
+    assert f"ε spent {spent:.4f} of 3" in capsys.readouterr().out
+
+    assert _check(table, schema, state) == 2  # the name defaults to the table's stem
+    err = capsys.readouterr().err
+    assert "belongs to site 'hospital-a', not 'site'" in err
+    assert "pass --site-name hospital-a" in err
+
+
 def test_schema_draft_warns_about_private_rows(
     files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -324,3 +324,10 @@ def test_cli_exit_code_1_on_failure(
     assert args.handler(args) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "fix:" in out and "NOT ready" in out
+
+
+def test_ledger_of_another_site_names_the_site_name_fix(tmp_path: Path) -> None:
+    _ledger_with_spend(tmp_path, steps=10)
+    finding = check_ledger(tmp_path, site="cohort", budget_epsilon=3, budget_delta=1e-5)
+    assert finding.status == "fail" and f"belongs to site '{SITE}'" in finding.message
+    assert "--site-name" in finding.fix and "backup" not in finding.fix
