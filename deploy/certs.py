@@ -176,7 +176,12 @@ def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:
     out = Path(folder)
     priv, pub = out / f"{site}.key", out / f"{site}.pub"
     if priv.exists() or pub.exists():
-        raise CertificateError(f"{priv} already exists; a site keeps one identity key")
+        raise CertificateError(
+            f"{priv} already exists; a site keeps one identity key. To rotate it, write the "
+            f"new key to another folder (--out {out}-new), then have the coordinator run "
+            f"`fedsynth server sites remove {site}` and `sites add {site} --key` with the new "
+            ".pub, and start the client with the new .key"
+        )
     key = ec.generate_private_key(CURVE)
     _write_private(
         priv,

@@ -116,9 +116,13 @@ def register_site(rt: FlowerRuntime, name: str, public_key: str) -> int:
     cmd = [flower_bin("flwr"), "supernode", "register", str(key_file), CONNECTION]
     res = rt.run([*cmd, "--name", name, "--format", "json"])
     try:
-        node_id = int(json.loads(res.stdout)["node-id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DeploymentError(f"registering site {name} gave no node id ({exc})") from None
+        doc = json.loads(res.stdout)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("node-id"), int):
+        said = doc.get("error-message") if isinstance(doc, dict) else res.stdout.strip()
+        raise DeploymentError(f"the SuperLink did not register site {name}: {said or 'no reply'}")
+    node_id = int(doc["node-id"])
     log.info("registered site %s (node %d)", name, node_id)
     return node_id
 
@@ -148,6 +152,10 @@ class RegistryFollower(threading.Thread):
         super().__init__(daemon=True)
         self.rt, self.opts, self.interval = rt, opts, interval
         self.keys, self.nodes = dict(registered), dict(nodes)
+        # Flower's SuperLink keeps an unregistered node's key for its lifetime and
+        # refuses to register it again, so a revoked key is told once, not retried.
+        self.revoked: set[str] = set()
+        self._told: set[tuple[str, str]] = set()
         self._halt = threading.Event()  # not `_stop`: Thread uses that name itself
 
     def sync(self) -> None:
@@ -162,8 +170,22 @@ class RegistryFollower(threading.Thread):
                 cmd = [flower_bin("flwr"), "supernode", "unregister", str(self.nodes[name])]
                 self.rt.run([*cmd, CONNECTION])
                 log.warning("site %s was removed from the registry: unregistered", name)
+                self.revoked.add(self.keys[name])
                 del self.nodes[name], self.keys[name]
         for name in sorted(set(wanted) - set(self.nodes)):
+            if wanted[name] in self.revoked:
+                if (name, wanted[name]) not in self._told:
+                    self._told.add((name, wanted[name]))
+                    log.error(
+                        "site %s was re-added with the key it had when it was removed; this "
+                        "SuperLink never accepts a revoked key again. Either the site makes a "
+                        "new key (`fedsynth certs site --name %s --out NEW_FOLDER`) and you "
+                        "re-add it with that .pub, or the site joins the next run (restart "
+                        "`fedsynth server`)",
+                        name,
+                        name,
+                    )
+                continue
             self.nodes[name] = register_site(self.rt, name, wanted[name])
             self.keys[name] = wanted[name]
 

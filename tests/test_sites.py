@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from deploy.certs import create_site_key, public_key_fingerprint
 from fedsynth.cli import main
-from server.deploy import RegistryFollower, ServerOptions
+from server.deploy import RegistryFollower, ServerOptions, register_site
 from server.errors import DeploymentError, SiteRegistryError
 from server.sites import SiteRegistry
 
@@ -166,3 +167,39 @@ def test_a_running_server_follows_removals_additions_and_key_changes(
     assert rt.commands[2][rt.commands[2].index("--name") + 1] == "hospital-b"
     assert follower.nodes == {"hospital-b": 103}  # ids 101, 102 went to the unregister calls
     assert not follower.is_alive()
+
+
+def test_a_site_readded_with_its_revoked_key_is_told_once_and_not_retried(
+    tmp_path: Path, keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: hospital-a registered as node 7, then removed from the registry.
+    state = tmp_path / "state"
+    reg = SiteRegistry(state)
+    reg.add("hospital-a", keys / "hospital-a.pub")
+    opts = ServerOptions(certs=None, state_dir=state)
+    rt = RecordingRuntime(tmp_path)
+    follower = RegistryFollower(rt, opts, opts.admitted(), {"hospital-a": 7})  # type: ignore[arg-type]
+    reg.remove("hospital-a")
+    follower.sync()
+
+    # Execute: the operator re-adds it with the same key; the follower polls three times.
+    reg.add("hospital-a", keys / "hospital-a.pub")
+    with caplog.at_level(logging.ERROR, logger="fedsynth.server"):
+        for _ in range(3):
+            follower.sync()
+
+    # Assert: no register attempt (the SuperLink would refuse the key), one clear message.
+    assert [c[2] for c in rt.commands] == ["unregister"]
+    told = [r.getMessage() for r in caplog.records if "revoked key" in r.getMessage()]
+    assert len(told) == 1 and "fedsynth certs site --name hospital-a" in told[0]
+    assert follower.nodes == {}
+
+
+def test_a_refused_registration_names_the_superlinks_reason(tmp_path: Path) -> None:
+    class Refusing(RecordingRuntime):
+        def run(self, args: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+            out = json.dumps({"success": False, "error-message": "Public key already in use"})
+            return subprocess.CompletedProcess(args, 1, out, "")
+
+    with pytest.raises(DeploymentError, match="did not register site h-1: Public key already"):
+        register_site(Refusing(tmp_path), "h-1", "ecdsa-sha2-nistp384 AAAA")  # type: ignore[arg-type]
