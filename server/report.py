@@ -237,8 +237,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     insecure = [s["site"] for s in report["sites"] if not s["secure_mode"]]
     warn = (
         f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
-        "fast pseudo-random generator (seeded from the site's secret OS randomness). Turn it "
-        "on (`secure-mode = true`) for production releases.\n"
+        "fast pseudo-random generator (seeded from the site's secret OS randomness). For "
+        "production releases each site turns it on: `fedsynth client --secure-mode` (in the "
+        "systemd unit, `FEDSYNTH_EXTRA_ARGS=--secure-mode`; needs `torchcsprng`).\n"
         if insecure
         else ""
     )

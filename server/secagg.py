@@ -270,6 +270,8 @@ def secure_round(
         replies = opened.send_inputs(grid, keys.SECAGG_TRAIN, train, timeout)
         parsed = strategy.parse_replies(server_round, replies.values(), masked=True)
         masked = {index[r.node_id]: r.masked for r in parsed if r.masked is not None}
+        if len(masked) < strategy.min_sites:  # name the declines before the protocol aborts
+            strategy.check_quorum(server_round, parsed, len(masked))
         survivors = opened.proto.collect_masked(masked)
         strategy.check_quorum(server_round, parsed, len(survivors))
         total = opened.unmask(grid, survivors, timeout)

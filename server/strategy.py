@@ -188,7 +188,9 @@ class SiteAveraging(FedAvg):
                 f"round {server_round}: only {n_updates} valid site update(s), fewer than the "
                 f"minimum of {self.min_sites}; nothing was aggregated for this round."
                 + (f" Declines: {declined}" if declined else " Missing sites timed out or failed.")
-                + " Fix the sites and rerun with the same --out to resume from the last checkpoint."
+                + " Fix the sites and rerun with the same --out to resume from the last checkpoint"
+                + " (a site whose budget is spent never trains again: remove it with `fedsynth"
+                + " server sites remove NAME`, or lower --min-sites)."
             )
         if n_updates < len(parsed) or n_updates == 1:
             log.warning("round %d: aggregating %d site update(s)", server_round, n_updates)

@@ -261,3 +261,27 @@ def test_site_without_protocol_state_refuses_before_charging_its_ledger(
 
     assert reply.has_error() and "no secure aggregation state" in reply.error.reason
     assert not (tmp_path / "run" / "sites" / "site-0" / "state" / "privacy_ledger.json").exists()
+
+
+def test_a_site_out_of_budget_is_named_when_the_secure_round_fails(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    # Prepare: sites 0 and 1 already spent more than the run's ε in an earlier run, so
+    # one masked update arrives, under the protocol's threshold of 2.
+    from client.ledger import PrivacyLedger
+    from client.settings import LEDGER_FILE
+
+    settings, cfg = make_run(
+        sites_template, tmp_path / "run", **{"secure-aggregation": True, "min-sites": 3}
+    )
+    for site in ("site-0", "site-1"):
+        state_dir = Path(cfg["sites-dir"]) / site / "state"
+        ledger = PrivacyLedger.open(state_dir / LEDGER_FILE, site=site)
+        ledger.record(
+            run="earlier", server_round=1, noise_multiplier=0.6, sample_rate=0.5, steps=400,
+            max_grad_norm=1.0,
+        )  # fmt: skip
+
+    # Execute / Assert: the failure names the declines and the way out, not a dropout.
+    with pytest.raises(RoundFailedError, match=r"Declines: site-0: .*site-1: .*sites remove NAME"):
+        run_federation(InProcessGrid(cfg), settings)
