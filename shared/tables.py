@@ -47,7 +47,7 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     src = str(p)
     if not p.is_file():
-        raise DataValidationError(src, ["file not found; check the site's data path"])
+        raise DataValidationError(src, [f"file not found; check the path ({p.resolve()})"])
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):

@@ -105,7 +105,7 @@ def test_rebalance_gives_equal_counts(trained: GeneratorFamily) -> None:
 @pytest.mark.parametrize(
     ("conditions", "rebalance", "message"),
     [
-        ({"nope": "x"}, None, "cannot condition on 'nope': not a column"),
+        ({"nope": "x"}, None, r"'nope': not a column .* categorical columns are 'sex', "),
         ({"sex": "other"}, None, r"cannot condition on sex='other': not a category"),
         ({"age": "50"}, None, "'age': it is integer; only categorical"),
         ({}, "ldl_12m", "'ldl_12m': it is continuous"),
@@ -197,3 +197,10 @@ def test_cli_bad_condition_is_one_clear_message(
     code = main(["sample", "--model", str(tmp_path / "model"), "--n", "5", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_long_choice_lists_say_how_many_were_left_out() -> None:
+    from shared.models.sampling import _listed
+
+    assert _listed(["a", "b"]) == "'a', 'b'"
+    assert _listed([str(i) for i in range(25)], limit=3) == "'0', '1', '2' and 22 more"

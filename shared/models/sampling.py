@@ -39,6 +39,12 @@ MAX_CANDIDATES_PER_ROW = 100
 Draw = Callable[[int], RowDistribution]
 
 
+def _listed(names: list[str], limit: int = 20) -> str:
+    """``names`` for an error message, saying how many were left out."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def check_conditions(
     schema: Schema, conditions: Mapping[str, str] | None, rebalance: str | None
 ) -> dict[str, str]:
@@ -46,9 +52,10 @@ def check_conditions(
     conds = dict(conditions or {})
     for name, value in [*conds.items(), *([(rebalance, None)] if rebalance else [])]:
         if name not in schema.names:
+            choices = [c.name for c in schema.columns if not c.is_numeric]
             raise ConfigError(
                 f"cannot condition on {name!r}: not a column of schema {schema.name!r}; "
-                f"use one of {schema.names[:10]}"
+                f"the categorical columns are {_listed(choices)}"
             )
         col = schema.column(name)
         if col.is_numeric:
@@ -59,7 +66,7 @@ def check_conditions(
         if value is not None and value not in col.categories:
             raise ConfigError(
                 f"cannot condition on {name}={value!r}: not a category of {name!r}; "
-                f"use one of {list(col.categories)[:10]}"
+                f"use one of {_listed(list(col.categories))}"
             )
     if rebalance and rebalance in conds:
         raise ConfigError(f"{rebalance!r} is both conditioned on and rebalanced; choose one")
