@@ -82,13 +82,7 @@ def create_server_credentials(
     days : int
         Validity of both certificates.
     """
-    if not hosts:
-        raise CertificateError(
-            "give at least one host name or IP address for the server certificate"
-        )
-    # `fedsynth server` submits the run to its own SuperLink over loopback (TLS), so
-    # the certificate must be valid there too.
-    hosts = [*hosts, *(h for h in LOOPBACK_HOSTS if h not in hosts)]
+    hosts = _with_loopback(hosts)
     out = Path(folder)
     creds = ServerCredentials(
         out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"
@@ -136,6 +130,33 @@ def create_server_credentials(
         )
         .sign(ca_key, hashes.SHA384())
     )
+    srv_key, srv_cert = _server_certificate(ca_key, ca_name, hosts, **valid)
+    _write_private(creds.ca_key, _pem_private(ca_key))
+    creds.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(creds.server_key, _pem_private(srv_key))
+    creds.server_cert.write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
+    return creds
+
+
+def _with_loopback(hosts: list[str]) -> list[str]:
+    if not hosts:
+        raise CertificateError(
+            "give at least one host name or IP address for the server certificate"
+        )
+    # `fedsynth server` submits the run to its own SuperLink over loopback (TLS), so
+    # the certificate must be valid there too.
+    return [*hosts, *(h for h in LOOPBACK_HOSTS if h not in hosts)]
+
+
+def _server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    hosts: list[str],
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh SuperLink key and its certificate for ``hosts``, signed by the CA."""
     srv_key = ec.generate_private_key(CURVE)
     srv_cert = (
         x509.CertificateBuilder()
@@ -143,8 +164,8 @@ def create_server_credentials(
         .issuer_name(ca_name)
         .public_key(srv_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_before"])
-        .not_valid_after(valid["not_after"])
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(_san(hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -153,11 +174,61 @@ def create_server_credentials(
         )
         .sign(ca_key, hashes.SHA384())
     )
-    _write_private(creds.ca_key, _pem_private(ca_key))
-    creds.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return srv_key, srv_cert
+
+
+def renew_server_certificate(
+    folder: str | Path, *, hosts: list[str], days: int = 825
+) -> tuple[ServerCredentials, dt.datetime]:
+    """Issue a new SuperLink key and certificate from the existing CA in ``folder``.
+
+    The CA does not change, so the sites keep their ``ca.crt``. The old
+    ``server.pem`` and ``server.key`` are kept as ``*.replaced-<UTC time>``. The new
+    certificate ends no later than the CA does.
+
+    Returns
+    -------
+    (ServerCredentials, datetime)
+        The paths, and when the new certificate expires.
+
+    Raises
+    ------
+    CertificateError
+        If the CA files are missing or unreadable, or the CA has expired.
+    """
+    hosts = _with_loopback(hosts)
+    out = Path(folder)
+    creds = ServerCredentials(
+        out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"
+    )
+    try:
+        ca_cert = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(creds.ca_key.read_bytes(), None)  # unencrypted
+    except (OSError, ValueError) as exc:
+        raise CertificateError(
+            f"cannot read the CA in {out} ({exc}); renewal needs that folder's ca.crt and "
+            "ca.key (from `fedsynth certs server`)"
+        ) from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{creds.ca_key} is not an EC private key")
+    now = dt.datetime.now(dt.UTC)
+    if ca_cert.not_valid_after_utc <= now:
+        raise CertificateError(
+            f"the CA in {creds.ca_cert} expired on {ca_cert.not_valid_after_utc:%Y-%m-%d}: make "
+            "a new one with `fedsynth certs server --out NEW_FOLDER` and send its ca.crt to "
+            "every site"
+        )
+    end = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    srv_key, srv_cert = _server_certificate(
+        ca_key, ca_cert.subject, hosts, not_before=now - dt.timedelta(minutes=5), not_after=end
+    )
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    for path in (creds.server_cert, creds.server_key):
+        if path.exists():
+            path.replace(path.with_name(f"{path.name}.replaced-{stamp}"))
     _write_private(creds.server_key, _pem_private(srv_key))
     creds.server_cert.write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
-    return creds
+    return creds, end
 
 
 def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:

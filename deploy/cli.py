@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from deploy.certs import create_server_credentials, create_site_key, public_key_fingerprint
+from deploy.certs import (
+    create_server_credentials,
+    create_site_key,
+    public_key_fingerprint,
+    renew_server_certificate,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         default=None,
         help="host name or IP sites connect to (repeatable; default 127.0.0.1, localhost)",
+    )
+    s.add_argument(
+        "--renew",
+        action="store_true",
+        help="new server key and certificate from the CA already in --out (sites keep ca.crt)",
     )
     s.set_defaults(handler=_server)
     k = ss.add_parser(
@@ -41,7 +51,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _server(args: argparse.Namespace) -> int:
-    creds = create_server_credentials(args.out, hosts=args.host or ["127.0.0.1", "localhost"])
+    hosts = args.host or ["127.0.0.1", "localhost"]
+    if args.renew:
+        renewed, end = renew_server_certificate(args.out, hosts=hosts)
+        print(
+            f"wrote {renewed.server_cert} and {renewed.server_key}, valid until {end:%Y-%m-%d} "
+            "(the old ones are kept as *.replaced-*); restart `fedsynth server` to use them. "
+            "The CA is unchanged: the sites need nothing new"
+        )
+        return 0
+    creds = create_server_credentials(args.out, hosts=hosts)
     print(
         f"wrote {creds.ca_cert} (give to every site), {creds.server_cert}, {creds.server_key}, "
         f"{creds.ca_key} (keep offline)"

@@ -8,12 +8,15 @@ run is submitted. The ServerApp is the same one ``fedsynth simulate`` runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from server.errors import DeploymentError
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
@@ -23,6 +26,8 @@ from shared.runtime import FlowerRuntime, flower_bin
 from shared.schema import Schema
 
 log = logging.getLogger("fedsynth.server")
+#: Days before the server certificate ends from which each start warns.
+RENEW_WARN_DAYS = 30
 CONNECTION = "consortium"
 
 
@@ -91,6 +96,7 @@ def superlink_command(opts: ServerOptions) -> list[str]:
         raise DeploymentError(
             f"missing TLS file(s) {missing}; create them with `fedsynth certs server`"
         )
+    check_server_certificate(files["server.pem"])
     if not opts.admitted():
         raise DeploymentError(
             "no site is registered: `fedsynth server sites add NAME --key NAME.pub "
@@ -106,6 +112,23 @@ def superlink_command(opts: ServerOptions) -> list[str]:
         str(files["server.key"]),
         "--enable-supernode-auth",
     ]
+
+
+def check_server_certificate(
+    path: Path, *, warn_days: int = RENEW_WARN_DAYS, now: dt.datetime | None = None
+) -> None:
+    """Refuse an expired SuperLink certificate; warn when it ends within ``warn_days``."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise DeploymentError(f"{path} is not a PEM certificate ({exc})") from None
+    end = cert.not_valid_after_utc
+    renew = f"renew it from the same CA: `fedsynth certs server --renew --out {path.parent}`"
+    left = end - (now or dt.datetime.now(dt.UTC))
+    if left <= dt.timedelta(0):
+        raise DeploymentError(f"the server certificate {path} expired on {end:%Y-%m-%d}; {renew}")
+    if left < dt.timedelta(days=warn_days):
+        log.warning("the server certificate %s ends on %s; %s", path, f"{end:%Y-%m-%d}", renew)
 
 
 def register_site(rt: FlowerRuntime, name: str, public_key: str) -> int:
