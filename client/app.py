@@ -133,9 +133,22 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.train(keys.SECAGG_SETUP)
 def secagg_setup(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 1 (see :mod:`client.secagg`)."""
+    """Secure aggregation, stage 1 (see :mod:`client.secagg`).
+
+    When the set-up announces a training round, a site that could not afford it
+    refuses here, before any site trains (:mod:`client.precheck`).
+    """
     setup_logging()
-    return secagg.handle_setup(msg, context)
+
+    def affordable() -> None:
+        from client.precheck import check_round_budget
+
+        site = SiteSettings.from_context(context.node_config, context.run_config)
+        train = TrainSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG]))
+        check_round_budget(site, train)
+
+    announced = keys.TRAIN_CONFIG in msg.content
+    return secagg.handle_setup(msg, context, affordable if announced else None)
 
 
 @app.train(keys.SECAGG_SHARE_KEYS)

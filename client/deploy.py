@@ -66,7 +66,7 @@ def preflight(site: SiteSettings) -> str:
         # ledger folder that a later run would take for this site's.
         return (
             f"{rows}; NO privacy ledger at {site.ledger_path}: the first round will start one "
-            f"with the full budget ε={site.budget_epsilon:g}. If this site has trained "
+            f"with the full budget ε={site.budget_epsilon:g}. If this site has taken part "
             "before, its ledger is elsewhere: use the same --state-dir and --site-name as then"
         )
     # Opening an existing ledger (or a lone anchor, which fails closed) writes nothing.

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from client.precheck import REPLAY_RECORD as RECORD
 from shared.config import TrainSettings
 from shared.errors import ModelError
 from shared.manifest import atomic_write_bytes, load_state, save_state
 
 log = logging.getLogger("fedsynth.client")
 StateDict = dict[str, torch.Tensor]
-RECORD = "last_update.json"
 WEIGHTS = "last_update.pt"
 
 
@@ -56,6 +56,7 @@ class SentUpdate:
     update: StateDict
     clipped: bool
     steps: int
+    config: str = ""  # client.precheck.config_digest of the round it answered
 
 
 class ReplayStore:
@@ -86,5 +87,11 @@ class ReplayStore:
     def save(self, sent: SentUpdate) -> None:
         """Remember ``sent`` (weights first, then the record pointing at them)."""
         sha = save_state(self.weights, sent.update)
-        doc = {"request": sent.digest, "sha256": sha, "clipped": sent.clipped, "steps": sent.steps}
+        doc = {
+            "request": sent.digest,
+            "config": sent.config,
+            "sha256": sha,
+            "clipped": sent.clipped,
+            "steps": sent.steps,
+        }
         atomic_write_bytes(self.record, json.dumps(doc).encode())

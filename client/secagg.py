@@ -82,9 +82,17 @@ def _refuse(msg: Message, exc: Exception) -> Message:
     return Message(Error(code=ERROR_CODE, reason=str(exc)), reply_to=msg)
 
 
-def handle_setup(msg: Message, context: Context) -> Message:
-    """Stage 1: draw this round's keys and seed; reply with the two public keys."""
+def handle_setup(
+    msg: Message, context: Context, precheck: Callable[[], None] | None = None
+) -> Message:
+    """Stage 1: draw this round's keys and seed; reply with the two public keys.
+
+    ``precheck`` runs first; its :class:`FedsynthError` refuses the round (e.g. a
+    site that cannot afford the announced training drops out before anyone trains).
+    """
     try:
+        if precheck is not None:
+            precheck()
         cfg = _config(msg)
         me = site_setup(cast(int, cfg[keys.SA_INDEX]))
     except (FedsynthError, KeyError, ValueError) as exc:

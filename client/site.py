@@ -30,6 +30,7 @@ import torch
 
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
+from client.precheck import config_digest
 from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
@@ -211,7 +212,7 @@ def _train_round(
     new_state = family.state_dict()
     update = {k: (new_state[k].cpu() - global_state[k].cpu()) for k in global_state}
     update, clipped = clip_update(update, train.update_clip_norm)
-    replay.save(SentUpdate(digest, update, clipped, stats.steps))
+    replay.save(SentUpdate(digest, update, clipped, stats.steps, config_digest(train)))
     log.info(
         "site %s round %d: %d DP steps on %s in %.1fs, cumulative ε=%.4f",
         site.site_name,

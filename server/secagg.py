@@ -39,6 +39,7 @@ from shared.secagg import (
     SecAggAbortedError,
     SecAggError,
     ServerRound,
+    SetupRefusedError,
     UnmaskShares,
     required_threshold,
 )
@@ -71,9 +72,16 @@ class SecureRoundInfo:
 
 
 def _stage(
-    grid: Grid, action: str, contents: dict[int, RecordDict], timeout: float
+    grid: Grid,
+    action: str,
+    contents: dict[int, RecordDict],
+    timeout: float,
+    refusals: dict[int, str] | None = None,
 ) -> dict[int, Message]:
-    """Send one message per node and return the error-free replies by node id."""
+    """Send one message per node and return the error-free replies by node id.
+
+    Each error reply's reason goes into ``refusals`` (node id → reason) when given.
+    """
     msgs = [
         Message(content=c, dst_node_id=nid, message_type=f"train.{action}")
         for nid, c in contents.items()
@@ -84,6 +92,8 @@ def _stage(
             log.warning(
                 "%s: node %d failed: %s", action, rep.metadata.src_node_id, rep.error.reason
             )
+            if refusals is not None:
+                refusals[rep.metadata.src_node_id] = rep.error.reason or "no reason given"
         else:
             out[rep.metadata.src_node_id] = rep
     return out
@@ -193,11 +203,19 @@ def open_round(
     label: str,
     params: dict[str, object],
     timeout: float,
+    announce: dict[str, ConfigRecord] | None = None,
+    min_accepted: int = 0,
 ) -> OpenRound:
     """Stages 1 and 2 with fresh keys; ``params`` are extra public fields of stage 1.
 
+    ``announce`` adds records to the stage-1 message (a training round's config, so
+    a site that cannot afford it refuses before anyone trains).
+
     Raises
     ------
+    SetupRefusedError
+        Sites refused the set-up and fewer than ``threshold`` (or ``min_accepted``)
+        accepted: no site has computed anything yet. The message names the refusals.
     SecAggError
         Fewer than ``threshold`` sites answered a stage.
     """
@@ -211,12 +229,21 @@ def open_round(
         keys.SA_CONTEXT: context,
     }
     setup = {
-        nid: RecordDict({keys.SECAGG: ConfigRecord({**common, keys.SA_INDEX: i})})  # type: ignore[dict-item]
+        nid: RecordDict(
+            {keys.SECAGG: ConfigRecord({**common, keys.SA_INDEX: i}), **(announce or {})}  # type: ignore[dict-item]
+        )
         for nid, i in index.items()
     }
-    roster = proto.register_keys(
-        _read(_stage(grid, keys.SECAGG_SETUP, setup, timeout), index, _keys)
-    )
+    refusals: dict[int, str] = {}
+    accepted = _stage(grid, keys.SECAGG_SETUP, setup, timeout, refusals)
+    needed = max(threshold, min_accepted)
+    if len(accepted) < needed and refusals:
+        raise SetupRefusedError(
+            f"only {len(accepted)} of {len(index)} site(s) accepted the key set-up, fewer "
+            f"than the {needed} needed; refused: "
+            + "; ".join(f"node {n}: {r}" for n, r in sorted(refusals.items()))
+        )
+    roster = proto.register_keys(_read(accepted, index, _keys))
     node_of = {i: n for n, i in index.items()}
     # The server relays ciphertexts it cannot read.
     rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
@@ -258,6 +285,8 @@ def secure_round(
             label=f"round={server_round}",
             params={keys.SA_BITS: codec.bits, keys.SA_CLIP: codec.clip},
             timeout=timeout,
+            announce={keys.TRAIN_CONFIG: train_config},
+            min_accepted=strategy.min_sites,
         )
         # Stage 3: train and send the masked update.
         train = RecordDict(
@@ -276,6 +305,13 @@ def secure_round(
         strategy.check_quorum(server_round, parsed, len(survivors))
         total = opened.unmask(grid, survivors, timeout)
         mean = codec.decode_sum(total, len(survivors)) / len(survivors)
+    except SetupRefusedError as exc:
+        raise RoundFailedError(
+            f"round {server_round} stopped before training: {exc}. No site trained or was "
+            "charged for it. A site whose budget is spent never trains again: remove it with "
+            "`fedsynth server sites remove NAME`, or lower --min-sites; then rerun with the "
+            "same --out to resume from the last checkpoint."
+        ) from exc
     except SecAggAbortedError as exc:
         raise RoundFailedError(
             f"round {server_round} aborted under secure aggregation: {exc}. Nothing was "

@@ -263,7 +263,7 @@ def test_site_without_protocol_state_refuses_before_charging_its_ledger(
     assert not (tmp_path / "run" / "sites" / "site-0" / "state" / "privacy_ledger.json").exists()
 
 
-def test_a_site_out_of_budget_is_named_when_the_secure_round_fails(
+def test_sites_out_of_budget_stop_a_secure_round_before_anyone_is_charged(
     sites_template: Path, tmp_path: Path
 ) -> None:
     # Prepare: sites 0 and 1 already spent more than the run's ε in an earlier run, so
@@ -282,6 +282,13 @@ def test_a_site_out_of_budget_is_named_when_the_secure_round_fails(
             max_grad_norm=1.0,
         )  # fmt: skip
 
-    # Execute / Assert: the failure names the declines and the way out, not a dropout.
-    with pytest.raises(RoundFailedError, match=r"Declines: site-0: .*site-1: .*sites remove NAME"):
+    # Execute: the round announces its training at key set-up.
+    with pytest.raises(RoundFailedError) as failed:
         run_federation(InProcessGrid(cfg), settings)
+
+    # Assert: the two refused the set-up, so the round stopped before site-2 trained.
+    message = str(failed.value)
+    assert "stopped before training" in message and "sites remove NAME" in message
+    assert message.count("would raise its cumulative ε") == 2
+    untouched = Path(cfg["sites-dir"]) / "site-2" / "state" / LEDGER_FILE
+    assert not untouched.exists() or PrivacyLedger.open(untouched, site="site-2").entries == []

@@ -11,6 +11,7 @@ from shared.secagg.errors import (
     SecAggAbortedError,
     SecAggError,
     SecAggProtocolError,
+    SetupRefusedError,
 )
 from shared.secagg.protocol import (
     PublicKeys,
@@ -32,6 +33,7 @@ __all__ = [
     "SecAggError",
     "SecAggProtocolError",
     "ServerRound",
+    "SetupRefusedError",
     "SiteSecrets",
     "UnmaskShares",
     "required_threshold",

@@ -13,6 +13,10 @@ class SecAggAbortedError(SecAggError):
     """Fewer than the threshold of sites remain: the round is aborted and nothing is revealed."""
 
 
+class SetupRefusedError(SecAggAbortedError):
+    """Too few sites accepted a round's key set-up: aborted before any site computed its input."""
+
+
 class QuantisationOverflowError(SecAggError):
     """The modular sum of encoded updates could wrap around; the decoded sum would be wrong."""
 
