@@ -51,6 +51,11 @@ def check_round_budget(site: SiteSettings, train: TrainSettings) -> None:
     if _answered(site, config_digest(train)):
         return
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
+    check_affordable(ledger, site, train)
+
+
+def check_affordable(ledger: PrivacyLedger, site: SiteSettings, train: TrainSettings) -> None:
+    """Raise :class:`BudgetExhaustedError` if ``train``'s steps would exceed the site's ε."""
     ledger.check_budget(
         noise_multiplier=train.noise_multiplier,
         sample_rate=train.sample_rate,

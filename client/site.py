@@ -30,7 +30,7 @@ import torch
 
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
-from client.precheck import config_digest
+from client.precheck import check_affordable, config_digest
 from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
@@ -171,13 +171,7 @@ def _train_round(
                 len(data),
             )
         try:
-            led.check_budget(
-                noise_multiplier=train.noise_multiplier,
-                sample_rate=train.sample_rate,
-                steps=train.local_steps,
-                budget_epsilon=site.budget_epsilon,
-                delta=site.budget_delta,
-            )
+            check_affordable(led, site, train)
         except BudgetExhaustedError as exc:
             log.warning("%s", exc)
             return RoundResult(
