@@ -118,7 +118,7 @@ def check_ledger(
     left = budget_epsilon - spent
     summary = (
         f"ε spent {spent:.4f} of {budget_epsilon:g} at δ={budget_delta:g} over "
-        f"{len(ledger.entries)} round(s); {max(left, 0.0):.4f} left"
+        f"{len(ledger.entries)} round(s); {max(left, 0.0):.4f} left (ledger {ledger_path})"
     )
     if left <= 0:
         return Finding(

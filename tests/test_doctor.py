@@ -331,3 +331,9 @@ def test_ledger_of_another_site_names_the_site_name_fix(tmp_path: Path) -> None:
     finding = check_ledger(tmp_path, site="cohort", budget_epsilon=3, budget_delta=1e-5)
     assert finding.status == "fail" and f"belongs to site '{SITE}'" in finding.message
     assert "--site-name" in finding.fix and "backup" not in finding.fix
+
+
+def test_ledger_finding_names_the_ledger_it_read(tmp_path: Path) -> None:
+    _ledger_with_spend(tmp_path, steps=10)
+    finding = check_ledger(tmp_path, site=SITE, budget_epsilon=3, budget_delta=1e-5)
+    assert finding.status == "ok" and f"(ledger {tmp_path / LEDGER_FILE})" in finding.message
