@@ -1,7 +1,7 @@
 """The server's side of noise placement ``distributed``: DP-SGD steps over Flower messages.
 
 Every Flower round runs ``local_steps`` central DP-SGD steps (``S``). Each step is
-one secure aggregation round of four message stages (:mod:`server.secagg`, with
+one secure aggregation round of four message stages (:mod:`server.secagg_stages`, with
 fresh keys every step):
 
 1. ``train.secagg_setup`` and 2. ``train.secagg_share_keys``: as for ``local``;
@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from server.errors import RoundFailedError
-from server.secagg import SecureRoundInfo, open_round, require_noise_shares, sample_index
+from server.secagg_stages import SecureRoundInfo, open_round, require_noise_shares, sample_index
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
 from shared.config import DistributedStepSettings, RunSettings

@@ -1,7 +1,7 @@
 """One-shot releases of counts under secure aggregation: the server learns only their sum.
 
 Used for a release family's stages (``dp-marginal``) and for the DP encoder's
-histograms. The four message stages of :mod:`server.secagg`, with fresh keys each time:
+histograms. The four message stages of :mod:`server.secagg_stages`, with fresh keys each time:
 
 1. ``train.secagg_setup`` and 2. ``train.secagg_share_keys``: as for a training round;
 3. the stage's own message (``train.release_share`` with the model as fitted so far
@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 
 from server.errors import ProtocolError, RoundFailedError
 from server.oneshot import Parsed, parse_release_reply
-from server.secagg import SecureRoundInfo, open_round, require_noise_shares, sample_index
+from server.secagg_stages import SecureRoundInfo, open_round, require_noise_shares, sample_index
 from shared import keys
 from shared.config import RunSettings
 from shared.distdp.release import release_codec
