@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.errors import CertificateError
+from shared.ssh_keys import openssh_fingerprint
 
 CURVE = ec.SECP384R1()
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -272,14 +273,10 @@ def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:
 
 
 def public_key_fingerprint(pub_path: str | Path) -> str:
-    """SHA-256 fingerprint of an OpenSSH public key file (to compare out of band)."""
-    import hashlib
-
+    """SHA-256 fingerprint of an OpenSSH public key file, as ``ssh-keygen -lf`` prints it."""
     try:
-        key = serialization.load_ssh_public_key(Path(pub_path).read_bytes().strip())
-    except (OSError, ValueError) as exc:
+        text = Path(pub_path).read_text(encoding="utf-8").strip()
+        serialization.load_ssh_public_key(text.encode())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CertificateError(f"{pub_path} is not an OpenSSH public key ({exc})") from None
-    raw = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "SHA256:" + hashlib.sha256(raw).hexdigest()
+    return openssh_fingerprint(text)

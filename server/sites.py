@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.errors import SiteRegistryError
 from shared.manifest import atomic_write_bytes
+from shared.ssh_keys import openssh_fingerprint
 
 REGISTRY_FILE = "sites.json"
 REGISTRY_VERSION = 1
@@ -79,11 +80,31 @@ def key_fingerprint(text: str, *, source: str) -> str:
             f"{source} is not an EC key on a NIST curve (P-256/384/521), which Flower's "
             "node authentication requires; create one with `fedsynth certs site`"
         )
-    # The same digest `fedsynth certs site` prints, so both sides can compare it by phone.
+    # The digest `fedsynth certs site` and `ssh-keygen -lf` print, to compare by phone.
+    return openssh_fingerprint(text)
+
+
+def legacy_fingerprint(text: str) -> str:
+    """The hex SHA-256 of the key's DER form, which registries before 2026-11-23 stored."""
+    key = serialization.load_ssh_public_key(text.strip().encode())
     raw = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return "SHA256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _current(site: Site) -> Site:
+    """``site`` with its fingerprint in today's format if it was stored in the old one.
+
+    The registry's checksum has already vouched for the entry; the next write stores
+    the new format.
+    """
+    try:
+        if site.fingerprint == legacy_fingerprint(site.public_key):
+            return replace(site, fingerprint=key_fingerprint(site.public_key, source=site.name))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        pass  # _check reports the bad key
+    return site
 
 
 def _checksum(sites: list[dict[str, Any]]) -> str:
@@ -115,7 +136,7 @@ class SiteRegistry:
                 raise ValueError("not a fedsynth site registry of version 1")
             if doc.get("checksum") != _checksum(raw):
                 raise ValueError("checksum mismatch: the file was edited or damaged")
-            sites = [Site(**entry) for entry in raw]
+            sites = [_current(Site(**entry)) for entry in raw]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise SiteRegistryError(
                 f"site registry {self.path} is damaged ({exc}); restore it from backup or "

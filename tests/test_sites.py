@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -203,3 +204,49 @@ def test_a_refused_registration_names_the_superlinks_reason(tmp_path: Path) -> N
 
     with pytest.raises(DeploymentError, match="did not register site h-1: Public key already"):
         register_site(Refusing(tmp_path), "h-1", "ecdsa-sha2-nistp384 AAAA")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
+def test_fingerprint_is_the_one_ssh_keygen_prints(keys: Path) -> None:
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(keys / "hospital-a.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert public_key_fingerprint(keys / "hospital-a.pub") == out[1]
+    assert out[1].startswith("SHA256:") and len(out[1]) == 7 + 43
+
+
+def test_a_registry_with_old_style_fingerprints_still_loads_and_is_upgraded(
+    tmp_path: Path, keys: Path
+) -> None:
+    # Prepare: a registry written before fingerprints took OpenSSH's format.
+    from server.sites import REGISTRY_FILE, _checksum, legacy_fingerprint
+
+    state = tmp_path / "state"
+    reg = SiteRegistry(state)
+    reg.add("hospital-a", keys / "hospital-a.pub")
+    doc = json.loads((state / REGISTRY_FILE).read_text(encoding="utf-8"))
+    for entry in doc["sites"]:
+        entry["fingerprint"] = legacy_fingerprint(entry["public_key"])
+    doc["checksum"] = _checksum(doc["sites"])
+    (state / REGISTRY_FILE).write_text(json.dumps(doc), encoding="utf-8")
+
+    # Execute
+    (site,) = reg.sites()
+    reg.add("hospital-b", keys / "hospital-b.pub")
+
+    # Assert: read in today's format, and stored so at the next write.
+    today = public_key_fingerprint(keys / "hospital-a.pub")
+    assert site.fingerprint == today
+    stored = json.loads((state / REGISTRY_FILE).read_text(encoding="utf-8"))["sites"]
+    assert stored[0]["fingerprint"] == today
+
+
+def test_a_line_without_a_key_blob_has_no_fingerprint() -> None:
+    from shared.errors import ConfigError
+    from shared.ssh_keys import openssh_fingerprint
+
+    with pytest.raises(ConfigError, match="not an OpenSSH public key line"):
+        openssh_fingerprint("ecdsa-sha2-nistp384 not*base64")
