@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from client.errors import SiteConfigError
-from client.ledger import PrivacyLedger, anchor_path_for
+from client.ledger import PrivacyLedger, never_recorded
 from client.settings import SiteSettings
 from shared.runtime import FlowerRuntime, flower_bin, free_port, stop_process, write_toml_table
 from shared.schema import Schema
@@ -61,7 +61,7 @@ def preflight(site: SiteSettings) -> str:
     frame = load_table(site.data_path, schema)
     rows = f"site {site.site_name}: {len(frame)} rows valid against schema {schema.name!r} "
     rows += f"({schema.fingerprint()[:12]})"
-    if not site.ledger_path.exists() and not anchor_path_for(site.ledger_path).exists():
+    if never_recorded(site.ledger_path):
         # A check creates nothing: a mistyped --state-dir must not leave an empty
         # ledger folder that a later run would take for this site's.
         return (

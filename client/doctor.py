@@ -17,7 +17,7 @@ from pathlib import Path
 from client.cli import add_site_options
 from client.doctor_connect import Finding, check_ca, check_server, check_site_key
 from client.errors import LedgerError, LedgerSiteMismatchError
-from client.ledger import PrivacyLedger, anchor_path_for
+from client.ledger import PrivacyLedger, never_recorded
 from client.settings import LEDGER_FILE
 from shared.errors import FedsynthError
 from shared.schema import Schema
@@ -80,8 +80,7 @@ def check_ledger(
 ) -> Finding:
     """Open the privacy ledger read-only and compare the spend with the budget."""
     ledger_path = state_dir / LEDGER_FILE
-    anchor = anchor_path_for(ledger_path)
-    if not ledger_path.exists() and not anchor.exists():
+    if never_recorded(ledger_path):
         existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
         if not os.access(existing, os.W_OK):
             return Finding(

@@ -89,6 +89,11 @@ def anchor_path_for(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.name + ".anchor")
 
 
+def never_recorded(ledger_path: Path) -> bool:
+    """No ledger and no anchor: this folder has never recorded a release (read-only)."""
+    return not ledger_path.exists() and not anchor_path_for(ledger_path).exists()
+
+
 class PrivacyLedger:
     """Cumulative privacy spend of one site.
 

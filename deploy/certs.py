@@ -41,6 +41,12 @@ class ServerCredentials:
     server_cert: Path
     server_key: Path
 
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> ServerCredentials:
+        """The file names ``fedsynth certs server`` uses in ``folder``."""
+        out = Path(folder)
+        return cls(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
+
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +91,7 @@ def create_server_credentials(
     """
     hosts = _with_loopback(hosts)
     out = Path(folder)
-    creds = ServerCredentials(
-        out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"
-    )
+    creds = ServerCredentials.in_folder(out)
     existing = [p for p in creds.__dict__.values() if p.exists()]
     if existing:
         raise CertificateError(
@@ -199,9 +203,7 @@ def renew_server_certificate(
     """
     hosts = _with_loopback(hosts)
     out = Path(folder)
-    creds = ServerCredentials(
-        out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"
-    )
+    creds = ServerCredentials.in_folder(out)
     try:
         ca_cert = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
         ca_key = serialization.load_pem_private_key(creds.ca_key.read_bytes(), None)  # unencrypted
