@@ -135,20 +135,18 @@ def train(msg: Message, context: Context) -> Message:
 def secagg_setup(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 1 (see :mod:`client.secagg`).
 
-    When the set-up announces a training round, a site that could not afford it
-    refuses here, before any site trains (:mod:`client.precheck`).
+    The set-up names the stage it opens; a site that could not afford that stage's
+    mechanism refuses here, before any site computes (:mod:`client.precheck`).
     """
     setup_logging()
 
     def affordable() -> None:
-        from client.precheck import check_round_budget
+        from client.precheck import check_announced
 
         site = SiteSettings.from_context(context.node_config, context.run_config)
-        train = TrainSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG]))
-        check_round_budget(site, train)
+        check_announced(site, msg.content)
 
-    announced = keys.TRAIN_CONFIG in msg.content
-    return secagg.handle_setup(msg, context, affordable if announced else None)
+    return secagg.handle_setup(msg, context, affordable)
 
 
 @app.train(keys.SECAGG_SHARE_KEYS)

@@ -57,7 +57,7 @@ from shared.distdp.accounting import accounting_multiplier
 from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import clipped_gradient_sum, parameter_count, site_share
 from shared.errors import FedsynthError
-from shared.models import build_generator
+from shared.models import GeneratorFamily, build_generator
 from shared.secagg import site_mask
 from shared.streaming import encode_table
 
@@ -79,6 +79,47 @@ def step_seed(site: SiteSettings, step: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
+def _step_mechanism(
+    site: SiteSettings, step: DistributedStepSettings
+) -> tuple[GeneratorFamily, float]:
+    """The step's generator (untrained) and σ_acc = σC/Δ, the multiplier the ledger records.
+
+    The site computes its own accounting from the public parameters and the model's size.
+    """
+    train = step.train
+    family = build_generator(site_schema(site, train.schema_fingerprint), train.model)
+    multiplier = accounting_multiplier(
+        sigma=train.noise_multiplier,
+        clip_norm=train.max_grad_norm,
+        grid=step.grid,
+        dim=parameter_count(family.private_module()),
+        sites=step.noise_sites,
+    )
+    return family, multiplier
+
+
+def check_step_budget(site: SiteSettings, step: DistributedStepSettings) -> None:
+    """Refuse a step this site could not afford (the key set-up's check, :mod:`client.precheck`).
+
+    Raises
+    ------
+    BudgetExhaustedError
+        One more step at σ_acc would take the site past its total ε.
+    SiteConfigError, SchemaError, LedgerError
+        The site could not take part (no charge either way).
+    """
+    _, multiplier = _step_mechanism(site, step)
+    train = step.train
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
+    ledger.check_budget(
+        noise_multiplier=multiplier,
+        sample_rate=train.sample_rate,
+        steps=1,
+        budget_epsilon=site.budget_epsilon,
+        delta=site.budget_delta,
+    )
+
+
 def run_site_step(
     site: SiteSettings, step: DistributedStepSettings, global_state: StateDict, *, run: str
 ) -> tuple[RoundResult, IntVector | None, float]:
@@ -93,25 +134,16 @@ def run_site_step(
         Before any budget is charged; the caller declines the step.
     """
     train = step.train
-    schema = site_schema(site, train.schema_fingerprint)
-    family = build_generator(schema, train.model)
+    family, multiplier = _step_mechanism(site, step)
     family.load_state_dict(global_state)
     device = select_device(site.device)
     module = family.private_module().to(device).train()
     codec = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits)
-    # The site computes its own accounting from the public parameters: σ_acc = σC/Δ.
-    multiplier = accounting_multiplier(
-        sigma=train.noise_multiplier,
-        clip_norm=train.max_grad_norm,
-        grid=step.grid,
-        dim=parameter_count(module),
-        sites=step.noise_sites,
-    )
     site.state_dir.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="encoded-", dir=site.state_dir) as tmp:
-        data = encode_table(site.data_path, schema, Path(tmp) / "rows.f32")
+        data = encode_table(site.data_path, family.schema, Path(tmp) / "rows.f32")
         with ledger.locked() as led:
             try:
                 led.check_budget(

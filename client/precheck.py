@@ -1,11 +1,14 @@
-"""A site's budget check ahead of a round, before any site trains (light: no torch).
+"""A site's budget check when a secure key set-up opens a stage, before any site computes.
 
-Under secure aggregation the server announces the round's DP-SGD mechanism in the
-key set-up message. A site that could not afford it refuses the set-up, so a round
-that cannot reach its quorum stops before it costs the other sites anything: without
-this, they would train and be charged, and the round would then abort. The check in
-the round itself (:func:`client.site.run_site_round`) stays the one that decides; this
-one only lets a doomed round fail early.
+Under secure aggregation the server sends the stage-3 message's type and config with
+the key set-up (:data:`shared.keys.SA_STAGE`): a training round, one distributed DP-SGD
+step, a release stage or the encoder's histograms. A site that could not afford that
+mechanism refuses the set-up, so a stage that cannot reach its quorum stops before it
+costs the other sites anything: without this, they would compute and be charged, and
+the stage would then abort. The check in the stage itself (e.g.
+:func:`client.site.run_site_round`) stays the one that decides; this one only lets a
+doomed stage fail early. Light: no torch, except for a distributed step, whose
+accounting needs the model's size.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+from flwr.app import ConfigRecord, RecordDict
+
+from client.errors import SiteConfigError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
-from shared.config import TrainSettings
+from shared import keys
+from shared.config import DistributedStepSettings, TrainSettings
+from shared.dp_quantile import HistogramRequest
+from shared.release_request import ReleaseRequest
 
 #: The replay record beside the ledger (:mod:`client.replay`).
 REPLAY_RECORD = "last_update.json"
@@ -63,3 +72,68 @@ def check_affordable(ledger: PrivacyLedger, site: SiteSettings, train: TrainSett
         budget_epsilon=site.budget_epsilon,
         delta=site.budget_delta,
     )
+
+
+def check_one_release(site: SiteSettings, *, noise_multiplier: float, accountant: str) -> None:
+    """Refuse one Gaussian release at σ (``q = 1``, one step) that would exceed the site's ε.
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        σ, the release's noise std in units of its L2 sensitivity.
+    """
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=accountant)
+    ledger.check_budget(
+        noise_multiplier=noise_multiplier,
+        sample_rate=1.0,
+        steps=1,
+        budget_epsilon=site.budget_epsilon,
+        delta=site.budget_delta,
+    )
+
+
+def check_announced(site: SiteSettings, content: RecordDict) -> None:
+    """Refuse a key set-up whose announced stage this site could not afford.
+
+    ``content`` is the set-up message's: its :data:`shared.keys.SA_STAGE` names the
+    stage-3 message type, and that stage's config record travels beside it.
+
+    Raises
+    ------
+    BudgetExhaustedError
+        The stage's mechanism would take the site past its total ε.
+    LedgerError
+        The ledger is damaged (fail closed).
+    SiteConfigError
+        The server announced a stage this version does not know.
+    """
+    stage = _record(content, keys.SECAGG).get(keys.SA_STAGE)
+    if stage is None:
+        return  # nothing announced: the stage's own check decides
+    if stage == keys.SECAGG_TRAIN:
+        check_round_budget(site, TrainSettings.from_config(_record(content, keys.TRAIN_CONFIG)))
+    elif stage == keys.DISTDP_STEP:
+        from client.distributed import check_step_budget  # torch: the model's size
+
+        step = DistributedStepSettings.from_config(_record(content, keys.TRAIN_CONFIG))
+        check_step_budget(site, step)
+    elif stage == keys.RELEASE_SHARE:
+        release = ReleaseRequest.from_config(_record(content, keys.RELEASE_CONFIG))
+        check_one_release(
+            site, noise_multiplier=release.noise_multiplier, accountant=release.accountant
+        )
+    elif stage == keys.ENCODER_SHARE:
+        hist = HistogramRequest.from_config(_record(content, keys.ENCODER_CONFIG))
+        check_one_release(site, noise_multiplier=hist.noise_multiplier, accountant=hist.accountant)
+    else:
+        raise SiteConfigError(
+            f"the server's key set-up opens a stage {stage!r} this site does not know; "
+            "install the consortium's current fedsynth version"
+        )
+
+
+def _record(content: RecordDict, name: str) -> dict[str, object]:
+    record = content.get(name)
+    if not isinstance(record, ConfigRecord):
+        raise SiteConfigError(f"the server's key set-up lacks its {name!r} record")
+    return dict(record)

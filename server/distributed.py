@@ -16,9 +16,12 @@ Stages are not pipelined across steps: a step's keys are drawn only after the
 previous step is unmasked, which keeps the protocol exactly the audited one (one
 fresh key set per aggregated vector) at the price of 4 round trips per step.
 
-A step in which fewer than K shares arrive is aborted *before* unmasking (its
-sum would carry less than the planned noise); the sites that sent a share have
-already charged that step, and the run stops with :class:`RoundFailedError`.
+The step's settings travel with its key set-up, so a site that could not afford
+the step refuses there; if fewer than K sites (or ``min_sites``) accept, the run
+stops before any site computes or is charged. A step in which fewer than K shares
+arrive later (a site lost after the set-up) is aborted *before* unmasking (its sum
+would carry less than the planned noise); the sites that sent a share have already
+charged that step, and the run stops with :class:`RoundFailedError`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from server.errors import RoundFailedError
-from server.secagg_stages import SecureRoundInfo, open_round, require_noise_shares, sample_index
+from server.secagg_stages import (
+    SPENT_SITE_ADVICE,
+    SecureRoundInfo,
+    open_round,
+    require_noise_shares,
+    sample_index,
+)
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
 from shared.config import DistributedStepSettings, RunSettings
@@ -45,7 +54,12 @@ from shared.distdp.step import parameter_count
 from shared.errors import ModelError
 from shared.manifest import atomic_write_bytes, load_state, save_state
 from shared.models import GeneratorFamily
-from shared.secagg import SecAggAbortedError, SecAggError, required_threshold
+from shared.secagg import (
+    SecAggAbortedError,
+    SecAggError,
+    SetupRefusedError,
+    required_threshold,
+)
 
 log = logging.getLogger("fedsynth.server")
 FloatVector = npt.NDArray[np.float64]
@@ -73,6 +87,7 @@ def secure_step(
     """
     rnd = step.train.server_round
     index = sample_index(grid, strategy.min_sites)
+    config = ConfigRecord(step.to_config())  # type: ignore[arg-type]
     try:
         opened = open_round(
             grid,
@@ -82,11 +97,13 @@ def secure_step(
             label=f"distdp|step={step.step}",
             params={},
             timeout=timeout,
+            announce=(keys.DISTDP_STEP, {keys.TRAIN_CONFIG: config}),
+            min_accepted=max(strategy.min_sites, step.noise_sites),
         )
         compute = RecordDict(
             {
                 keys.GLOBAL_ARRAYS: ArrayRecord(state),
-                keys.TRAIN_CONFIG: ConfigRecord(step.to_config()),  # type: ignore[arg-type]
+                keys.TRAIN_CONFIG: config,
                 keys.SECAGG: opened.peers_record(),
             }
         )
@@ -99,6 +116,11 @@ def secure_step(
         require_noise_shares(len(survivors), step.noise_sites, what="step", declined=declined)
         strategy.check_quorum(rnd, parsed, len(survivors))
         total = codec.decode(opened.unmask(grid, survivors, timeout))
+    except SetupRefusedError as exc:
+        raise RoundFailedError(
+            f"round {rnd}, DP-SGD step {step.step} stopped at the key set-up: {exc}. No site "
+            f"computed a share or was charged for it. {SPENT_SITE_ADVICE}"
+        ) from exc
     except SecAggAbortedError as exc:
         raise RoundFailedError(
             f"round {rnd}, DP-SGD step {step.step} aborted under secure aggregation: {exc}. "

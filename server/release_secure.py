@@ -11,10 +11,12 @@ histograms. The four message stages of :mod:`server.secagg_stages`, with fresh k
    (:func:`client.oneshot.answer_secure_release`);
 4. ``train.secagg_unmask``: as for a training round.
 
-With ``K = noise_sites > 1`` (noise placement ``distributed``) a stage in which
-fewer than K shares arrive is aborted *before* unmasking: their sum would carry
-less than the central noise. The sites that sent a share keep the charge, and the
-run stops with :class:`RoundFailedError`.
+The request travels with the key set-up, so a site that could not afford the
+release refuses there, and a stage short of its quorum stops before any site is
+charged. With ``K = noise_sites > 1`` (noise placement ``distributed``) a stage in
+which fewer than K shares arrive later (a site lost after the set-up) is aborted
+*before* unmasking: their sum would carry less than the central noise. The sites
+that sent a share keep the charge, and the run stops with :class:`RoundFailedError`.
 """
 
 from __future__ import annotations
@@ -28,13 +30,24 @@ from flwr.serverapp import Grid
 
 from server.errors import ProtocolError, RoundFailedError
 from server.oneshot import Parsed, parse_release_reply
-from server.secagg_stages import SecureRoundInfo, open_round, require_noise_shares, sample_index
+from server.secagg_stages import (
+    SPENT_SITE_ADVICE,
+    SecureRoundInfo,
+    open_round,
+    require_noise_shares,
+    sample_index,
+)
 from shared import keys
 from shared.config import RunSettings
 from shared.distdp.release import release_codec
 from shared.models.release import ReleaseFamily
 from shared.release_request import ReleaseRequest
-from shared.secagg import SecAggAbortedError, SecAggError, required_threshold
+from shared.secagg import (
+    SecAggAbortedError,
+    SecAggError,
+    SetupRefusedError,
+    required_threshold,
+)
 
 log = logging.getLogger("fedsynth.server")
 
@@ -108,6 +121,8 @@ def secure_stage_sum(
             label=f"{message_type}|{label}",
             params={},
             timeout=timeout,
+            announce=(message_type, dict(content.config_records)),
+            min_accepted=max(settings.min_sites, noise_sites),
         )
         content[keys.SECAGG] = opened.peers_record()
         replies = opened.send_inputs(grid, message_type, content, timeout)
@@ -125,6 +140,11 @@ def secure_stage_sum(
         )
         _check_inputs(settings, noise_sites, len(survivors), [p for _, p in parsed])
         total = codec.decode(opened.unmask(grid, survivors, timeout))
+    except SetupRefusedError as exc:
+        raise RoundFailedError(
+            f"{label} stopped at the key set-up: {exc}. No site computed its statistics or "
+            f"was charged for them. {SPENT_SITE_ADVICE}"
+        ) from exc
     except SecAggAbortedError as exc:
         raise RoundFailedError(
             f"{label} aborted under secure aggregation: {exc}. Nothing was unmasked or fitted; "

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from server.errors import RoundFailedError
-from server.secagg_stages import SecureRoundInfo, open_round, sample_index
+from server.secagg_stages import SPENT_SITE_ADVICE, SecureRoundInfo, open_round, sample_index
 from server.strategy import SiteAveraging, StateDict
 from shared import keys
 from shared.config import RunSettings
@@ -74,7 +74,7 @@ def secure_round(
             label=f"round={server_round}",
             params={keys.SA_BITS: codec.bits, keys.SA_CLIP: codec.clip},
             timeout=timeout,
-            announce={keys.TRAIN_CONFIG: train_config},
+            announce=(keys.SECAGG_TRAIN, {keys.TRAIN_CONFIG: train_config}),
             min_accepted=strategy.min_sites,
         )
         # Stage 3: train and send the masked update.
@@ -97,9 +97,7 @@ def secure_round(
     except SetupRefusedError as exc:
         raise RoundFailedError(
             f"round {server_round} stopped before training: {exc}. No site trained or was "
-            "charged for it. A site whose budget is spent never trains again: remove it with "
-            "`fedsynth server sites remove NAME`, or lower --min-sites; then rerun with the "
-            "same --out to resume from the last checkpoint."
+            f"charged for it. {SPENT_SITE_ADVICE}"
         ) from exc
     except SecAggAbortedError as exc:
         raise RoundFailedError(

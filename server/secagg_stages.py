@@ -180,6 +180,14 @@ def sample_index(grid: Grid, min_sites: int) -> dict[int, int]:
     return {nid: i + 1 for i, nid in enumerate(sorted(node_ids))}
 
 
+#: What the coordinator can do when sites refused a set-up for their budget.
+SPENT_SITE_ADVICE = (
+    "A site whose budget is spent never takes part again: remove it with "
+    "`fedsynth server sites remove NAME`, or lower --min-sites; then rerun with the same "
+    "--out to resume from the last checkpoint."
+)
+
+
 def open_round(
     grid: Grid,
     index: dict[int, int],
@@ -189,13 +197,14 @@ def open_round(
     label: str,
     params: dict[str, object],
     timeout: float,
-    announce: dict[str, ConfigRecord] | None = None,
+    announce: tuple[str, dict[str, ConfigRecord]] | None = None,
     min_accepted: int = 0,
 ) -> OpenRound:
     """Stages 1 and 2 with fresh keys; ``params`` are extra public fields of stage 1.
 
-    ``announce`` adds records to the stage-1 message (a training round's config, so
-    a site that cannot afford it refuses before anyone trains).
+    ``announce`` is the stage-3 message this set-up opens: its type and its config
+    records, sent with the set-up so that a site that could not afford the mechanism
+    refuses before any site computes or is charged (:mod:`client.precheck`).
 
     Raises
     ------
@@ -214,9 +223,12 @@ def open_round(
         keys.SA_NUM_SITES: len(index),
         keys.SA_CONTEXT: context,
     }
+    records: dict[str, ConfigRecord] = {}
+    if announce is not None:
+        common[keys.SA_STAGE], records = announce
     setup = {
         nid: RecordDict(
-            {keys.SECAGG: ConfigRecord({**common, keys.SA_INDEX: i}), **(announce or {})}  # type: ignore[dict-item]
+            {keys.SECAGG: ConfigRecord({**common, keys.SA_INDEX: i}), **records}  # type: ignore[dict-item]
         )
         for nid, i in index.items()
     }

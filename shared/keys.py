@@ -81,6 +81,10 @@ SA_NUM_SITES = "num-sites"
 SA_BITS = "bits"
 SA_CLIP = "clip"
 SA_CONTEXT = "context"  # bytes binding keys and ciphertexts to this round
+# Set-up only: the stage-3 message type this key set-up opens (SECAGG_TRAIN, DISTDP_STEP,
+# RELEASE_SHARE or ENCODER_SHARE). Its config record travels with the set-up, so a site
+# that could not afford the mechanism refuses before any site computes (client.precheck).
+SA_STAGE = "stage"
 SA_C_PK = "c-pk"
 SA_S_PK = "s-pk"
 SA_PEERS = "peers"  # list of indices; parallel lists below

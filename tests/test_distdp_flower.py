@@ -8,6 +8,7 @@ the ServerApp's :func:`run_federation` drives them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,22 +274,32 @@ def test_the_report_states_epsilon_per_collusion_level_and_the_trust() -> None:
 
 
 @pytest.mark.slow  # a federation in process
-def test_a_site_out_of_budget_stops_the_run_before_unmasking(
+def test_a_site_out_of_budget_stops_the_step_at_its_key_set_up_uncharged(
     sites_template: Path, tmp_path: Path
 ) -> None:
-    settings, cfg = make_run(sites_template, tmp_path / "run", **DIST)
-    run = tmp_path / "run"
-    # site-0 already spent its budget in an earlier run: it declines, uncharged.
-    led = run / "sites" / "site-0" / "state"
+    # Prepare: site-0 already spent its budget in an earlier run.
     from client.ledger import PrivacyLedger
 
+    settings, cfg = make_run(sites_template, tmp_path / "run", **DIST)
+    run = tmp_path / "run"
+    led = run / "sites" / "site-0" / "state"
     PrivacyLedger.open(led / "privacy_ledger.json", site="site-0").record(
         run="old", server_round=1, noise_multiplier=0.5, sample_rate=0.5, steps=50, max_grad_norm=1
     )
-    with pytest.raises(RoundFailedError, match=r"only 2 of the K = 3.*declined: site-0: site"):
+
+    # Execute: the step's settings travel with its key set-up.
+    with pytest.raises(RoundFailedError) as failed:
         run_federation(InProcessGrid(cfg), settings)
-    assert len(_ledger(run, 0)["entries"]) == 1  # no new charge at the refusing site
-    assert len(_ledger(run, 1)["entries"]) == 1
+
+    # Assert: site-0 refused the set-up, so the step stopped before any site computed.
+    message = str(failed.value)
+    assert "DP-SGD step 1 stopped at the key set-up" in message
+    assert re.search(r"only 2 of 3 site\(s\) accepted.*site 'site-0' declines", message)
+    assert "No site computed a share or was charged" in message and "sites remove NAME" in message
+    assert len(_ledger(run, 0)["entries"]) == 1  # its old entry only
+    for i in (1, 2):
+        path = run / "sites" / f"site-{i}" / "state" / "privacy_ledger.json"
+        assert not path.exists() or _ledger(run, i)["entries"] == []
 
 
 def test_simulate_refuses_distributed_without_secure_aggregation_before_writing(

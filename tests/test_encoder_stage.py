@@ -71,7 +71,8 @@ def test_release_is_charged_as_one_gaussian_step_before_it_is_returned(site: Sit
     assert result.sent and result.epsilon == pytest.approx(expected)
     assert counts.shape == (N_NUMERIC, 16) and counts.sum() > 0
     assert result.noisy is not None and result.noisy.shape == counts.shape
-    assert not np.isclose(result.noisy, counts).any()
+    # Noise of std σ_h√d ≈ 13 per bin: a bin lands within 1e-5·count of it with p < 1e-4.
+    assert np.isclose(result.noisy, counts).sum() <= 2
 
 
 def test_exhausted_budget_refuses_and_charges_nothing(site: SiteSettings) -> None:

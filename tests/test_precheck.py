@@ -1,4 +1,4 @@
-"""The budget check a site makes at a secure round's key set-up, before anyone trains."""
+"""The budget check a site makes at a secure key set-up, before any site computes."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
+from flwr.app import ConfigRecord, RecordDict
 
-from client.errors import BudgetExhaustedError, LedgerError
+from client.errors import BudgetExhaustedError, LedgerError, SiteConfigError
 from client.ledger import PrivacyLedger
-from client.precheck import REPLAY_RECORD, check_round_budget, config_digest
+from client.precheck import (
+    REPLAY_RECORD,
+    check_announced,
+    check_one_release,
+    check_round_budget,
+    config_digest,
+)
 from client.settings import SiteSettings
+from shared import keys
 from shared.config import TrainSettings
+from shared.dp_quantile import HistogramRequest
 
 
 def _site(tmp_path: Path, budget: float) -> SiteSettings:
@@ -78,3 +87,42 @@ def test_a_damaged_ledger_fails_closed(tmp_path: Path) -> None:
 
     with pytest.raises(LedgerError):
         check_round_budget(site, _train())
+
+
+def _setup(stage: str | None, **records: ConfigRecord) -> RecordDict:
+    secagg = {keys.SA_INDEX: 1} | ({keys.SA_STAGE: stage} if stage else {})
+    return RecordDict({keys.SECAGG: ConfigRecord(secagg), **records})  # type: ignore[arg-type]
+
+
+def test_the_announced_stage_picks_the_mechanism_checked(tmp_path: Path) -> None:
+    site = _site(tmp_path, 100.0)
+    after_next = _spend(site)
+    poor = _site(tmp_path, after_next - 1e-3)
+    train = {keys.TRAIN_CONFIG: ConfigRecord(_train().to_config())}  # type: ignore[arg-type]
+    hist = HistogramRequest(noise_multiplier=0.3, bins=32, schema_fingerprint="f" * 64)
+    encoder = {keys.ENCODER_CONFIG: ConfigRecord(hist.to_config())}  # type: ignore[arg-type]
+
+    with pytest.raises(BudgetExhaustedError, match="50 more steps"):
+        check_announced(poor, _setup(keys.SECAGG_TRAIN, **train))
+    # One release at σ_h = 0.3 costs more than the 1e-3 of ε left.
+    with pytest.raises(BudgetExhaustedError, match=r"1 more steps at σ=0.3, q=1"):
+        check_announced(poor, _setup(keys.ENCODER_SHARE, **encoder))
+    check_announced(site, _setup(keys.ENCODER_SHARE, **encoder))  # ε 100 affords it
+    check_announced(poor, _setup(None, **train))  # nothing announced: the stage decides
+    with pytest.raises(SiteConfigError, match=r"stage 'fit' this site does not know.*current"):
+        check_announced(site, _setup("fit"))
+    with pytest.raises(SiteConfigError, match=r"lacks its 'encoder-config' record"):
+        check_announced(site, _setup(keys.ENCODER_SHARE, **train))
+    assert len(PrivacyLedger.open(site.ledger_path, site="site-a").entries) == 1  # no charge
+
+
+def test_one_release_is_checked_at_q_1_and_one_step(tmp_path: Path) -> None:
+    site = _site(tmp_path, 100.0)
+    _spend(site)
+    ledger = PrivacyLedger.open(site.ledger_path, site="site-a")
+    after = ledger.projected_epsilon(noise_multiplier=2.0, sample_rate=1.0, steps=1, delta=1e-5)
+    assert after > ledger.epsilon(delta=1e-5)
+
+    check_one_release(_site(tmp_path, after + 1e-6), noise_multiplier=2.0, accountant="rdp")
+    with pytest.raises(BudgetExhaustedError):
+        check_one_release(_site(tmp_path, after - 1e-6), noise_multiplier=2.0, accountant="rdp")

@@ -248,3 +248,34 @@ def test_the_dp_encoder_histograms_are_summed_securely_when_the_run_is(
     assert info["sites_sent"] == [f"site-{i}" for i in range(SITES)]
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["numeric_encoder"]["server_sees"].startswith("only the sum")
+
+
+@pytest.mark.usefixtures("_task_identity")
+@pytest.mark.parametrize(
+    ("extra", "stage"),
+    [
+        (DISTRIBUTED, "release stage 0"),
+        ({"numeric-encoder": "dp-quantile", "secure-aggregation": True}, "encoder stage"),
+    ],
+)
+def test_a_site_out_of_budget_stops_a_release_at_its_key_set_up_uncharged(
+    sites_template: Path, tmp_path: Path, extra: dict[str, Any], stage: str
+) -> None:
+    # Prepare: site-0 spent its budget in an earlier run; every site must take part.
+    run = tmp_path / "run"
+    settings, cfg = make_run(sites_template, run, **{**extra, "min-sites": SITES}, rounds=1)
+    PrivacyLedger.open(_site(run, 0).ledger_path, site="site-0").record(
+        run="old", server_round=1, noise_multiplier=0.5, sample_rate=0.5, steps=50, max_grad_norm=1
+    )
+
+    # Execute: the stage's request travels with its key set-up.
+    grid = ReleaseGrid(cfg)
+    with pytest.raises(RoundFailedError) as failed:
+        run_federation(grid, settings)
+
+    # Assert: site-0 refused there, so no site computed, sent or was charged.
+    message = str(failed.value)
+    assert f"{stage} stopped at the key set-up" in message
+    assert "site 'site-0' declines" in message and "No site computed" in message
+    assert not {keys.RELEASE_SHARE, keys.ENCODER_SHARE} & set(grid.received)
+    assert [len(_entries(run, i)) for i in range(SITES)] == [1, 0, 0]
