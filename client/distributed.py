@@ -46,6 +46,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from client import secagg
 from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger
+from client.precheck import check_mechanism
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
@@ -111,12 +112,8 @@ def check_step_budget(site: SiteSettings, step: DistributedStepSettings) -> None
     _, multiplier = _step_mechanism(site, step)
     train = step.train
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
-    ledger.check_budget(
-        noise_multiplier=multiplier,
-        sample_rate=train.sample_rate,
-        steps=1,
-        budget_epsilon=site.budget_epsilon,
-        delta=site.budget_delta,
+    check_mechanism(
+        ledger, site, noise_multiplier=multiplier, sample_rate=train.sample_rate, steps=1
     )
 
 
@@ -146,12 +143,8 @@ def run_site_step(
         data = encode_table(site.data_path, family.schema, Path(tmp) / "rows.f32")
         with ledger.locked() as led:
             try:
-                led.check_budget(
-                    noise_multiplier=multiplier,
-                    sample_rate=train.sample_rate,
-                    steps=1,
-                    budget_epsilon=site.budget_epsilon,
-                    delta=site.budget_delta,
+                check_mechanism(
+                    led, site, noise_multiplier=multiplier, sample_rate=train.sample_rate, steps=1
                 )
             except BudgetExhaustedError as exc:
                 log.warning("%s", exc)

@@ -24,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from client import secagg
 from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
+from client.precheck import check_mechanism
 from client.settings import SiteSettings
 from shared import keys
 from shared.errors import FedsynthError
@@ -73,13 +74,7 @@ def charge_and_release(
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=accountant)
     with ledger.locked() as led:
         try:
-            led.check_budget(
-                noise_multiplier=noise_multiplier,
-                sample_rate=1.0,
-                steps=1,
-                budget_epsilon=site.budget_epsilon,
-                delta=site.budget_delta,
-            )
+            check_mechanism(led, site, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1)
         except BudgetExhaustedError as exc:
             log.warning("%s", exc)
             return ReleaseResult(

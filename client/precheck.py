@@ -65,10 +65,38 @@ def check_round_budget(site: SiteSettings, train: TrainSettings) -> None:
 
 def check_affordable(ledger: PrivacyLedger, site: SiteSettings, train: TrainSettings) -> None:
     """Raise :class:`BudgetExhaustedError` if ``train``'s steps would exceed the site's ε."""
-    ledger.check_budget(
+    check_mechanism(
+        ledger,
+        site,
         noise_multiplier=train.noise_multiplier,
         sample_rate=train.sample_rate,
         steps=train.local_steps,
+    )
+
+
+def check_mechanism(
+    ledger: PrivacyLedger,
+    site: SiteSettings,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+) -> None:
+    """Raise :class:`BudgetExhaustedError` if the steps would exceed the site's total ε.
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        σ, noise std in units of the clip norm (or of the release's L2 sensitivity).
+    sample_rate : float
+        q, the Poisson sampling rate (1 for a release over all rows).
+    steps : int
+        Compositions of the subsampled Gaussian mechanism.
+    """
+    ledger.check_budget(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
         budget_epsilon=site.budget_epsilon,
         delta=site.budget_delta,
     )
@@ -83,13 +111,7 @@ def check_one_release(site: SiteSettings, *, noise_multiplier: float, accountant
         σ, the release's noise std in units of its L2 sensitivity.
     """
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=accountant)
-    ledger.check_budget(
-        noise_multiplier=noise_multiplier,
-        sample_rate=1.0,
-        steps=1,
-        budget_epsilon=site.budget_epsilon,
-        delta=site.budget_delta,
-    )
+    check_mechanism(ledger, site, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1)
 
 
 def check_announced(site: SiteSettings, content: RecordDict) -> None:
