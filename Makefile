@@ -10,7 +10,7 @@ demo: setup
 	.venv/bin/fedsynth simulate --out runs/demo
 
 test: setup
-	.venv/bin/python -m pytest -q -n 2
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
