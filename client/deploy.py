@@ -23,8 +23,10 @@ from typing import Any
 from client.errors import SiteConfigError
 from client.ledger import PrivacyLedger, never_recorded
 from client.settings import SiteSettings
+from shared.errors import ConfigError
 from shared.runtime import FlowerRuntime, flower_bin, free_port, stop_process, write_toml_table
 from shared.schema import Schema
+from shared.ssh_keys import openssh_fingerprint, public_key_line
 from shared.tables import load_table
 
 log = logging.getLogger("fedsynth.client")
@@ -140,6 +142,25 @@ def supernode_command(site: SiteSettings, opts: SupernodeOptions, config_file: P
     ]
 
 
+def identity_line(site: SiteSettings, private_key: Path) -> str:
+    """Which key this site joins with, and the name the coordinator must have given it.
+
+    The coordinator checks each reply's ``--site-name`` against the name the key was
+    registered under (:mod:`server.identity`). Printed at start-up, so that the hospital
+    can compare it with the coordinator's list before spending budget on replies the
+    coordinator would discard.
+    """
+    try:
+        print_ = openssh_fingerprint(public_key_line(private_key.read_bytes()))
+    except (OSError, ConfigError) as exc:
+        raise SiteConfigError(f"cannot read the site key {private_key}: {exc}") from None
+    return (
+        f"site {site.site_name} joins with key {print_}: the coordinator must have registered "
+        f"this key under the name {site.site_name!r} (`fedsynth server sites list` shows "
+        "names and fingerprints); replies under another name are discarded"
+    )
+
+
 def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
     """Preflight, then run the SuperNode until it exits or is stopped.
 
@@ -151,6 +172,8 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
     that went away, then exits (the run is over).
     """
     print(preflight(site), flush=True)
+    if not opts.insecure and opts.private_key is not None and opts.private_key.is_file():
+        print(identity_line(site, opts.private_key), flush=True)
     site.state_dir.mkdir(parents=True, exist_ok=True)
     config_file = site.state_dir / "node-config.toml"
     config_file.write_text(write_toml_table(node_config(site)), encoding="utf-8")

@@ -19,6 +19,7 @@ from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
 from server.effect import fit_effect
 from server.encoder import fit_encoder
+from server.identity import bind_names
 from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
 from server.release import release
@@ -72,6 +73,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     schema = Schema.load(settings.schema_path)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    bind_names(settings.site_nodes)  # deployment: replies name only registered sites
     family = initial_model(schema, settings)
     sites: dict[str, dict[str, Any]] = {}
     if isinstance(family, ReleaseFamily):

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from server.errors import DeploymentError
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
+from server.identity import NODES_FILE, write_site_nodes
 from server.sites import SiteRegistry, key_fingerprint
 from shared.config import RunSettings, app_config_defaults
 from shared.runtime import FlowerRuntime, flower_bin
@@ -171,10 +172,12 @@ class RegistryFollower(threading.Thread):
         registered: dict[str, str],
         nodes: dict[str, int],
         interval: float = 2.0,
+        nodes_file: Path | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.rt, self.opts, self.interval = rt, opts, interval
         self.keys, self.nodes = dict(registered), dict(nodes)
+        self.nodes_file = nodes_file  # the ServerApp's node id → name map (server.identity)
         # Flower's SuperLink keeps an unregistered node's key for its lifetime and
         # refuses to register it again, so a revoked key is told once, not retried.
         self.revoked: set[str] = set()
@@ -188,6 +191,14 @@ class RegistryFollower(threading.Thread):
         except Exception as exc:  # a damaged file must not stop the run: keep the last state
             log.error("site registry not applied: %s", exc)
             return
+        before = dict(self.nodes)
+        try:
+            self._apply(wanted)
+        finally:
+            if self.nodes_file is not None and self.nodes != before:
+                write_site_nodes(self.nodes_file, self.nodes)
+
+    def _apply(self, wanted: dict[str, str]) -> None:
         for name in sorted(self.nodes):
             if wanted.get(name) != self.keys[name]:
                 cmd = [flower_bin("flwr"), "supernode", "unregister", str(self.nodes[name])]
@@ -251,7 +262,12 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         follower = None
         if not opts.insecure:
             admitted = opts.admitted()
-            follower = RegistryFollower(rt, opts, admitted, register_sites(rt, admitted))
+            nodes = register_sites(rt, admitted)
+            # The ServerApp names each reply by the node id's registered site.
+            nodes_file = rt.root / NODES_FILE
+            write_site_nodes(nodes_file, nodes)
+            overrides = {**overrides, "site-nodes": str(nodes_file)}
+            follower = RegistryFollower(rt, opts, admitted, nodes, nodes_file=nodes_file)
             follower.start()
         log.info(
             "SuperLink up on %s:%d; waiting for %d site(s) to connect",

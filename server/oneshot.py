@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import CheckpointError, ProtocolError, RoundFailedError
+from server.identity import registered_name
 from server.report import site_entry
 from shared import keys
 from shared.config import RunSettings
@@ -59,7 +60,7 @@ def parse_release_reply(
     if set(info) - set(fields[keys.SITE_INFO]):
         raise ProtocolError(f"node {node} sent unexpected site field(s)")
     facts = {
-        "site": str(info.get(keys.SITE_NAME, f"node-{node}")),
+        "site": registered_name(node, str(info.get(keys.SITE_NAME, f"node-{node}"))),
         "sent": info.get(keys.STATUS) == keys.STATUS_TRAINED,
         "reason": str(info.get(keys.REASON, "")),
         "accountant": str(info.get(keys.ACCOUNTANT, "")),

@@ -65,6 +65,13 @@ def build_report(
         "generator": generator,
         "rounds": rounds,
         "sites": [sites[name] for name in sorted(sites)],
+        "site_names": (
+            "checked: each is the name its authenticated key was registered under at the "
+            "coordinator (server.identity)"
+            if settings.site_nodes
+            else "declared by each site (--site-name), not checked against a registry "
+            "(a simulation, or a deployment without node authentication)"
+        ),
         "unit": "one patient record at one site (add/remove neighbouring)",
         "guarantee": (
             "Each site's records are (epsilon, delta)-DP with respect to everything that site sent "
@@ -258,6 +265,7 @@ Generator: **{report["generator"]}**, {_md_fitted(report)}.
 
 {_md_table(report["sites"])}
 
+Site names: {report["site_names"]}.
 ε is each site's **cumulative** spend over every round and run in its privacy ledger.
 Unit of privacy: {report["unit"]}. {report["guarantee"]}
 {warn}

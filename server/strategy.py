@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from server.errors import ProtocolError, RoundFailedError
+from server.identity import registered_name
 from shared import keys
 
 log = logging.getLogger("fedsynth.server")
@@ -101,7 +102,7 @@ def parse_reply(msg: Message, expected_keys: set[str], *, masked: bool = False) 
         raise ProtocolError(f"node {node} declined but still sent an update")
     return SiteReply(
         node_id=node,
-        site=str(info.get(keys.SITE_NAME, f"node-{node}")),
+        site=registered_name(node, str(info.get(keys.SITE_NAME, f"node-{node}"))),
         trained=trained,
         reason=str(info.get(keys.REASON, "")),
         privacy={k: float(v) for k, v in metrics.items()},

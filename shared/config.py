@@ -78,6 +78,10 @@ class RunSettings:
         and sends a clipped update (FedAvg). ``"distributed"``: every round runs
         ``local_steps`` *central* DP-SGD steps, each one secure aggregation of the
         sites' noisy gradient shares (:mod:`shared.distdp`); needs secure aggregation.
+    site_nodes : str
+        Deployment only: the file of node id → registered site name that ``fedsynth
+        server`` keeps; replies whose declared name disagrees are discarded
+        (:mod:`server.identity`). Empty: the sites' declared names are used.
     announced_rows : int
         Distributed only: the consortium's announced total row count; the server divides
         each summed gradient by the public expected batch q × this (row counts are private).
@@ -105,6 +109,7 @@ class RunSettings:
     schema_path: str = ""
     out_dir: str = ""
     sites_dir: str = ""
+    site_nodes: str = ""
     synthetic_rows: int = 0
     device: str = "auto"
     min_sites: int = 1
@@ -149,6 +154,7 @@ class RunSettings:
             schema_path=read_value(config, "schema-path", str, d.schema_path),
             out_dir=read_value(config, "out-dir", str, d.out_dir),
             sites_dir=read_value(config, "sites-dir", str, d.sites_dir),
+            site_nodes=read_value(config, "site-nodes", str, d.site_nodes),
             synthetic_rows=read_value(
                 config,
                 "synthetic-rows",
@@ -401,6 +407,7 @@ def app_config_defaults() -> dict[str, Any]:
         "schema-path": "",
         "out-dir": "",
         "sites-dir": "",
+        "site-nodes": "",
         "synthetic-rows": 0,
         "device": d.device,
         "min-sites": d.min_sites,

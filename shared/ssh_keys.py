@@ -33,3 +33,24 @@ def openssh_fingerprint(public_key: str) -> str:
     except (IndexError, binascii.Error):
         raise ConfigError("not an OpenSSH public key line ('<type> <base64> [comment]')") from None
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def public_key_line(private_key: bytes) -> str:
+    """The OpenSSH public key line of an unencrypted OpenSSH private key (a site's ``.key``).
+
+    Raises
+    ------
+    ConfigError
+        If the bytes are not an unencrypted OpenSSH private key.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(private_key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"not an unencrypted OpenSSH private key ({exc})") from None
+    line = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return line.decode()

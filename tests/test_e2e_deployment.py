@@ -152,6 +152,8 @@ def test_server_completes_and_releases_a_valid_table(deployment: dict[str, Path]
     log = (deployment["root"] / "server.log").read_text(errors="replace")
 
     assert rc["server"] == 0, log[-3000:]
+    # Every reply's name was checked against the node ids the registry was given.
+    assert "site names are checked against the registry" in log
     table = load_table(deployment["out"] / "synthetic.csv", cohort_schema())
     assert len(table) == 500
     assert (deployment["out"] / "model" / "manifest.json").exists()

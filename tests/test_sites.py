@@ -149,7 +149,15 @@ def test_a_running_server_follows_removals_additions_and_key_changes(
     opts = ServerOptions(certs=None, state_dir=state)
     rt = RecordingRuntime(tmp_path)
     nodes = {"hospital-a": 7, "hospital-b": 8}
-    follower = RegistryFollower(rt, opts, opts.admitted(), nodes, interval=0.2)  # type: ignore[arg-type]
+    nodes_file = tmp_path / "site-nodes.json"
+    follower = RegistryFollower(
+        rt,  # type: ignore[arg-type]
+        opts,
+        opts.admitted(),
+        nodes,
+        interval=0.2,
+        nodes_file=nodes_file,
+    )
 
     # Execute: hospital-a leaves, hospital-b gets a new key, while the run goes on.
     reg.remove("hospital-a")
@@ -168,6 +176,8 @@ def test_a_running_server_follows_removals_additions_and_key_changes(
     assert rt.commands[2][rt.commands[2].index("--name") + 1] == "hospital-b"
     assert follower.nodes == {"hospital-b": 103}  # ids 101, 102 went to the unregister calls
     assert not follower.is_alive()
+    # The ServerApp's map follows: replies from nodes 7 and 8 are no longer any site's.
+    assert json.loads(nodes_file.read_text()) == {"103": "hospital-b"}
 
 
 def test_a_site_readded_with_its_revoked_key_is_told_once_and_not_retried(
@@ -250,3 +260,32 @@ def test_a_line_without_a_key_blob_has_no_fingerprint() -> None:
 
     with pytest.raises(ConfigError, match="not an OpenSSH public key line"):
         openssh_fingerprint("ecdsa-sha2-nistp384 not*base64")
+
+
+def test_a_site_prints_the_fingerprint_the_coordinator_registered(
+    tmp_path: Path, keys: Path
+) -> None:
+    # Prepare: the registry holds hospital-a's .pub; the site has the matching .key.
+    from client.deploy import identity_line
+    from client.errors import SiteConfigError
+    from client.settings import SiteSettings
+
+    reg = SiteRegistry(tmp_path / "state")
+    registered = reg.add("hospital-a", keys / "hospital-a.pub")
+    site = SiteSettings(
+        site_name="hospital-a",
+        data_path=tmp_path / "d.csv",
+        schema_path=tmp_path / "s.json",
+        state_dir=tmp_path / "site",
+        budget_epsilon=3.0,
+    )
+
+    # Execute
+    line = identity_line(site, keys / "hospital-a.key")
+
+    # Assert: the same SHA256:... string `fedsynth server sites list` shows.
+    assert f"joins with key {registered.fingerprint}:" in line
+    assert "registered this key under the name 'hospital-a'" in line
+    (tmp_path / "bad.key").write_text("not a key", encoding="utf-8")
+    with pytest.raises(SiteConfigError, match=r"cannot read the site key .*bad.key: not an"):
+        identity_line(site, tmp_path / "bad.key")

@@ -1,0 +1,77 @@
+"""Site names in replies are checked against the coordinator's registry (server.identity)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.app import run_federation
+from server.errors import DeploymentError, ProtocolError
+from server.identity import bind_names, registered_name, write_site_nodes
+from tests.test_secagg_flower import InProcessGrid, make_run
+from tests.test_secagg_flower import sites_template as _template
+
+
+@pytest.fixture(autouse=True)
+def _unbound() -> Iterator[None]:
+    yield
+    bind_names(None)  # process state: never leak a map into another test
+
+
+@pytest.fixture(scope="module")
+def sites_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _template.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_without_a_map_the_declared_name_is_used() -> None:
+    bind_names(None)
+    assert registered_name(5, "anything") == "anything"
+    bind_names("")
+    assert registered_name(5, "anything") == "anything"
+
+
+def test_a_reply_must_come_from_the_node_of_the_name_it_declares(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "site-nodes.json"
+    write_site_nodes(path, {"hospital-a": 7, "hospital-b": 8})
+    bind_names(path)
+
+    # Execute / Assert
+    assert json.loads(path.read_text()) == {"7": "hospital-a", "8": "hospital-b"}
+    assert registered_name(7, "hospital-a") == "hospital-a"
+    with pytest.raises(ProtocolError, match=r"registered for site 'hospital-a' but its reply "):
+        registered_name(7, "hospital-b")
+    with pytest.raises(ProtocolError, match=r"--site-name hospital-b \(the name its key"):
+        registered_name(8, "hospital-a")
+    with pytest.raises(ProtocolError, match=r"node 9 is not a registered site"):
+        registered_name(9, "hospital-c")
+    path.write_text("{damaged", encoding="utf-8")
+    with pytest.raises(DeploymentError, match=r"cannot read the site registry's node map"):
+        registered_name(7, "hospital-a")
+
+
+@pytest.mark.usefixtures("_task_identity")
+def test_a_site_declaring_another_name_is_left_out_of_the_run_and_its_report(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    # Prepare: nodes 101-103 run as site-0..2; the registry put node 103's key under
+    # hospital-x, so its replies name a site its key does not vouch for.
+    run = tmp_path / "run"
+    nodes = run.parent / "site-nodes.json"
+    write_site_nodes(nodes, {"site-0": 101, "site-1": 102, "hospital-x": 103})
+    extra: dict[str, Any] = {"site-nodes": str(nodes), "min-sites": 2}
+    settings, cfg = make_run(sites_template, run, **extra)
+
+    # Execute
+    out = run_federation(InProcessGrid(cfg), settings)
+
+    # Assert: the two registered names are aggregated and reported; site-2's reply is not.
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert [s["site"] for s in report["sites"]] == ["site-0", "site-1"]
+    assert report["round_history"][0]["trained"] == ["site-0", "site-1"]
+    assert report["site_names"].startswith("checked: each is the name its authenticated key")
+    assert "Site names: checked" in (out / "privacy_report.md").read_text()
