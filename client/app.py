@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from client import secagg
 from client.errors import LedgerError, SiteConfigError, TrainingError
+from client.identity import registered_name_mod
 from client.result import RoundResult
 from client.settings import SiteSettings
 from shared import keys
@@ -24,7 +25,7 @@ from shared.errors import ConfigError, DataValidationError, FedsynthError, Model
 from shared.logs import setup_logging
 
 log = logging.getLogger("fedsynth.client")
-app = ClientApp()
+app = ClientApp(mods=[registered_name_mod])
 
 
 def public_reason(exc: BaseException) -> str:

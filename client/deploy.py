@@ -145,10 +145,9 @@ def supernode_command(site: SiteSettings, opts: SupernodeOptions, config_file: P
 def identity_line(site: SiteSettings, private_key: Path) -> str:
     """Which key this site joins with, and the name the coordinator must have given it.
 
-    The coordinator checks each reply's ``--site-name`` against the name the key was
-    registered under (:mod:`server.identity`). Printed at start-up, so that the hospital
-    can compare it with the coordinator's list before spending budget on replies the
-    coordinator would discard.
+    The coordinator binds names to keys (:mod:`server.identity`; a site under another
+    name refuses every message, :mod:`client.identity`). Printed at start-up, so that the
+    hospital can compare it with the coordinator's ``sites list`` before the run.
     """
     try:
         print_ = openssh_fingerprint(public_key_line(private_key.read_bytes()))
@@ -157,7 +156,7 @@ def identity_line(site: SiteSettings, private_key: Path) -> str:
     return (
         f"site {site.site_name} joins with key {print_}: the coordinator must have registered "
         f"this key under the name {site.site_name!r} (`fedsynth server sites list` shows "
-        "names and fingerprints); replies under another name are discarded"
+        "names and fingerprints); under another name, this site refuses every message"
     )
 
 

@@ -19,7 +19,7 @@ from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
 from server.effect import fit_effect
 from server.encoder import fit_encoder
-from server.identity import bind_names
+from server.identity import NamedGrid, bind_names
 from server.optimisers import build_optimiser
 from server.progress import round_summary, site_status_lines
 from server.release import release
@@ -74,6 +74,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bind_names(settings.site_nodes)  # deployment: replies name only registered sites
+    if settings.site_nodes:
+        grid = NamedGrid(grid)  # ... and each site is told the name it must run under
     family = initial_model(schema, settings)
     sites: dict[str, dict[str, Any]] = {}
     if isinstance(family, ReleaseFamily):

@@ -8,11 +8,13 @@ reply comes from names the key, and the registry names the site that owns the ke
 key ``site-nodes``) and rewrites it when the registry changes during a run
 (:class:`server.deploy.RegistryFollower`).
 
-Every parser of a site's reply passes the name the site declares (its ``--site-name``,
-which also names its ledger) through :func:`registered_name`. A reply whose node id is
-not registered, or that declares another site's name, is discarded
-(:class:`ProtocolError`), so the privacy report, the checkpoints and the release
-name only registered sites, each under the key that vouches for it. In a simulation, or
+:class:`NamedGrid` tells each site, in every message, the name its key was registered
+under; a site running under another ``--site-name`` refuses the message before computing
+or charging anything (:mod:`client.identity`). And every parser of a site's reply passes
+the name the site declares (which also names its ledger) through :func:`registered_name`:
+a reply whose node id is not registered, or that declares another site's name, is
+discarded (:class:`ProtocolError`). So the privacy report, the checkpoints and the
+release name only registered sites, each under the key that vouches for it. In a simulation, or
 with ``--insecure`` (no node authentication), there is no map and the declared names
 are used as given.
 
@@ -24,9 +26,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
 
 from server.errors import DeploymentError, ProtocolError
+from shared import keys
 from shared.manifest import atomic_write_bytes
 
 #: The map's file name in the coordinator's runtime folder.
@@ -50,6 +58,18 @@ def write_site_nodes(path: Path, nodes: dict[str, int]) -> None:
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
 
 
+def _site_nodes() -> dict[str, Any]:
+    """The map (node id as text → name); raises :class:`DeploymentError` if unreadable."""
+    try:
+        nodes = json.loads(Path(str(_nodes_file)).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DeploymentError(
+            f"cannot read the site registry's node map {_nodes_file} ({exc}); restart "
+            "`fedsynth server` with the same --out to resume"
+        ) from None
+    return nodes if isinstance(nodes, dict) else {}
+
+
 def registered_name(node: int, declared: str) -> str:
     """The site name for a reply from ``node`` that declares ``declared``.
 
@@ -63,14 +83,7 @@ def registered_name(node: int, declared: str) -> str:
     """
     if _nodes_file is None:
         return declared
-    try:
-        nodes = json.loads(_nodes_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DeploymentError(
-            f"cannot read the site registry's node map {_nodes_file} ({exc}); restart "
-            "`fedsynth server` with the same --out to resume"
-        ) from None
-    registered = nodes.get(str(node)) if isinstance(nodes, dict) else None
+    registered = _site_nodes().get(str(node))
     if not isinstance(registered, str):
         raise ProtocolError(f"node {node} is not a registered site (declared {declared!r})")
     if registered != declared:
@@ -81,3 +94,70 @@ def registered_name(node: int, declared: str) -> str:
             "names its privacy ledger)"
         )
     return registered
+
+
+class NamedGrid(Grid):
+    """The run's grid, telling each site the name its key was registered under.
+
+    Every message to a registered node carries :data:`shared.keys.REGISTERED_AS`, so
+    a site started under another ``--site-name`` refuses it before computing anything
+    (:mod:`client.identity`), rather than spending budget on replies the server would
+    discard. Everything else is delegated to ``grid`` unchanged.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def _named(self, messages: Iterable[Message]) -> list[Message]:
+        nodes = _site_nodes() if _nodes_file is not None else {}
+        out = []
+        for msg in messages:
+            meta = msg.metadata
+            name = nodes.get(str(meta.dst_node_id))
+            if not isinstance(name, str):
+                out.append(msg)  # not registered: the SuperLink never delivers it
+                continue
+            # A fresh record set: strategies may share one content object between nodes.
+            content = RecordDict(dict(msg.content.items()))
+            content[keys.REGISTERED_AS] = ConfigRecord({keys.SITE_NAME: name})
+            out.append(
+                Message(
+                    content=content,
+                    dst_node_id=meta.dst_node_id,
+                    message_type=meta.message_type,
+                    ttl=meta.ttl,
+                    group_id=meta.group_id,
+                )
+            )
+        return out
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send with each site's registered name; see :meth:`flwr.serverapp.Grid.send_and_receive`."""
+        return self.grid.send_and_receive(self._named(messages), timeout=timeout)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push with each site's registered name."""
+        return self.grid.push_messages(self._named(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegated."""
+        return self.grid.pull_messages(message_ids)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegated."""
+        return self.grid.get_node_ids()
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        """Delegated."""
+        return self.grid.create_message(*args, **kwargs)
+
+    def set_run(self, run: Any) -> None:
+        """Delegated."""
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        """Delegated."""
+        return self.grid.run

@@ -62,6 +62,12 @@ SITE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 OPT_IN_FIELDS: dict[str, tuple[str, ...]] = {PRIVACY_METRICS: (NUM_ROWS, TRAIN_SECONDS)}
 
+# --- deployment only: the name the coordinator registered the receiving node's key under ---
+# Added to every server -> site message by server.identity.NamedGrid; the ClientApp's mod
+# (client.identity) removes it and refuses the message if the site runs under another
+# --site-name, before any handler computes or charges anything. Public: the registry's names.
+REGISTERED_AS = "registered-as"  # ConfigRecord {SITE_NAME: name}
+
 # --- secure aggregation (shared.secagg): message types "train.<action>" ---
 SECAGG_SETUP = "secagg_setup"  # server -> site: index, threshold; site -> server: public keys
 SECAGG_SHARE_KEYS = "secagg_share_keys"  # server -> site: roster; site -> server: ciphertexts

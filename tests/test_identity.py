@@ -12,6 +12,7 @@ import pytest
 from server.app import run_federation
 from server.errors import DeploymentError, ProtocolError
 from server.identity import bind_names, registered_name, write_site_nodes
+from shared import keys
 from tests.test_secagg_flower import InProcessGrid, make_run
 from tests.test_secagg_flower import sites_template as _template
 
@@ -55,23 +56,37 @@ def test_a_reply_must_come_from_the_node_of_the_name_it_declares(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("_task_identity")
-def test_a_site_declaring_another_name_is_left_out_of_the_run_and_its_report(
-    sites_template: Path, tmp_path: Path
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_site_under_another_name_refuses_everything_and_is_left_out_uncharged(
+    sites_template: Path, tmp_path: Path, secure: bool
 ) -> None:
     # Prepare: nodes 101-103 run as site-0..2; the registry put node 103's key under
-    # hospital-x, so its replies name a site its key does not vouch for.
+    # hospital-x, so that site runs under a name its key does not carry.
     run = tmp_path / "run"
     nodes = run.parent / "site-nodes.json"
     write_site_nodes(nodes, {"site-0": 101, "site-1": 102, "hospital-x": 103})
-    extra: dict[str, Any] = {"site-nodes": str(nodes), "min-sites": 2}
+    extra: dict[str, Any] = {"site-nodes": str(nodes), "min-sites": 2, "secure-aggregation": secure}
     settings, cfg = make_run(sites_template, run, **extra)
+    grid = InProcessGrid(cfg)
 
     # Execute
-    out = run_federation(InProcessGrid(cfg), settings)
+    out = run_federation(grid, settings)
 
-    # Assert: the two registered names are aggregated and reported; site-2's reply is not.
+    # Assert: site-2 refused before computing anything, with the fix; the others ran.
+    first = keys.SECAGG_SETUP if secure else "train"  # the first message of the round
+    (refusal,) = [r for r in grid.received[first] if r.has_error()]
+    assert "registered this site's key as 'hospital-x', but the site runs with --site-name " in (
+        refusal.error.reason
+    )
+    assert "Restart it with --site-name hospital-x" in refusal.error.reason
+    assert not (run / "sites" / "site-2" / "state" / "privacy_ledger.json").exists()
     report = json.loads((out / "privacy_report.json").read_text())
     assert [s["site"] for s in report["sites"]] == ["site-0", "site-1"]
     assert report["round_history"][0]["trained"] == ["site-0", "site-1"]
     assert report["site_names"].startswith("checked: each is the name its authenticated key")
     assert "Site names: checked" in (out / "privacy_report.md").read_text()
+    # The handlers never saw the name record: the two sites' replies are the usual ones.
+    last = keys.SECAGG_TRAIN if secure else "train"
+    fields = keys.SECAGG_REPLY_FIELDS if secure else keys.SITE_REPLY_FIELDS
+    replies = [r for r in grid.received[last] if not r.has_error()]
+    assert len(replies) == 2 and all(set(r.content) <= set(fields) for r in replies)
