@@ -147,7 +147,9 @@ def test_compose_server_uses_tls_and_registers_every_hospital(compose: dict[str,
     assert cmd[0] == "server"
     assert _flag_values(cmd, "--certs") == ["/certs"]
     keys = _flag_values(cmd, "--site-key")
-    assert keys == [f"/certs/sites/site-{i}.pub" for i in range(len(HOSPITALS))]
+    # A --site-key registers the key under its file's name, which each hospital must run
+    # with as --site-name (else it refuses every message: client/identity.py).
+    assert keys == [f"/certs/sites/{name}.pub" for name in HOSPITALS]
     assert _flag_values(cmd, "--host") == ["0.0.0.0"]
     assert _flag_values(cmd, "--port") == ["9092"]
     assert _flag_values(cmd, "--min-sites") == [str(len(HOSPITALS))]
@@ -168,7 +170,8 @@ def test_certs_service_issues_what_the_others_mount(compose: dict[str, Any]) -> 
     assert "--host server" in script  # the name the hospitals dial
     assert "--host 127.0.0.1" in script  # fedsynth server talks to its own SuperLink
     assert "mv /certs/coordinator/ca.key /certs/offline/" in script
-    assert re.search(r"for i in 0 1 2; do", script)
+    assert re.search(r"for name in hospital-a hospital-b hospital-c; do", script)
+    assert "fedsynth certs site --name $$name --out /certs/site-$$i" in script
     assert svc["network_mode"] == "none"
 
 
@@ -183,7 +186,7 @@ def test_each_hospital_mounts_only_its_own_key_data_and_ledger(compose: dict[str
     for i, name in enumerate(HOSPITALS):
         svc = compose["services"][name]
         cmd = [str(a) for a in svc["command"]]
-        assert _flag_values(cmd, "--key") == [f"/keys/site-{i}.key"]
+        assert _flag_values(cmd, "--key") == [f"/keys/{name}.key"]
         assert _flag_values(cmd, "--ca") == ["/keys/ca.crt"]
         assert _flag_values(cmd, "--superlink") == ["server:9092"]
         assert _flag_values(cmd, "--site-name") == [name]
