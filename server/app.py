@@ -45,6 +45,7 @@ def run_identity(settings: RunSettings, schema: Schema) -> dict[str, Any]:
     for volatile in (
         "out_dir",
         "sites_dir",
+        "site_nodes",  # a file in each start's own runtime folder
         "schema_path",
         "device",
         "round_timeout",

@@ -90,3 +90,19 @@ def test_a_site_under_another_name_refuses_everything_and_is_left_out_uncharged(
     fields = keys.SECAGG_REPLY_FIELDS if secure else keys.SITE_REPLY_FIELDS
     replies = [r for r in grid.received[last] if not r.has_error()]
     assert len(replies) == 2 and all(set(r.content) <= set(fields) for r in replies)
+
+
+def test_the_node_map_path_does_not_stop_a_restarted_coordinator_resuming() -> None:
+    # Each `fedsynth server` start writes the map into its own runtime folder.
+    from server.app import run_identity
+    from shared.cohort import cohort_schema
+    from shared.config import RunSettings
+
+    first, second = (
+        RunSettings.from_run_config(
+            {"schema-path": "/s.json", "out-dir": "/o", "site-nodes": f"/tmp/{n}/map"}
+        )
+        for n in ("a", "b")
+    )
+    schema = cohort_schema()
+    assert run_identity(first, schema) == run_identity(second, schema)
