@@ -19,6 +19,7 @@ from flwr.app import ConfigRecord, Context, Error, Message
 from client.settings import SiteSettings
 from shared import keys
 from shared.errors import FedsynthError
+from shared.logs import setup_logging
 
 log = logging.getLogger("fedsynth.client")
 #: Flower error code of a message refused for a name that is not this site's.
@@ -46,5 +47,6 @@ def registered_name_mod(msg: Message, context: Context, call_next: Handler) -> M
         f"privacy ledger: keep --state-dir), or ask the coordinator to register the key as "
         f"{declared!r}"
     )
+    setup_logging()
     log.error("%s", reason)
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)

@@ -1,16 +1,19 @@
-"""A real deployment on 127.0.0.1: one coordinator, three hospitals, three refused nodes.
+"""A real deployment on 127.0.0.1: one coordinator, three hospitals, four refused nodes.
 
 The coordinator runs a SuperLink with TLS and SuperNode authentication; three
 sites with registered keys (two through ``fedsynth server sites add``, one
-through ``--site-key``) train for two rounds. Three nodes are refused and never
+through ``--site-key``) train for three rounds. Three nodes are refused and never
 train: site-3, whose key was never registered; site-4, registered but trusting
-another CA; site-5, registered but connecting without TLS (no CA at all).
+another CA; site-5, registered but connecting without TLS (no CA at all). A
+fourth, site-6, connects with its registered key but runs as ``--site-name
+impostor``: it refuses every message and spends nothing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,12 @@ from shared.tables import load_table
 from tests.e2e import independent_epsilon, ledger, run_cli, start_cli, stop, wait_for
 
 pytestmark = pytest.mark.slow
-SITES = 6  # site-3 is never registered; site-4 has the wrong CA; site-5 has no CA
+SITES = 7  # site-3 is never registered; site-4 has the wrong CA; site-5 has no CA
 CA = {4: "other-ca", 5: None}
+IMPOSTOR = 6  # registered as site-6, runs as --site-name impostor
+# The impostor starts after the three real sites connect and may miss round 1; it is
+# sampled in the later rounds.
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         run_cli(["certs", "demo", "--out", str(root / "other-ca"), "--sites", "1"]).returncode == 0
     )
     port = free_port()
-    for i in (0, 1, 4, 5):
+    for i in (0, 1, 4, 5, IMPOSTOR):
         pub = str(root / "certs" / "sites" / f"site-{i}.pub")
         added = run_cli(
             [
@@ -76,7 +83,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "--min-sites",
             "3",
             "--rounds",
-            "2",
+            str(ROUNDS),
             "--local-steps",
             "5",
             "--synthetic-rows",
@@ -105,8 +112,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         other = CA[i]
         return ["--insecure"] if other is None else ["--ca", str(root / other / "ca.crt")]
 
-    clients = [
-        start_cli(
+    def client(i: int) -> subprocess.Popen[bytes]:
+        return start_cli(
             [
                 "client",
                 "--data",
@@ -123,7 +130,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "--state-dir",
                 str(root / f"state-{i}"),
                 "--site-name",
-                f"site-{i}",
+                "impostor" if i == IMPOSTOR else f"site-{i}",
                 # auto: the CUDA path on a machine with a GPU, the CPU elsewhere.
                 "--device",
                 "auto",
@@ -131,9 +138,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ],
             root / f"client-{i}.log",
         )
-        for i in range(SITES)
-    ]
+
+    clients = [client(i) for i in range(IMPOSTOR)]
     try:
+        # The impostor joins once the three real sites are connected, so that it is
+        # never one of the first three a round waits for.
+        for i in range(3):
+            log = root / f"client-{i}.log"
+            wait_for(lambda log=log: "SuperNode ID" in log.read_text(errors="replace"), 180,
+                     f"site-{i} to connect")  # fmt: skip
+        clients.append(client(IMPOSTOR))
         server_rc = server.wait(timeout=420)
         stranger_rc = clients[3].wait(timeout=120)
         # Nodes without the right CA keep retrying the handshake; the run is over.
@@ -159,16 +173,16 @@ def test_server_completes_and_releases_a_valid_table(deployment: dict[str, Path]
     assert (deployment["out"] / "model" / "manifest.json").exists()
 
 
-def test_three_ledgers_record_both_rounds(deployment: dict[str, Path]) -> None:
+def test_three_ledgers_record_every_round(deployment: dict[str, Path]) -> None:
     report = json.loads((deployment["out"] / "privacy_report.json").read_text())
 
-    assert report["rounds"] == 2
+    assert report["rounds"] == ROUNDS
     assert [s["site"] for s in report["sites"]] == ["site-0", "site-1", "site-2"]
     for site in report["sites"]:
         doc = ledger(deployment["root"] / f"state-{site['site'][-1]}")
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in doc["entries"]]
-        assert [e["round"] for e in doc["entries"]] == [1, 2]
-        assert site["steps"] == 10
+        assert [e["round"] for e in doc["entries"]] == list(range(1, ROUNDS + 1))
+        assert site["steps"] == 5 * ROUNDS
         assert site["epsilon"] == pytest.approx(
             independent_epsilon(history, site["delta"]), rel=1e-9
         )
@@ -179,7 +193,9 @@ def test_sites_train_on_the_device_auto_selects(deployment: dict[str, Path]) -> 
     for i in range(3):
         log = (deployment["root"] / f"client-{i}.log").read_text(errors="replace")
         rounds = re.findall(rf"site-{i} round (\d): 5 DP steps on (\S+) in", log)
-        assert sorted(set(rounds)) == [("1", expected), ("2", expected)], log[-2000:]
+        assert sorted(set(rounds)) == [(str(r), expected) for r in range(1, ROUNDS + 1)], log[
+            -2000:
+        ]
 
 
 def test_unregistered_site_is_refused_and_never_trains(deployment: dict[str, Path]) -> None:
@@ -207,3 +223,18 @@ def test_node_without_the_ca_certificate_is_refused_and_never_trains(
     # Its key was registered: the refusal is the TLS handshake.
     assert REFUSAL[i] in log, log[-2000:]
     assert "Receiving: train message" not in log
+
+
+def test_a_site_under_another_name_refuses_every_message_and_spends_nothing(
+    deployment: dict[str, Path],
+) -> None:
+    root = deployment["root"]
+    server_log = (root / "server.log").read_text(errors="replace")
+    report = json.loads((deployment["out"] / "privacy_report.json").read_text())
+
+    # Its key got it in; the name it runs under did not: every message it got was refused.
+    refusal = "the coordinator registered this site's key as 'site-6', but the site runs with"
+    assert refusal in server_log, server_log[-3000:]
+    assert "Restart it with --site-name site-6" in server_log
+    assert not (root / f"state-{IMPOSTOR}" / "privacy_ledger.json").exists()
+    assert {s["site"] for s in report["sites"]} == {"site-0", "site-1", "site-2"}
