@@ -266,6 +266,7 @@ Generator: **{report["generator"]}**, {_md_fitted(report)}.
 {_md_table(report["sites"])}
 
 Site names: {report["site_names"]}.
+
 ε is each site's **cumulative** spend over every round and run in its privacy ledger.
 Unit of privacy: {report["unit"]}. {report["guarantee"]}
 {warn}
