@@ -16,7 +16,13 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_private_key,
+)
+
+from shared.ssh_keys import openssh_fingerprint
 
 Status = Literal["ok", "warn", "fail"]
 #: Warn when the CA certificate expires within this many days.
@@ -122,7 +128,13 @@ def check_site_key(path: Path | None) -> Finding:
             f"{path} can be read by other users (mode {path.stat().st_mode & 0o777:o})",
             f"chmod 600 {path}",
         )
-    return Finding("site key", "ok", f"{path}: EC {key.curve.name} key, mode 600")
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return Finding(
+        "site key",
+        "ok",
+        f"{path}: EC {key.curve.name} key, mode 600, fingerprint {openssh_fingerprint(public)} "
+        "(`fedsynth server sites list` at the coordinator must show it under this --site-name)",
+    )
 
 
 def _split_address(superlink: str) -> tuple[str, int]:

@@ -154,9 +154,13 @@ def test_ca_missing_expired_not_yet_valid_and_not_a_ca(
     assert check_ca(creds.server_cert).status == "warn"
 
 
-def test_site_key_ok(site_key: Path) -> None:
+def test_site_key_ok_with_the_fingerprint_the_coordinator_lists(site_key: Path) -> None:
+    from deploy.certs import public_key_fingerprint
+
     finding = check_site_key(site_key)
     assert finding.status == "ok", finding.message
+    expected = public_key_fingerprint(site_key.with_suffix(".pub"))
+    assert f"fingerprint {expected} " in finding.message
 
 
 def test_site_key_fail_cases(site_key: Path, creds: ServerCredentials, tmp_path: Path) -> None:
