@@ -16,13 +16,9 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_ssh_private_key,
-)
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from shared.ssh_keys import openssh_fingerprint
+from shared.ssh_keys import openssh_fingerprint, public_key_line
 
 Status = Literal["ok", "warn", "fail"]
 #: Warn when the CA certificate expires within this many days.
@@ -128,7 +124,7 @@ def check_site_key(path: Path | None) -> Finding:
             f"{path} can be read by other users (mode {path.stat().st_mode & 0o777:o})",
             f"chmod 600 {path}",
         )
-    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    public = public_key_line(path.read_bytes())
     return Finding(
         "site key",
         "ok",
