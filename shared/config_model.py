@@ -13,7 +13,7 @@ EFFECT_MODELS: tuple[str, ...] = ("linear", "mlp")
 #: Generators fitted from noisy releases of statistics (one message per stage), not
 #: DP-SGD rounds (:class:`shared.models.release.ReleaseFamily`; a test keeps this list
 #: equal to the registered subclasses, so the config need not import torch to know).
-RELEASE_GENERATORS: tuple[str, ...] = ("dp-marginal",)
+RELEASE_GENERATORS: tuple[str, ...] = ("dp-marginal", "dp-copula")
 
 
 @dataclass(frozen=True)

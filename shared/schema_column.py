@@ -2,8 +2,9 @@
 
 :mod:`shared.schema` holds the whole document (columns, roles, constraints) and
 its format; this module holds what one entry of ``"columns"`` may say: a type,
-categories or public bounds, ``nullable``, a description and, for a numeric
-column, public ``atoms`` (values many rows hold exactly).
+categories or public bounds, ``nullable``, a description, for a categorical
+column whether its categories are ``ordered`` (listed lowest first), and for a
+numeric column public ``atoms`` (values many rows hold exactly).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from typing import Any, Literal, cast
 
 ColumnKind = Literal["categorical", "integer", "continuous"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
-_COLUMN_KEYS = {"name", "type", "categories", "min", "max", "nullable", "description", "atoms"}
+_COLUMN_KEYS = {
+    "name",
+    "type",
+    "categories",
+    "ordered",
+    "min",
+    "max",
+    "nullable",
+    "description",
+    "atoms",
+}
 _MAX_CATEGORIES = 1000
 #: Atoms per numeric column; each is one more output slot of the generator.
 MAX_ATOMS = 32
@@ -40,6 +51,11 @@ class Column:
     atoms : tuple of float
         Public point masses of a numeric column (values many rows hold exactly),
         in the order the schema lists them; empty for most columns.
+    ordered : bool
+        Categorical columns only: the categories are levels listed lowest first
+        (education, a severity scale), so neighbours in the list are alike.
+        Generators that place categories on a scale (``dp-copula``) keep this
+        order; otherwise they may choose one.
     """
 
     name: str
@@ -50,6 +66,7 @@ class Column:
     nullable: bool = False
     description: str = ""
     atoms: tuple[float, ...] = ()
+    ordered: bool = False
 
     @property
     def is_numeric(self) -> bool:
@@ -61,6 +78,8 @@ class Column:
         out: dict[str, Any] = {"name": self.name, "type": self.kind}
         if self.kind == "categorical":
             out["categories"] = list(self.categories)
+            if self.ordered:  # omitted when false, so older schemas keep their fingerprint
+                out["ordered"] = True
         else:
             lo, hi = self.minimum, self.maximum
             out["min"] = int(lo) if self.kind == "integer" else lo
@@ -123,6 +142,13 @@ def parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
                 f"{where}: 'atoms' are point masses of numeric columns; a categorical column "
                 "already gives every category its own slot, so remove 'atoms'"
             )
+        ordered = raw.get("ordered", False)
+        if not isinstance(ordered, bool):
+            problems.append(
+                f"{where}: 'ordered' must be true (categories listed lowest first) or false, "
+                f"got {ordered!r}"
+            )
+            ordered = False
         if not isinstance(cats, list) or len(cats) < 1:
             problems.append(f"{where}: 'categories' must be a non-empty list of strings")
             return None
@@ -141,10 +167,22 @@ def parse_column(raw: Any, index: int, problems: list[str]) -> Column | None:
         if len(set(cats)) != len(cats):
             problems.append(f"{where}: 'categories' has duplicates; list each once")
             return None
-        return Column(name, "categorical", tuple(cats), nullable=nullable, description=description)
+        return Column(
+            name,
+            "categorical",
+            tuple(cats),
+            nullable=nullable,
+            description=description,
+            ordered=ordered,
+        )
     raw_lo, raw_hi = raw.get("min"), raw.get("max")
     if "categories" in raw:
         problems.append(f"{where}: numeric columns take 'min'/'max', not 'categories'")
+    if "ordered" in raw:
+        problems.append(
+            f"{where}: 'ordered' describes a categorical column's list; a numeric column is "
+            "ordered by its values, so remove 'ordered'"
+        )
     if not _is_number(raw_lo) or not _is_number(raw_hi):
         problems.append(
             f"{where}: numeric columns need finite numbers 'min' and 'max' (the documented "

@@ -122,10 +122,37 @@ def test_k_shares_sum_to_the_counts_plus_one_central_noise() -> None:
     # Three shares of variance (σΔ)²/3 each: the sum's std is σΔ = 2.4 (within 5 % over 4,000).
     assert np.std(noise) == pytest.approx(sigma * delta, rel=0.05)
     assert abs(np.mean(noise)) < 0.15
-    with pytest.raises(ModelError, match="non-negative integer counts"):
+    with pytest.raises(ModelError, match="need statistics that are integers"):
         release_share(
             np.array([0.5]), noise_multiplier=1, sensitivity=1, noise_sites=1, grid_bits=0, rng=rng
         )
+    with pytest.raises(ModelError, match="magnitude exceeds"):
+        release_share(
+            np.array([-(2.0**32)]),
+            noise_multiplier=1,
+            sensitivity=1,
+            noise_sites=1,
+            grid_bits=0,
+            rng=rng,
+        )
+
+
+def test_signed_integer_statistics_sum_exactly_through_the_ring() -> None:
+    """dp-copula's pair sums are integers of either sign: the ring keeps the sign."""
+    rng = np.random.default_rng(1)
+    stats = [rng.integers(-10_000, 10_000, 500).astype(np.float64) for _ in range(3)]
+    sigma, delta = 1.0, 50.0
+    bits = release_grid_bits(noise_multiplier=sigma, sensitivity=delta, noise_sites=3, length=500)
+    shares = {
+        i: release_share(
+            s, noise_multiplier=sigma, sensitivity=delta, noise_sites=3, grid_bits=bits, rng=rng
+        )
+        for i, s in enumerate(stats, start=1)
+    }
+    total = secure_sum(shares, codec=release_codec(bits), threshold=2, min_participants=3)
+    noise = total - sum(stats)
+    assert np.std(noise) == pytest.approx(sigma * delta, rel=0.1)
+    assert abs(np.mean(noise)) < 5.0
 
 
 def test_a_site_refuses_a_share_outside_secure_aggregation_or_on_a_coarse_grid(

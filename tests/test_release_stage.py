@@ -63,7 +63,7 @@ def site(tmp_path: Path, cohort: Schema) -> SiteSettings:
 # ---------------------------------------------------------------------- settings
 def test_the_config_knows_every_release_family_without_importing_it() -> None:
     registered = {f for f in available_families() if issubclass(_REGISTRY[f], ReleaseFamily)}
-    assert set(RELEASE_GENERATORS) == registered == {"dp-marginal"}
+    assert set(RELEASE_GENERATORS) == registered == {"dp-marginal", "dp-copula"}
 
 
 def test_stage_noise_spends_exactly_epsilon_and_splits_by_share(tmp_path: Path) -> None:

@@ -134,6 +134,14 @@ def test_all_problems_are_reported_at_once() -> None:
             "column 'sex': 'nullable' must be true or false, got 'yes'",
         ),
         (
+            {"name": "grade", "type": "categorical", "categories": ["a", "b"], "ordered": "yes"},
+            "column 'grade': 'ordered' must be true (categories listed lowest first) or false",
+        ),
+        (
+            {"name": "age", "type": "integer", "min": 0, "max": 9, "ordered": True},
+            "column 'age': 'ordered' describes a categorical column's list",
+        ),
+        (
             {"name": "sex", "type": "categorical", "categories": ["a"], "unit": "kg"},
             "column 'sex': unknown field(s) ['unit']; remove them",
         ),
@@ -438,3 +446,18 @@ def test_valid_schemas_round_trip_through_json(doc: dict[str, Any]) -> None:
     assert again == schema
     assert again.fingerprint() == schema.fingerprint()
     assert again.names == [c["name"] for c in doc["columns"]]
+
+
+def test_ordered_categories_round_trip_and_leave_unordered_fingerprints_alone(
+    small_schema_doc: dict[str, Any],
+) -> None:
+    before = Schema.from_dict(small_schema_doc).fingerprint()
+    cat = next(c for c in small_schema_doc["columns"] if c["type"] == "categorical")
+    cat["ordered"] = False
+    assert Schema.from_dict(small_schema_doc).fingerprint() == before  # false is the default
+    cat["ordered"] = True
+    schema = Schema.from_dict(small_schema_doc)
+    assert schema.column(cat["name"]).ordered
+    assert schema.column(cat["name"]).to_dict()["ordered"] is True
+    assert Schema.from_dict(schema.to_dict()) == schema
+    assert schema.fingerprint() != before  # a different public model of the column

@@ -1,7 +1,8 @@
-"""Release-family statistics as secure-aggregation shares (integer counts, discrete Gaussian).
+"""Release-family statistics as secure-aggregation shares (integers, discrete Gaussian).
 
-A release family's statistics are counts: integers, so scaling them by ``1/γ``
-with γ = 2**-b leaves them integers, and no rounding slack enters the
+A release family's statistics are integers (counts; ``dp-copula``'s pair sums are
+sums of products of scores quantised to a public grid, of either sign), so scaling
+them by ``1/γ`` with γ = 2**-b leaves them integers, and no rounding slack enters the
 sensitivity (unlike a gradient sum, :mod:`shared.distdp.accounting`). A site
 adds discrete Gaussian noise of scale σ_sΔ_s/(γ√K) to its scaled counts and
 reduces them modulo ``2**48``; the server learns only the sum of the shares.
@@ -34,8 +35,8 @@ from shared.errors import AccountingError, ModelError
 
 #: Finest grid tried, γ = 2**-MAX_GRID_BITS (counts up to MAX_ROWS still fit the ring).
 MAX_GRID_BITS = 12
-#: Public bound on the rows behind one summed count; with MAX_GRID_BITS it leaves the
-#: 48-bit ring a factor of 8 of headroom.
+#: Public bound on the magnitude of one summed statistic (for counts: the rows behind
+#: it); with MAX_GRID_BITS it leaves the 48-bit ring a factor of 8 of headroom.
 MAX_ROWS = 2**31
 
 
@@ -95,7 +96,7 @@ def release_share(
     Parameters
     ----------
     stats : numpy.ndarray
-        The site's exact counts of one stage (non-negative integers).
+        The site's exact statistics of one stage (integers, e.g. counts).
     noise_multiplier : float
         σ_s: noise std of the sum of all K shares, in units of Δ_s.
     sensitivity : float
@@ -110,17 +111,20 @@ def release_share(
     Raises
     ------
     ModelError
-        The statistics are not non-negative integers (the exact encoding needs counts),
-        or exceed :data:`MAX_ROWS`.
+        The statistics are not integers (the exact encoding needs them), or their
+        magnitude exceeds :data:`MAX_ROWS`.
     """
     x = np.asarray(stats, dtype=np.float64)
-    if not (np.isfinite(x).all() and (x >= 0).all() and (x == np.round(x)).all()):
+    if not (np.isfinite(x).all() and (x == np.round(x)).all()):
         raise ModelError(
-            "release shares need statistics that are non-negative integer counts; this "
-            "family's are not, so it cannot be fitted under secure aggregation"
+            "release shares need statistics that are integers; this family's are not, so "
+            "it cannot be fitted under secure aggregation"
         )
-    if x.size and x.max() > MAX_ROWS:
-        raise ModelError(f"a count exceeds {MAX_ROWS} rows, beyond the share ring's headroom")
+    if x.size and np.abs(x).max() > MAX_ROWS:
+        raise ModelError(
+            f"a statistic's magnitude exceeds {MAX_ROWS}, beyond the share ring's headroom; "
+            "split the site's table, or fit without secure aggregation"
+        )
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0 and noise_sites >= 1):
         raise ValueError(f"need σ_s > 0 and K ≥ 1, got {noise_multiplier} and {noise_sites}")
     return site_share(

@@ -136,7 +136,7 @@ def codes(columns: list[Discrete], rows: np.ndarray, edges: np.ndarray) -> np.nd
             out[:, i] = np.argmax(x[:, s.start : s.stop], axis=1)
             continue
         if c.binned:
-            cell = _grid_cells(x[:, s.start], len(edges[i]) - 1)
+            cell = grid_cells(x[:, s.start], len(edges[i]) - 1)
             code = np.searchsorted(edges[i, 1:-1], cell, side="right")
         else:
             code = np.rint((x[:, s.start] + 1.0) / 2.0 * (c.values - 1))
@@ -146,7 +146,7 @@ def codes(columns: list[Discrete], rows: np.ndarray, edges: np.ndarray) -> np.nd
     return out
 
 
-def _grid_cells(v: np.ndarray, bins: int) -> np.ndarray:
+def grid_cells(v: np.ndarray, bins: int) -> np.ndarray:
     """Grid cell of each encoded value (``[-1, 1]``; the bounds get their own cells)."""
     width = fine_width(bins)
     cell = 1 + np.clip(np.floor((v + 1.0) / 2.0 * (width - 2)), 0, width - 3)
@@ -169,7 +169,7 @@ def fine_counts(columns: list[Discrete], rows: np.ndarray, bins: int) -> np.ndar
     width = fine_width(bins)
     for c in (c for c in columns if c.binned):
         present = _mode_slots(c, x) == 0  # neither missing nor at an atom
-        cell = _grid_cells(x[present, c.span.start], bins)
+        cell = grid_cells(x[present, c.span.start], bins)
         parts.append(np.bincount(cell, minlength=width))
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
