@@ -5,7 +5,7 @@ order (:func:`code_order`) and given normal scores from the column's noisy
 margin: code ``k`` scores Φ⁻¹ of its mid-CDF, standardised to mean 0 and
 variance 1 under that margin (:func:`margin_scores`). The scores of one row form
 a vector z; a site releases Σ z zᵀ over its rows (upper triangle, rows clipped to
-‖z‖ ≤ B and quantised to integers in units of 1/:data:`SCORE_SCALE`,
+‖z‖ ≤ B and rounded to integers in units of 1/:data:`SCORE_SCALE`,
 :func:`clipped_scores`), whose L2 sensitivity is (SCORE_SCALE · B)²/√2
 (:func:`pair_sensitivity`).
 
@@ -38,9 +38,11 @@ MIN_ATTENUATION = 0.2
 MAX_CORRELATION = 0.99
 #: Smallest eigenvalue kept by the repair (relative to a unit diagonal).
 MIN_EIGENVALUE = 1e-3
-#: Scores are sent as integers in units of 1/SCORE_SCALE (truncation biases a
-#: correlation towards 0 by about 1/(2 · SCORE_SCALE) of itself).
-SCORE_SCALE = 64
+#: Scores are sent as integers in units of 1/SCORE_SCALE. A pair sum is at most
+#: SCORE_SCALE² · B²/2 per row, and secure aggregation takes sums up to 2**31
+#: (:data:`shared.distdp.release.MAX_ROWS`): with 16, a site of up to about 600,000
+#: rows at d = 15 columns (B² ≈ 27), or 280,000 at d = 40.
+SCORE_SCALE = 16
 #: Mid-CDFs are kept this far inside (0, 1) so every score is finite.
 _EDGE = 1e-6
 
@@ -128,17 +130,19 @@ def attenuation(margin: np.ndarray, order: np.ndarray) -> float:
 
 
 def clipped_scores(codes: np.ndarray, scores: list[np.ndarray], *, clip_norm: float) -> np.ndarray:
-    """``(n, d)`` integer score vectors of coded rows: clipped to ‖z‖ ≤ B, then quantised.
+    """``(n, d)`` integer score vectors of coded rows: clipped, then rounded to the grid.
 
-    Each row's scores are scaled down to L2 norm ≤ B (``clip_norm``), then
-    multiplied by :data:`SCORE_SCALE` and truncated towards zero, so the result
-    is an integer vector of norm ≤ SCORE_SCALE · B (truncation never lengthens
-    a vector) and the pair sums are exact integers, as secure aggregation needs.
+    Each row's scores are scaled down to L2 norm ≤ B − √d/(2 · SCORE_SCALE)
+    (``clip_norm`` = B), multiplied by :data:`SCORE_SCALE` and rounded to the
+    nearest integer. Rounding moves each coordinate by at most 1/2, so the result
+    has norm ≤ SCORE_SCALE · B, and the pair sums are exact integers, as secure
+    aggregation needs.
     """
     z = np.stack([s[codes[:, i]] for i, s in enumerate(scores)], axis=1)
+    inner = max(clip_norm - math.sqrt(z.shape[1]) / (2.0 * SCORE_SCALE), 0.0)
     norms = np.linalg.norm(z, axis=1, keepdims=True)
-    scale = np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))
-    out: np.ndarray = np.trunc(z * scale * SCORE_SCALE)
+    scale = np.minimum(1.0, inner / np.maximum(norms, 1e-12))
+    out: np.ndarray = np.rint(z * scale * SCORE_SCALE)
     return out
 
 
