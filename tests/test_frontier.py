@@ -14,7 +14,7 @@ from shared.evaluation.association import associations
 from shared.models import build_generator
 from simulations.benchmarks import frontier_grid as grid
 from simulations.benchmarks.frontier import _epsilons
-from simulations.benchmarks.frontier_cells import Training, make_split, run_cell
+from simulations.benchmarks.frontier_cells import Training, make_split, pick_best, run_cell
 from simulations.benchmarks.frontier_tables import load_bench_table
 
 
@@ -199,6 +199,17 @@ def test_cells_train_and_score_on_tiny_data() -> None:
     assert single["note"].startswith("best site")
     for key in grid.METRICS:
         assert np.isfinite(single[key]), key
+
+
+def test_best_single_site_skips_a_site_without_an_auc() -> None:
+    """A one-class synthetic target has no AUC: NaN first in the list must not win."""
+    tables = [pd.DataFrame({"x": [i]}) for i in range(3)]
+    best, synth = pick_best(
+        [(float("nan"), 0, tables[0]), (0.6, 1, tables[1]), (0.7, 2, tables[2])]
+    )
+    assert best == 2 and synth is tables[2]
+    only_nan, _ = pick_best([(float("nan"), 0, tables[0]), (float("nan"), 1, tables[1])])
+    assert only_nan == 0
 
 
 def test_release_placement_benchmark_prints_noise_and_paired_aucs(

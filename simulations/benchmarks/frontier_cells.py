@@ -8,6 +8,7 @@ synthetic table (:func:`run_cell`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -127,6 +128,17 @@ def _fresh(cell: grid.Cell, split: Split) -> GeneratorFamily:
     return build_generator(split.bench.schema, ModelSettings(generator=cell.family))
 
 
+def pick_best(tried: list[tuple[float, int, pd.DataFrame]]) -> tuple[int, pd.DataFrame]:
+    """The site (index, synthetic table) of the highest AUC among ``(auc, index, table)``.
+
+    A site whose synthetic target has one class has no AUC (NaN); it is never picked
+    unless every site is NaN, and NaN never wins by coming first (``max`` would keep it).
+    """
+    scored = [t for t in tried if not math.isnan(t[0])] or tried
+    _, best, synth = max(scored, key=lambda t: t[0])
+    return best, synth
+
+
 def run_cell(cell: grid.Cell, split: Split, cfg: Training) -> dict[str, Any]:
     """Train and evaluate one cell; returns its metrics, seconds and notes."""
     b, train, hold = split.bench, split.train, split.holdout
@@ -146,7 +158,7 @@ def run_cell(cell: grid.Cell, split: Split, cfg: Training) -> dict[str, Any]:
             auc = grid.auc_scores(train, hold, synth, b.schema, b.target, cell.seed)["auc_gb"]
             tried.append((auc, i, synth))
         # The holdout picks the site: optimistic for this baseline, so conservative for ours.
-        _, best, synth = max(tried, key=lambda t: t[0])
+        best, synth = pick_best(tried)
         members = split.sites[cell.sites][best]
         row["note"] = f"best site {best} of {cell.sites}"
     else:
