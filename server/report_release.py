@@ -1,4 +1,4 @@
-"""The privacy report's sections for a release family (``dp-marginal``): no DP-SGD rounds.
+"""The privacy report's sections for a release family (``dp-marginal``, ``dp-copula``): no DP-SGD rounds.
 
 :func:`add_release_stages` rewrites the report's DP-SGD facts into the stages' facts
 (what each site released, at which σ_s and Δ_s, and what the coordinator could see);
@@ -74,14 +74,14 @@ def _release_mechanism(settings: RunSettings) -> str:
         return (
             "one distributed discrete Gaussian release per stage under secure aggregation: "
             f"each of K = {settings.min_sites} sites adds discrete Gaussian noise of variance "
-            "(sigma_s Delta_s)^2 / K to its counts, and the coordinator learns only the sum, "
+            "(sigma_s Delta_s)^2 / K to its statistics, and the coordinator learns only the sum, "
             "which carries the noise of one central release at sigma_s = sigma / sqrt(rho_s). "
             f"{recorded}, assuming secure aggregation holds and fewer than the threshold of "
             "sites collude with it; with t colluders the honest noise is sigma_s sqrt((K - t)/K)."
         )
     return (
         "one discrete Gaussian release per stage under secure aggregation: each site adds "
-        "noise of std sigma_s Delta_s to its counts (DP on its own), and the coordinator "
+        "noise of std sigma_s Delta_s to its statistics (DP on its own), and the coordinator "
         f"learns only the sum. {recorded}."
     )
 
