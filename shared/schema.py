@@ -13,6 +13,8 @@ Document format (``fedsynth_schema_version`` 1)::
       "columns": [
         {"name": "age", "type": "integer", "min": 18, "max": 95},
         {"name": "sex", "type": "categorical", "categories": ["female", "male"]},
+        {"name": "smoker", "type": "categorical", "categories": ["never", "former", "current"],
+         "ordered": true},
         {"name": "bmi", "type": "continuous", "min": 15, "max": 60, "nullable": true},
         {"name": "cost", "type": "continuous", "min": 0, "max": 1e6, "atoms": [0]}
       ],
@@ -34,6 +36,12 @@ lies within the column's bounds, they are distinct, and integral for integer
 columns. The field needs no new version: a fedsynth that predates it refuses
 the unknown column field instead of ignoring it, and a schema without atoms
 keeps its fingerprint.
+
+A categorical column may say ``"ordered": true`` when its categories are levels
+listed lowest first (education, a severity scale). Generators that place
+categories on a scale (``dp-copula``) keep that order; an unordered column's
+order is theirs to choose. Like atoms, it needs no new version, and a schema
+that never says it keeps its fingerprint.
 """
 
 from __future__ import annotations
