@@ -45,7 +45,7 @@ from scipy.stats import chi2
 from torch import nn
 
 from shared.dp_bayesnet import norm_sub
-from shared.errors import ConfigError, ModelError
+from shared.errors import ModelError
 from shared.models import copula_math as cm
 from shared.models import marginal_columns as mc
 from shared.models import marginal_grid as mg
@@ -96,11 +96,7 @@ class CopulaGenerator(ReleaseFamily):
     """Gaussian copula over discretised columns, fitted from noisy margins and pair sums."""
 
     def build_module(self) -> nn.Module:
-        if len(self.schema.columns) < 2:
-            raise ConfigError(
-                f"generator 'dp-copula' models pairs of columns; schema {self.schema.name!r} "
-                "has one column. Use a schema with at least two columns, or 'dp-vae'."
-            )
+        self.require_pairs()
         self.bins = self.settings.marginal_bins
         self.columns = mc.discretise(self.transformer, self.bins)
         self.sizes = [c.size for c in self.columns]
@@ -187,8 +183,7 @@ class CopulaGenerator(ReleaseFamily):
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
         """Exact statistics of ``stage``: count and grids (0), code counts (1), pair sums (2)."""
         if _stage(stage) == 0:
-            count = np.array([float(len(rows))])
-            return np.concatenate([count, mc.fine_counts(self.columns, rows, self.bins)])
+            return mg.grid_statistics(self.columns, rows, self.bins)
         codes = self.codes(rows)
         if stage == 1:
             parts = [np.bincount(codes[:, i], minlength=n) for i, n in enumerate(self.sizes)]
@@ -227,13 +222,8 @@ class CopulaGenerator(ReleaseFamily):
     def _fit_grid(self, total: np.ndarray, noise_std: float) -> None:
         """Bins at the grids' noisy quantiles, the grids for values within; margins reset."""
         cop = self.cop
-        width = mc.fine_width(self.bins)
-        edges = mc.uniform_edges(self.columns, self.bins)
-        fine = np.zeros((len(self.columns), width))  # unbinned columns: unused
-        for k, i in enumerate(self.binned):
-            noisy = total[1 + k * width : 1 + (k + 1) * width]
-            edges[i], fine[i] = mg.fit_grid(noisy, self.bins, noise_std=noise_std)
-        cop.rows.fill_(max(float(total[0]), 1.0))
+        rows, edges, fine = mg.fit_grids(self.columns, total, self.bins, noise_std=noise_std)
+        cop.rows.fill_(rows)
         cop.edges.copy_(torch.from_numpy(edges))
         cop.fine.copy_(torch.from_numpy(fine))
         cop.order.copy_(torch.from_numpy(self._public_orders(edges)))

@@ -46,7 +46,7 @@ from torch import nn
 
 from shared import dp_bayesnet as bn
 from shared import dp_marginals as dm
-from shared.errors import ConfigError, ModelError
+from shared.errors import ModelError
 from shared.models import marginal_columns as mc
 from shared.models import marginal_grid as mg
 from shared.models.base import register_family
@@ -94,11 +94,7 @@ class MarginalGenerator(ReleaseFamily):
     """Degree-2 Bayesian network over discretised columns, fitted from noisy marginals."""
 
     def build_module(self) -> nn.Module:
-        if len(self.schema.columns) < 2:
-            raise ConfigError(
-                f"generator 'dp-marginal' models pairs of columns; schema {self.schema.name!r} "
-                "has one column. Use a schema with at least two columns, or 'dp-vae'."
-            )
+        self.require_pairs()
         self.bins = self.settings.marginal_bins
         self.columns = mc.discretise(self.transformer, self.bins)
         self.sizes = [c.size for c in self.columns]
@@ -154,8 +150,7 @@ class MarginalGenerator(ReleaseFamily):
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
         """Exact statistics of ``stage``: count and grid histograms, pair or network tables."""
         if _stage(stage) == 0:
-            count = np.array([float(len(rows))])
-            return np.concatenate([count, mc.fine_counts(self.columns, rows, self.bins)])
+            return mg.grid_statistics(self.columns, rows, self.bins)
         codes = self.codes(rows)
         if stage == 1:
             coarse = np.stack([m[codes[:, i]] for i, m in enumerate(self.merge)], axis=1)
@@ -193,14 +188,8 @@ class MarginalGenerator(ReleaseFamily):
     def _fit_grid(self, total: np.ndarray, noise_std: float) -> None:
         """Bins at the grid histograms' noisy quantiles; the histograms for values within."""
         net = self.net
-        width = mc.fine_width(self.bins)
-        edges = mc.uniform_edges(self.columns, self.bins)
-        fine = np.zeros((len(self.columns), width))  # unbinned columns: unused
-        binned = [i for i, c in enumerate(self.columns) if c.binned]
-        for k, i in enumerate(binned):
-            noisy = total[1 + k * width : 1 + (k + 1) * width]
-            edges[i], fine[i] = mg.fit_grid(noisy, self.bins, noise_std=noise_std)
-        net.rows.fill_(max(float(total[0]), 1.0))
+        rows, edges, fine = mg.fit_grids(self.columns, total, self.bins, noise_std=noise_std)
+        net.rows.fill_(rows)
         net.edges.copy_(torch.from_numpy(edges))
         net.fine.copy_(torch.from_numpy(fine))
         self._reset_network()

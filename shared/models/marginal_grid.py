@@ -28,6 +28,34 @@ TAIL_Z = 1.0
 BOUND_Z = 2.0
 
 
+def grid_statistics(columns: list[mc.Discrete], rows: np.ndarray, bins: int) -> np.ndarray:
+    """Exact grid-stage statistics: the row count, then every binned column's grid histogram.
+
+    One row adds 1 to the count and to at most one cell of each of the b histograms,
+    so the L2 sensitivity is √(1 + b).
+    """
+    count = np.array([float(len(rows))])
+    return np.concatenate([count, mc.fine_counts(columns, rows, bins)])
+
+
+def fit_grids(
+    columns: list[mc.Discrete], total: np.ndarray, bins: int, *, noise_std: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The noisy row count (at least 1), every column's bin edges and grid weights.
+
+    Post-processing of the summed :func:`grid_statistics`; unbinned columns keep
+    equal-width edges and zero weights (unused).
+    """
+    width = mc.fine_width(bins)
+    edges = mc.uniform_edges(columns, bins)
+    fine = np.zeros((len(columns), width))
+    binned = [i for i, c in enumerate(columns) if c.binned]
+    for k, i in enumerate(binned):
+        noisy = total[1 + k * width : 1 + (k + 1) * width]
+        edges[i], fine[i] = fit_grid(noisy, bins, noise_std=noise_std)
+    return max(float(total[0]), 1.0), edges, fine
+
+
 def quantile_edges(weights: np.ndarray, bins: int) -> np.ndarray:
     """Edges of ``bins`` bins of about equal mass under non-negative grid ``weights``.
 

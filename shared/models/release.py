@@ -87,6 +87,20 @@ class ReleaseFamily(GeneratorFamily):
             "local_release / fit_release, or a DP-SGD family such as 'dp-vae'"
         )
 
+    def require_pairs(self) -> None:
+        """Refuse a one-column schema: release families model pairs of columns.
+
+        Raises
+        ------
+        ConfigError
+            If the schema has fewer than two columns.
+        """
+        if len(self.schema.columns) < 2:
+            raise ConfigError(
+                f"generator {self.name!r} models pairs of columns; schema {self.schema.name!r} "
+                "has one column. Use a schema with at least two columns, or 'dp-vae'."
+            )
+
     def private_module(self) -> nn.Module:
         """Refused: a release family has no DP-SGD-trained part."""
         raise self._no_dp_sgd()
