@@ -17,6 +17,7 @@ from shared.config import ModelSettings
 from shared.errors import ConfigError, ModelError
 from shared.manifest import load_model, save_model
 from shared.models import build_generator
+from shared.models import copula_latent as cl
 from shared.models import copula_math as cm
 from shared.models.copula import CopulaGenerator
 from shared.schema import Schema
@@ -68,7 +69,7 @@ def test_scores_are_standardised_under_their_margin(weights: list[float]) -> Non
     scores, thresholds = cm.margin_scores(p, order)
     assert float(p @ scores) == pytest.approx(0.0, abs=1e-9)
     assert float(p @ scores**2) == pytest.approx(1.0, abs=1e-9)
-    assert np.all(np.diff(thresholds) >= 0)
+    assert np.all(thresholds[1:] >= thresholds[:-1])
     # Higher codes in the order score higher (ties only where a code has no mass).
     ranked = scores[order][p[order] > 0]
     assert np.all(np.diff(ranked) > 0)
@@ -77,13 +78,13 @@ def test_scores_are_standardised_under_their_margin(weights: list[float]) -> Non
 
 
 def test_attenuation_is_known_for_a_fair_coin_and_near_one_for_fine_margins() -> None:
-    assert cm.attenuation(np.array([0.5, 0.5]), np.arange(2)) == pytest.approx(
+    assert cl.attenuation(np.array([0.5, 0.5]), np.arange(2)) == pytest.approx(
         math.sqrt(2 / math.pi), rel=1e-6
     )
     fine = np.full(200, 1 / 200)
-    assert 0.99 < cm.attenuation(fine, np.arange(200)) <= 1.0
+    assert 0.99 < cl.attenuation(fine, np.arange(200)) <= 1.0
     # A nearly constant column is floored, so noise is not amplified without bound.
-    assert cm.attenuation(np.array([0.999, 0.001]), np.arange(2)) == cm.MIN_ATTENUATION
+    assert cl.attenuation(np.array([0.999, 0.001]), np.arange(2)) == cl.MIN_ATTENUATION
 
 
 @settings(max_examples=60, deadline=None)
@@ -105,34 +106,63 @@ def test_one_rows_pair_products_never_exceed_the_sensitivity(
     assert np.linalg.norm(cm.pair_sums(z)) <= cm.pair_sensitivity(clip) + 1e-6
 
 
-def test_latent_correlation_recovers_a_known_correlation_through_coarse_codes() -> None:
+def test_latent_correlation_recovers_known_correlations_through_coarse_codes() -> None:
     rng = np.random.default_rng(0)
-    rho = 0.6
-    u = rng.multivariate_normal([0, 0, 0], [[1, rho, 0], [rho, 1, 0], [0, 0, 1]], 200_000)
-    # Column 0 cut into 2 codes, column 1 into 5, column 2 into 8: all discrete.
-    cuts = [np.array([0.3]), np.array([-1.0, -0.2, 0.4, 1.1]), np.linspace(-1.5, 1.5, 7)]
+    cov = np.eye(4)
+    cov[0, 1] = cov[1, 0] = 0.6
+    cov[0, 3] = cov[3, 0] = 0.7
+    cov[1, 3] = cov[3, 1] = 0.42
+    u = rng.multivariate_normal(np.zeros(4), cov, 200_000)
+    # Fair coin, 5 codes, 8 codes (independent of the rest), fair coin: all discrete.
+    cuts = [
+        np.array([0.0]),
+        np.array([-1.0, -0.2, 0.4, 1.1]),
+        np.linspace(-1.5, 1.5, 7),
+        np.array([0.0]),
+    ]
     codes = np.stack([np.searchsorted(c, u[:, i]) for i, c in enumerate(cuts)], axis=1)
-    margins = [np.bincount(codes[:, i]) / len(codes) for i in range(3)]
+    margins = [np.bincount(codes[:, i]) / len(codes) for i in range(4)]
     orders = [np.arange(len(m)) for m in margins]
     scores = [cm.margin_scores(m, o)[0] for m, o in zip(margins, orders, strict=True)]
     z = cm.clipped_scores(codes, scores, clip_norm=100.0)  # no clipping
-    att = np.array([cm.attenuation(m, o) for m, o in zip(margins, orders, strict=True)])
-    corr = cm.latent_correlation(cm.pair_sums(z), rows=len(codes), attenuations=att)
-    # The score correlation of a binary and a 5-code column is ~0.45; the latent one is ρ.
-    assert corr[0, 1] == pytest.approx(rho, abs=0.03)
-    assert abs(corr[0, 2]) < 0.02 and abs(corr[1, 2]) < 0.02
+    steps = [cl.Steps(m, o) for m, o in zip(margins, orders, strict=True)]
+    corr = cl.latent_correlation(
+        cm.pair_sums(z), rows=len(codes), scale=cm.SCORE_SCALE**2, steps=steps
+    )
+    assert corr[0, 1] == pytest.approx(0.6, abs=0.02)
+    assert corr[0, 3] == pytest.approx(0.7, abs=0.02)
+    assert corr[1, 3] == pytest.approx(0.42, abs=0.02)
+    assert np.abs(corr[2, [0, 1, 3]]).max() < 0.02
     assert np.allclose(np.diag(corr), 1.0) and np.all(np.linalg.eigvalsh(corr) > 0)
+    # Two fair coins: score correlation (2/π)·arcsin(0.7) ≈ 0.49, and the first-order
+    # correction c / (a_0 a_3) reads ≈ 0.78; the exact inversion makes the check above hold.
+    c03 = float(np.mean(z[:, 0] * z[:, 3])) / cm.SCORE_SCALE**2
+    assert c03 / (steps[0].attenuation * steps[3].attenuation) > 0.75
+
+
+def test_a_constant_column_correlates_with_nothing_and_empty_end_codes_are_never_drawn() -> None:
+    constant = cl.Steps(np.array([1.0, 0.0]), np.arange(2))
+    other = cl.Steps(np.array([0.5, 0.5]), np.arange(2))
+    assert not constant.varies
+    assert cl.latent_pair(0.3, constant, other) == 0.0  # any c there is noise
+    margin = np.array([0.0, 0.3, 0.7, 0.0])
+    _, thresholds = cm.margin_scores(margin, np.arange(4))
+    assert thresholds[0] == -np.inf and thresholds[-1] == np.inf
+    codes = cm.latent_codes(
+        np.eye(1), [thresholds], [np.arange(4)], 200_000, np.random.default_rng(0)
+    )
+    assert set(np.unique(codes).tolist()) == {1, 2}
 
 
 def test_a_noisy_matrix_is_repaired_to_a_positive_definite_correlation() -> None:
     bad = np.array([[1.0, 0.99, -0.99], [0.99, 1.0, 0.99], [-0.99, 0.99, 1.0]])
-    fixed = cm.nearest_correlation(bad)
+    fixed = cl.repair_correlation(bad)
     assert np.allclose(np.diag(fixed), 1.0) and np.allclose(fixed, fixed.T)
     np.linalg.cholesky(fixed)  # raises if not positive definite
 
 
 def test_an_atom_at_the_minimum_orders_first_and_a_null_below_everything(
-    small_schema: Schema, cohort: Schema
+    cohort: Schema,
 ) -> None:
     fam = _family(cohort)
     edges = fam.cop.edges.numpy()
@@ -277,7 +307,7 @@ def test_model_folder_round_trips_and_damage_is_refused(
     state = fitted.state_dict()
     not_pd = {k: v.clone() for k, v in state.items()}
     not_pd["corr"][0, 1] = not_pd["corr"][1, 0] = 5.0
-    with pytest.raises(ModelError, match=r"dp-copula model .* is damaged"):
+    with pytest.raises(ModelError, match=r"dp-copula model .* is damaged: the correlation"):
         _family(cohort).load_state_dict(not_pd)
     negative = {k: v.clone() for k, v in state.items()}
     negative["margin"][0, 0] = -0.5
@@ -285,8 +315,12 @@ def test_model_folder_round_trips_and_damage_is_refused(
         _family(cohort).load_state_dict(negative)
     repeated = {k: v.clone() for k, v in state.items()}
     repeated["order"][0, :2] = 0  # not a permutation of the column's codes
-    with pytest.raises(ModelError, match="not a permutation"):
+    with pytest.raises(ModelError, match=r"'age'.s order is not a permutation"):
         _family(cohort).load_state_dict(repeated)
+    swapped = {k: v.clone() for k, v in state.items()}
+    swapped["order"][0, :2] = swapped["order"][0, :2].flip(0)  # age's bins out of order
+    with pytest.raises(ModelError, match="'age' is not in its public order"):
+        _family(cohort).load_state_dict(swapped)
 
 
 def test_bad_stage_release_shape_and_one_column_schema_are_refused(

@@ -23,6 +23,7 @@ reduces them modulo ``2**48``; the server learns only the sum of the shares.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -32,6 +33,8 @@ from shared.distdp.accounting import TAU_LIMIT, sum_divergence
 from shared.distdp.encoding import IntVector, ModularCodec
 from shared.distdp.step import site_share
 from shared.errors import AccountingError, ModelError
+
+log = logging.getLogger("fedsynth")
 
 #: Finest grid tried, γ = 2**-MAX_GRID_BITS (counts up to MAX_ROWS still fit the ring).
 MAX_GRID_BITS = 12
@@ -108,11 +111,16 @@ def release_share(
     rng : numpy.random.Generator
         Source of the noise (secret at a real site).
 
+    Each statistic is clamped to ±:data:`MAX_ROWS` first, so the ring cannot wrap.
+    Clamping each coordinate never moves two vectors further apart, so the
+    sensitivity still holds; refusing instead would tell the coordinator, without
+    noise, that some statistic of the site's rows is that large.
+
     Raises
     ------
     ModelError
-        The statistics are not integers (the exact encoding needs them), or their
-        magnitude exceeds :data:`MAX_ROWS`.
+        The statistics are not integers (the exact encoding needs them; this depends
+        on the family's code, never on the rows).
     """
     x = np.asarray(stats, dtype=np.float64)
     if not (np.isfinite(x).all() and (x == np.round(x)).all()):
@@ -121,10 +129,13 @@ def release_share(
             "it cannot be fitted under secure aggregation"
         )
     if x.size and np.abs(x).max() > MAX_ROWS:
-        raise ModelError(
-            f"a statistic's magnitude exceeds {MAX_ROWS}, beyond the share ring's headroom; "
-            "split the site's table, or fit without secure aggregation"
+        log.warning(
+            "a release statistic's magnitude exceeds %d (the share ring's headroom) and is "
+            "clamped to it; this site's table is too large for an exact secure sum, so "
+            "fit without secure aggregation to avoid the bias",
+            MAX_ROWS,
         )
+        x = np.clip(x, -MAX_ROWS, MAX_ROWS)
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0 and noise_sites >= 1):
         raise ValueError(f"need σ_s > 0 and K ≥ 1, got {noise_multiplier} and {noise_sites}")
     return site_share(

@@ -24,7 +24,8 @@ releases (stages of :class:`shared.models.release.ReleaseFamily`):
    under those margins (:mod:`shared.models.copula_math`), scales the score
    vector down to ‖z‖ ≤ B (B² the :data:`CLIP_QUANTILE` quantile of χ²_d), quantises it, and releases
    Σ z_i z_j over its rows for every pair i < j (sensitivity (SCORE_SCALE · B)²/√2).
-   The server turns the sum into a positive-definite latent correlation matrix.
+   The server turns the sum into a positive-definite latent correlation matrix
+   (:mod:`shared.models.copula_latent`).
 
 Sampling draws u ~ N(0, R), cuts each column at its margin's thresholds, and
 draws a binned value through its bin's grid histogram. Compared with the
@@ -46,6 +47,7 @@ from torch import nn
 
 from shared.dp_bayesnet import norm_sub
 from shared.errors import ModelError
+from shared.models import copula_latent as cl
 from shared.models import copula_math as cm
 from shared.models import marginal_columns as mc
 from shared.models import marginal_grid as mg
@@ -83,7 +85,7 @@ class _Copula(nn.Module):
             margin[c, :size] = 1.0 / size  # unfitted: independent uniform columns
         self.register_buffer("fine", torch.from_numpy(fine))
         self.register_buffer("edges", torch.from_numpy(edges))
-        #: The margin release's noisy row count N (0 until fitted).
+        #: The grid release's noisy row count N (0 until fitted).
         self.register_buffer("rows", torch.zeros((), dtype=torch.float64))
         self.register_buffer("margin", margin)
         self.register_buffer("corr", torch.eye(d, dtype=torch.float64))
@@ -145,7 +147,7 @@ class CopulaGenerator(ReleaseFamily):
 
     def release_length(self, stage: int) -> int:
         """1 + grid cells (0); every column's codes (1); d(d − 1)/2 pair sums (2)."""
-        if _stage(stage) == 0:
+        if self.check_stage(stage) == 0:
             return 1 + len(self.binned) * mc.fine_width(self.bins)
         if stage == 1:
             return sum(self.sizes) + sum(self.sizes[i] for i in self.reordered)
@@ -158,7 +160,7 @@ class CopulaGenerator(ReleaseFamily):
         Stage 1: one code per column, and for a row in the target's last category
         one more count in each of the r reordered columns' tables.
         """
-        if _stage(stage) == 0:
+        if self.check_stage(stage) == 0:
             return math.sqrt(1 + len(self.binned))
         if stage == 1:
             return math.sqrt(len(self.sizes) + len(self.reordered))
@@ -182,17 +184,16 @@ class CopulaGenerator(ReleaseFamily):
 
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
         """Exact statistics of ``stage``: count and grids (0), code counts (1), pair sums (2)."""
-        if _stage(stage) == 0:
+        if self.check_stage(stage) == 0:
             return mg.grid_statistics(self.columns, rows, self.bins)
         codes = self.codes(rows)
         if stage == 1:
             parts = [np.bincount(codes[:, i], minlength=n) for i, n in enumerate(self.sizes)]
-            positive = (
-                codes[codes[:, max(self.target, 0)] == self._positive()]
-                if (self.reordered)
-                else codes[:0]
-            )
-            parts += [np.bincount(positive[:, i], minlength=self.sizes[i]) for i in self.reordered]
+            if self.reordered:  # only with a categorical target
+                positive = codes[codes[:, self.target] == self._positive()]
+                parts += [
+                    np.bincount(positive[:, i], minlength=self.sizes[i]) for i in self.reordered
+                ]
             return np.concatenate(parts).astype(np.float64)
         orders = self._orders()
         scores = [cm.margin_scores(m, o)[0] for m, o in zip(self._margins(), orders, strict=True)]
@@ -200,14 +201,7 @@ class CopulaGenerator(ReleaseFamily):
 
     def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
         """Stage 0: bins; stage 1: margins; stage 2: the latent correlation."""
-        total = np.asarray(total, dtype=np.float64)
-        if total.shape != (self.release_length(stage),):
-            raise ModelError(
-                f"stage {stage} release has shape {total.shape}, expected "
-                f"({self.release_length(stage)},) for schema {self.schema.name!r} with "
-                f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
-                "schema and settings, and each stage must follow the previous stage's fit"
-            )
+        total = self.checked_release(total, stage)
         if stage == 0:
             self._fit_grid(total, noise_std)
             return
@@ -215,8 +209,10 @@ class CopulaGenerator(ReleaseFamily):
             self._fit_margins(total, noise_std)
             return
         orders = self._orders()
-        att = np.array([cm.attenuation(m, o) for m, o in zip(self._margins(), orders, strict=True)])
-        corr = cm.latent_correlation(total, rows=float(self.cop.rows), attenuations=att)
+        steps = [cl.Steps(m, o) for m, o in zip(self._margins(), orders, strict=True)]
+        corr = cl.latent_correlation(
+            total, rows=float(self.cop.rows), scale=cm.SCORE_SCALE**2, steps=steps
+        )
         self.cop.corr.copy_(torch.from_numpy(corr))
 
     def _fit_grid(self, total: np.ndarray, noise_std: float) -> None:
@@ -261,7 +257,7 @@ class CopulaGenerator(ReleaseFamily):
     # -- sampling ------------------------------------------------------------------
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Latent normals cut at each margin's thresholds, then encoded rows (point values)."""
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        rng = self.sampling_rng(generator)
         orders = self._orders()
         cuts = [cm.margin_scores(m, o)[1] for m, o in zip(self._margins(), orders, strict=True)]
         codes = cm.latent_codes(self.cop.corr.cpu().numpy(), cuts, orders, n, rng)
@@ -272,29 +268,42 @@ class CopulaGenerator(ReleaseFamily):
         return torch.from_numpy(rows)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load the copula, refusing margins that are not distributions or a bad correlation."""
+        """Load the copula, refusing one whose buffers are not a valid fitted model."""
         super().load_state_dict(state)
+        if problems := self._damage():
+            raise ModelError(
+                f"the dp-copula model for schema {self.schema.name!r} is damaged: "
+                f"{'; '.join(problems)}. Restore the model folder from the run's original output"
+            )
+
+    def _damage(self) -> list[str]:
         cop = self.cop
         corr, fine = cop.corr.cpu().numpy(), cop.fine.cpu().numpy()
-        ok = bool(np.isfinite(fine).all() and (fine >= 0).all())
-        ok = ok and mc.check_edges(self.columns, cop.edges.cpu().numpy(), self.bins)
-        ok = ok and all(
-            bool(np.isfinite(m).all() and (m >= 0).all() and abs(m.sum() - 1.0) < 1e-6)
+        edges = cop.edges.cpu().numpy()
+        rows = float(cop.rows)
+        problems = []
+        if not (np.isfinite(fine).all() and (fine >= 0).all()):
+            problems.append("a grid histogram is negative or not finite")
+        if not mc.check_edges(self.columns, edges, self.bins):
+            problems.append("the bin edges do not rise")
+        if not (math.isfinite(rows) and rows >= 0):
+            problems.append(f"the row count {rows} is not a count")
+        if not all(
+            np.isfinite(m).all() and (m >= 0).all() and abs(m.sum() - 1.0) < 1e-6
             for m in self._margins()
-        )
-        ok = ok and all(
-            sorted(o.tolist()) == list(range(size))
-            for o, size in zip(self._orders(), self.sizes, strict=True)
-        )
-        ok = ok and bool(np.isfinite(corr).all() and np.allclose(corr, corr.T))
-        ok = ok and bool(np.allclose(np.diag(corr), 1.0) and _positive_definite(corr))
-        if not ok:
-            raise ModelError(
-                f"the dp-copula model for schema {self.schema.name!r} is damaged (a margin is "
-                "not a distribution, a column's order is not a permutation, the correlation matrix is not a positive-definite "
-                "correlation, or the bin edges do not rise); "
-                "restore the model folder from the run's original output"
-            )
+        ):
+            problems.append("a margin is not a distribution")
+        public = self._public_orders(edges) if not problems else None
+        for i, (o, size) in enumerate(zip(self._orders(), self.sizes, strict=True)):
+            if sorted(o.tolist()) != list(range(size)):
+                problems.append(f"column {self.schema.names[i]!r}'s order is not a permutation")
+            elif public is not None and i not in self.reordered and (o != public[i, :size]).any():
+                problems.append(f"column {self.schema.names[i]!r} is not in its public order")
+        if not (np.isfinite(corr).all() and np.allclose(corr, corr.T)):
+            problems.append("the correlation matrix is not finite and symmetric")
+        elif not (np.allclose(np.diag(corr), 1.0) and _positive_definite(corr)):
+            problems.append("the correlation matrix is not a positive-definite correlation")
+        return problems
 
 
 def _positive_definite(corr: np.ndarray) -> bool:
@@ -303,9 +312,3 @@ def _positive_definite(corr: np.ndarray) -> bool:
     except np.linalg.LinAlgError:
         return False
     return True
-
-
-def _stage(stage: int) -> int:
-    if stage not in (0, 1, 2):
-        raise ModelError(f"dp-copula has release stages 0, 1 and 2, not {stage}")
-    return stage

@@ -1,4 +1,4 @@
-"""Gaussian-copula maths of ``dp-copula``: normal scores, the score correlation, the latent one.
+"""Gaussian-copula maths of ``dp-copula``: code order, normal scores, pair sums, sampling.
 
 Each column's codes (:mod:`shared.models.marginal_columns`) are put in a public
 order (:func:`code_order`) and given normal scores from the column's noisy
@@ -9,13 +9,12 @@ a vector z; a site releases Σ z zᵀ over its rows (upper triangle, rows clippe
 :func:`clipped_scores`), whose L2 sensitivity is (SCORE_SCALE · B)²/√2
 (:func:`pair_sensitivity`).
 
-The score correlation of a discrete column is weaker than the correlation of the
-latent normal it cuts: if a latent u ~ N(0, 1) is cut at the margin's
-thresholds t_k, Cov(z̃, u) = Σ_k z̃_k (φ(t_{k−1}) − φ(t_k)) =: a (:func:`attenuation`),
-and the score correlation of two columns is about a_i a_j ρ_ij. The latent
-correlation is therefore estimated as C_ij / (a_i a_j), clipped and repaired to
-the nearest positive-definite correlation matrix (:func:`latent_correlation`).
-Everything here reads only public inputs or the noisy release (post-processing).
+The score correlation of two discrete columns is weaker than the correlation of
+the latent normals they cut; :mod:`shared.models.copula_latent` turns the noisy
+score correlations back into a latent correlation matrix, and sampling cuts latent
+normals at each margin's thresholds (:func:`latent_codes`). Everything here reads
+only public inputs or the noisy release (post-processing), except the site-side
+:func:`clipped_scores` and :func:`pair_sums` of its own rows.
 
 References: Nelsen, *An Introduction to Copulas*, 2nd ed., Springer 2006; Li,
 Xiong & Jiang, "DPSynthesizer: differentially private data synthesizer for
@@ -31,13 +30,6 @@ from scipy.special import ndtr, ndtri
 
 from shared.models.marginal_columns import Discrete, grid_cells
 
-#: Smallest attenuation a divides by: a column whose margin is almost one code
-#: carries almost no score variance, and dividing by ~0 would only amplify noise.
-MIN_ATTENUATION = 0.2
-#: Latent correlations are kept within ±this before the positive-definite repair.
-MAX_CORRELATION = 0.99
-#: Smallest eigenvalue kept by the repair (relative to a unit diagonal).
-MIN_EIGENVALUE = 1e-3
 #: Scores are sent as integers in units of 1/SCORE_SCALE. A pair sum is at most
 #: SCORE_SCALE² · B²/2 per row, and secure aggregation takes sums up to 2**31
 #: (:data:`shared.distdp.release.MAX_ROWS`): with 16, a site of up to about 600,000
@@ -45,6 +37,8 @@ MIN_EIGENVALUE = 1e-3
 SCORE_SCALE = 16
 #: Mid-CDFs are kept this far inside (0, 1) so every score is finite.
 _EDGE = 1e-6
+#: Cumulative mass within this of 0 or 1 counts as none (floating-point sums).
+_TINY = 1e-12
 
 
 def code_order(column: Discrete, edges: np.ndarray) -> np.ndarray:
@@ -52,10 +46,25 @@ def code_order(column: Discrete, edges: np.ndarray) -> np.ndarray:
 
     Value codes keep their order; an atom goes below the first value code when it
     is the column's minimum, otherwise just above the bin (or integer value) that
-    holds it; a null code goes below everything. Categories keep the schema's order.
+    holds it; a null code goes below everything. Categories keep the schema's order
+    (``dp-copula`` reorders unordered ones by the target after its margin stage).
+
+    Parameters
+    ----------
+    column : Discrete
+        The column's discretisation.
+    edges : numpy.ndarray
+        Its bin edges on the grid (binned numeric columns; ignored otherwise).
+
+    Returns
+    -------
+    numpy.ndarray
+        A permutation of ``range(column.size)``: position → code.
     """
     keys = np.arange(column.size, dtype=np.float64)
     col = column.column
+    if not col.is_numeric and col.nullable:
+        keys[-1] = -1.0  # the null slot is a categorical column's last
     if col.is_numeric and column.mode is not None:
         atoms = [float(a) for a in (col.atoms or [])]
         lo, hi = float(col.minimum), float(col.maximum)
@@ -78,9 +87,20 @@ def shrunk_share(
 ) -> np.ndarray:
     """Each code's noisy share of positive rows, shrunk towards ``prior`` where counts are few.
 
-    (max(positive, 0) + m · prior) / (max(count, 0) + m) with m = ``noise_std``
-    pseudo-rows: a code whose count is within the noise gets about the prior, so
-    noise alone cannot put a rare category at either end of the scale.
+    (min(positive, count)⁺ + m · prior) / (count⁺ + m) with m = ``noise_std``
+    pseudo-rows (at least 1): a code whose count is within the noise gets about the
+    prior, so noise alone cannot put a rare category at either end of the scale.
+
+    Parameters
+    ----------
+    positive : numpy.ndarray
+        Noisy count of each code among rows in the target's last category.
+    count : numpy.ndarray
+        Noisy count of each code among all rows.
+    prior : float
+        The target's overall share (from its noisy margin).
+    noise_std : float
+        The counts' public noise std.
     """
     m = max(noise_std, 1.0)
     pos = np.clip(np.asarray(positive, dtype=np.float64), 0.0, None)
@@ -116,17 +136,12 @@ def margin_scores(margin: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np
     standard = (z - mean) / sd if sd > 1e-9 else np.zeros_like(z)
     scores = np.empty_like(standard)
     scores[order] = standard
-    thresholds = ndtri(np.clip(cdf[:-1], _EDGE, 1.0 - _EDGE))
+    # A code with no mass at either end must never be drawn: its threshold is ±∞.
+    inner = cdf[:-1]
+    thresholds = np.where(
+        inner <= _TINY, -np.inf, np.where(inner >= 1.0 - _TINY, np.inf, ndtri(inner))
+    )
     return scores, thresholds
-
-
-def attenuation(margin: np.ndarray, order: np.ndarray) -> float:
-    """a = Cov(score, u) for u ~ N(0, 1) cut at the margin's thresholds (at least MIN_ATTENUATION)."""
-    scores, thresholds = margin_scores(margin, order)
-    cuts = np.concatenate([[-np.inf], thresholds, [np.inf]])
-    density = np.exp(-0.5 * cuts**2) / math.sqrt(2.0 * math.pi)
-    a = float(scores[order] @ (density[:-1] - density[1:]))
-    return max(a, MIN_ATTENUATION)
 
 
 def clipped_scores(codes: np.ndarray, scores: list[np.ndarray], *, clip_norm: float) -> np.ndarray:
@@ -137,6 +152,15 @@ def clipped_scores(codes: np.ndarray, scores: list[np.ndarray], *, clip_norm: fl
     nearest integer. Rounding moves each coordinate by at most 1/2, so the result
     has norm ≤ SCORE_SCALE · B, and the pair sums are exact integers, as secure
     aggregation needs.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        ``(n, d)`` codes of the rows.
+    scores : list of numpy.ndarray
+        Each column's score per code (:func:`margin_scores`).
+    clip_norm : float
+        B, the bound on a row's score vector before scaling.
     """
     z = np.stack([s[codes[:, i]] for i, s in enumerate(scores)], axis=1)
     inner = max(clip_norm - math.sqrt(z.shape[1]) / (2.0 * SCORE_SCALE), 0.0)
@@ -161,39 +185,6 @@ def pair_sensitivity(clip_norm: float) -> float:
     return (SCORE_SCALE * clip_norm) ** 2 / math.sqrt(2.0)
 
 
-def latent_correlation(pairs: np.ndarray, *, rows: float, attenuations: np.ndarray) -> np.ndarray:
-    """Positive-definite latent correlation from noisy pair sums (post-processing).
-
-    Parameters
-    ----------
-    pairs : numpy.ndarray
-        Summed (noisy) :func:`pair_sums` of every site (in units of 1/SCORE_SCALE²).
-    rows : float
-        The (noisy) number of rows N the sums are over.
-    attenuations : numpy.ndarray
-        :func:`attenuation` of each column.
-    """
-    d = len(attenuations)
-    iu = np.triu_indices(d, k=1)
-    c = np.zeros((d, d))
-    c[iu] = np.asarray(pairs, dtype=np.float64) / (max(rows, 1.0) * SCORE_SCALE**2)
-    c = c + c.T
-    r = np.clip(c / np.outer(attenuations, attenuations), -MAX_CORRELATION, MAX_CORRELATION)
-    np.fill_diagonal(r, 1.0)
-    return nearest_correlation(r)
-
-
-def nearest_correlation(r: np.ndarray) -> np.ndarray:
-    """Eigenvalues floored at MIN_EIGENVALUE, then rescaled to a unit diagonal."""
-    sym = (r + r.T) / 2.0
-    w, v = np.linalg.eigh(sym)
-    fixed = (v * np.maximum(w, MIN_EIGENVALUE)) @ v.T
-    s = np.sqrt(np.diag(fixed))
-    out: np.ndarray = fixed / np.outer(s, s)
-    np.fill_diagonal(out, 1.0)
-    return out
-
-
 def latent_codes(
     corr: np.ndarray,
     thresholds: list[np.ndarray],
@@ -201,7 +192,21 @@ def latent_codes(
     n: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """``(n, d)`` codes: latent u ~ N(0, corr), each column cut at its thresholds."""
+    """``(n, d)`` codes: latent u ~ N(0, corr), each column cut at its thresholds.
+
+    Parameters
+    ----------
+    corr : numpy.ndarray
+        ``(d, d)`` positive-definite latent correlation.
+    thresholds : list of numpy.ndarray
+        Each column's rising cut points (:func:`margin_scores`).
+    orders : list of numpy.ndarray
+        Each column's codes from lowest to highest.
+    n : int
+        Rows to draw.
+    rng : numpy.random.Generator
+        Source of the draws.
+    """
     chol = np.linalg.cholesky(corr)
     u = rng.standard_normal((n, len(thresholds))) @ chol.T
     out = np.empty((n, len(thresholds)), dtype=np.int64)

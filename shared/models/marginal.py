@@ -124,7 +124,7 @@ class MarginalGenerator(ReleaseFamily):
 
     def release_length(self, stage: int) -> int:
         """Row count and grid cells (0), all pair tables' cells (1), network tables' cells (2)."""
-        if _stage(stage) == 0:
+        if self.check_stage(stage) == 0:
             return 1 + self.n_binned * mc.fine_width(self.bins)
         if stage == 1:
             return dm.release_length(self.coarse_sizes)
@@ -140,7 +140,7 @@ class MarginalGenerator(ReleaseFamily):
         grid histograms (stage 0), and to one cell of each table (stages 1, 2).
         """
         d = len(self.sizes)
-        count = (1 + self.n_binned, len(dm.pair_list(d)), d)[_stage(stage)]
+        count = (1 + self.n_binned, len(dm.pair_list(d)), d)[self.check_stage(stage)]
         return dm.release_sensitivity(count)
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
@@ -149,7 +149,7 @@ class MarginalGenerator(ReleaseFamily):
 
     def statistics(self, rows: np.ndarray, stage: int) -> np.ndarray:
         """Exact statistics of ``stage``: count and grid histograms, pair or network tables."""
-        if _stage(stage) == 0:
+        if self.check_stage(stage) == 0:
             return mg.grid_statistics(self.columns, rows, self.bins)
         codes = self.codes(rows)
         if stage == 1:
@@ -159,14 +159,7 @@ class MarginalGenerator(ReleaseFamily):
 
     def fit_release(self, total: np.ndarray, *, stage: int, noise_std: float) -> None:
         """Stage 0: place the bins; stage 1: choose the network; stage 2: fit its tables."""
-        total = np.asarray(total, dtype=np.float64)
-        if total.shape != (self.release_length(stage),):
-            raise ModelError(
-                f"stage {stage} release has shape {total.shape}, expected "
-                f"({self.release_length(stage)},) for schema {self.schema.name!r} with "
-                f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
-                "schema and settings, and each stage must follow the previous stage's fit"
-            )
+        total = self.checked_release(total, stage)
         net = self.net
         if stage == 0:
             self._fit_grid(total, noise_std)
@@ -237,7 +230,7 @@ class MarginalGenerator(ReleaseFamily):
 
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Ancestral sampling in the network's order, then encoded rows (point values)."""
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        rng = self.sampling_rng(generator)
         parents = self._parents()
         cond = self.net.conditional.cpu().numpy()
         codes = np.zeros((n, len(self.sizes)), dtype=np.int64)
@@ -272,9 +265,3 @@ class MarginalGenerator(ReleaseFamily):
                 "the bin edges do not rise); "
                 "restore the model folder from the run's original output"
             )
-
-
-def _stage(stage: int) -> int:
-    if stage not in (0, 1, 2):
-        raise ModelError(f"dp-marginal has release stages 0, 1 and 2, not {stage}")
-    return stage

@@ -28,10 +28,11 @@ import math
 from abc import abstractmethod
 
 import numpy as np
+import torch
 from torch import nn
 
 from shared.config import RunSettings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ModelError
 from shared.models.base import GeneratorFamily
 
 
@@ -100,6 +101,44 @@ class ReleaseFamily(GeneratorFamily):
                 f"generator {self.name!r} models pairs of columns; schema {self.schema.name!r} "
                 "has one column. Use a schema with at least two columns, or 'dp-vae'."
             )
+
+    def check_stage(self, stage: int) -> int:
+        """``stage`` itself, if it is one of this family's stages.
+
+        Raises
+        ------
+        ModelError
+            If ``stage`` is not in ``0 .. len(release_shares()) - 1``.
+        """
+        count = len(self.release_shares())
+        if not 0 <= stage < count:
+            names = ", ".join(str(s) for s in range(count - 1)) + f" and {count - 1}"
+            raise ModelError(f"{self.name} has release stages {names}, not {stage}")
+        return stage
+
+    def checked_release(self, total: np.ndarray, stage: int) -> np.ndarray:
+        """``total`` as floats, if it has stage ``stage``'s length.
+
+        Raises
+        ------
+        ModelError
+            If its shape is not ``(release_length(stage),)``: the sites and the server
+            disagree on the schema, the settings, or the fit the stage follows.
+        """
+        out = np.asarray(total, dtype=np.float64)
+        if out.shape != (self.release_length(stage),):
+            raise ModelError(
+                f"stage {stage} release has shape {out.shape}, expected "
+                f"({self.release_length(stage)},) for schema {self.schema.name!r} with "
+                f"marginal-bins {self.settings.marginal_bins}; every site must use the same "
+                "schema and settings, and each stage must follow the previous stage's fit"
+            )
+        return out
+
+    @staticmethod
+    def sampling_rng(generator: torch.Generator) -> np.random.Generator:
+        """A numpy generator seeded from ``generator``, so seeded sampling repeats."""
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
     def private_module(self) -> nn.Module:
         """Refused: a release family has no DP-SGD-trained part."""
