@@ -79,10 +79,8 @@ class _Copula(nn.Module):
         self, sizes: list[int], fine: np.ndarray, edges: np.ndarray, order: np.ndarray
     ) -> None:
         super().__init__()
-        d, k = len(sizes), max(sizes)
-        margin = torch.zeros(d, k, dtype=torch.float64)
-        for c, size in enumerate(sizes):
-            margin[c, :size] = 1.0 / size  # unfitted: independent uniform columns
+        d = len(sizes)
+        margin = torch.from_numpy(mc.uniform_margins(sizes))
         self.register_buffer("fine", torch.from_numpy(fine))
         self.register_buffer("edges", torch.from_numpy(edges))
         #: The grid release's noisy row count N (0 until fitted).
@@ -223,9 +221,7 @@ class CopulaGenerator(ReleaseFamily):
         cop.edges.copy_(torch.from_numpy(edges))
         cop.fine.copy_(torch.from_numpy(fine))
         cop.order.copy_(torch.from_numpy(self._public_orders(edges)))
-        cop.margin.zero_()
-        for c, size in enumerate(self.sizes):
-            cop.margin[c, :size] = 1.0 / size
+        cop.margin.copy_(torch.from_numpy(mc.uniform_margins(self.sizes)))
         cop.corr.copy_(torch.eye(len(self.sizes), dtype=torch.float64))
 
     def _fit_margins(self, total: np.ndarray, noise_std: float) -> None:

@@ -76,9 +76,7 @@ class _Network(nn.Module):
     def __init__(self, sizes: list[int], fine: np.ndarray, edges: np.ndarray) -> None:
         super().__init__()
         d, k = len(sizes), max(sizes)
-        marginal = torch.zeros(d, k, dtype=torch.float64)
-        for c, size in enumerate(sizes):
-            marginal[c, :size] = 1.0 / size  # unfitted: independent uniform columns
+        marginal = torch.from_numpy(mc.uniform_margins(sizes))
         self.register_buffer("order", torch.arange(d, dtype=torch.int64))
         self.register_buffer("parents", torch.full((d, bn.MAX_PARENTS), -1, dtype=torch.int64))
         self.register_buffer("marginal", marginal)
@@ -215,9 +213,7 @@ class MarginalGenerator(ReleaseFamily):
         net = self.net
         net.order.copy_(torch.arange(len(self.sizes)))
         net.parents.fill_(-1)
-        net.marginal.zero_()
-        for c, size in enumerate(self.sizes):
-            net.marginal[c, :size] = 1.0 / size
+        net.marginal.copy_(torch.from_numpy(mc.uniform_margins(self.sizes)))
         net.conditional.copy_(net.marginal[:, None, :].expand_as(net.conditional))
 
     # -- sampling ------------------------------------------------------------------

@@ -76,6 +76,14 @@ def discretise(transformer: TableTransformer, bins: int) -> list[Discrete]:
     return out
 
 
+def uniform_margins(sizes: list[int]) -> np.ndarray:
+    """``(d, max size)`` margins of independent uniform columns (zero past each size): unfitted."""
+    out = np.zeros((len(sizes), max(sizes)))
+    for c, size in enumerate(sizes):
+        out[c, :size] = 1.0 / size
+    return out
+
+
 def fine_width(bins: int) -> int:
     """Cells of one binned column's grid: ``FINE · bins`` plus the two bounds."""
     return FINE * bins + 2
