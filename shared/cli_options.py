@@ -17,6 +17,7 @@ from shared.config import (
     NUMERIC_ENCODERS,
     RunSettings,
 )
+from shared.config_model import RELEASE_GENERATORS
 
 _D = RunSettings()
 _A = _D.aggregation
@@ -67,7 +68,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="distributed: the consortium's announced total row count; the summed gradient "
         "is divided by q × this (simulate: default the training rows)",
     )
-    g.add_argument("--generator", default=_D.model.generator)
+    g.add_argument(
+        "--generator",
+        default=_D.model.generator,
+        help=f"generator family (default {_D.model.generator}, trained by DP-SGD like staged, "
+        "dp-ctgan and dp-diffusion); release families fitted from noisy statistics, with no "
+        f"DP-SGD rounds: {', '.join(RELEASE_GENERATORS)}. dp-copula with --secure-aggregation "
+        "--noise-placement distributed gives the most useful table at ε ≈ 1 (README, "
+        "'Which generator')",
+    )
     g.add_argument("--seed", type=int, default=_D.seed)
     g.add_argument(
         "--numeric-encoder",
