@@ -107,6 +107,13 @@ def test_staged_cannot_be_its_own_covariate_generator(cohort: Schema) -> None:
         build_generator(cohort, settings)
 
 
+@pytest.mark.parametrize("family", ["dp-marginal", "dp-copula"])
+def test_a_release_family_cannot_draw_the_covariates(cohort: Schema, family: str) -> None:
+    settings = ModelSettings(generator="staged", covariate_generator=family)
+    with pytest.raises(ConfigError, match=f"'{family}' is fitted from noisy releases.*'dp-vae'"):
+        build_generator(cohort, settings)
+
+
 def test_unknown_covariate_generator_is_refused(cohort: Schema) -> None:
     settings = ModelSettings(generator="staged", covariate_generator="nope")
     with pytest.raises(ConfigError, match="unknown generator 'nope'"):

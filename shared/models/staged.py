@@ -10,8 +10,10 @@ the treatment effect usable.
 Stages (roles come from the public schema):
 
 1. **covariates**: every column except the treatment, the outcome and the
-   prediction target, drawn by any registered family (``covariate-generator``,
-   default ``"dp-vae"``) built on that sub-schema;
+   prediction target, drawn by any registered DP-SGD family whose whole module is
+   trained by its per-row loss (``covariate-generator``, default ``"dp-vae"``) built on
+   that sub-schema; a release family (``dp-marginal``, ``dp-copula``) has no rounds to
+   share with the other stages and is refused;
 2. **propensity**: T | X, a :class:`~shared.models.heads.ConditionalHead` (softmax);
 3. **outcome**: Y | X, T, a shared surface plus one offset per treated arm (linear in
    X by default; ``effect-model = "mlp"`` adds a hidden layer);
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.config_model import RELEASE_GENERATORS
 from shared.errors import ConfigError
 from shared.models.base import GeneratorFamily, build_generator, register_family
 from shared.models.heads import (
@@ -171,6 +174,12 @@ class StagedGenerator(GeneratorFamily):
         cov_family = self.settings.covariate_generator
         if cov_family == "staged":
             raise ConfigError("covariate-generator cannot be 'staged'; use e.g. 'dp-vae'")
+        if cov_family in RELEASE_GENERATORS:
+            raise ConfigError(
+                f"covariate-generator {cov_family!r} is fitted from noisy releases, not DP-SGD "
+                "rounds, and the staged generator trains all three stages in the same rounds; "
+                "use a DP-SGD family such as 'dp-vae' or 'dp-diffusion' for the covariates"
+            )
         self.cov_family = build_generator(
             _sub_schema(self.schema, cov, "covariates"),
             replace(self.settings, generator=cov_family),
