@@ -23,6 +23,7 @@ from server.flower import add_connection, build_app, submit_and_wait, wait_healt
 from server.identity import NODES_FILE, write_site_nodes
 from server.sites import SiteRegistry, key_fingerprint
 from shared.config import RunSettings, app_config_defaults
+from shared.models import build_generator
 from shared.runtime import FlowerRuntime, flower_bin
 from shared.schema import Schema
 
@@ -249,7 +250,8 @@ def list_sites(rt: FlowerRuntime) -> list[dict[str, Any]]:
 def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
     """Start the SuperLink, register sites, run the federation, stop the SuperLink."""
     settings = RunSettings.from_run_config(overrides)  # fail fast before starting anything
-    Schema.load(settings.schema_path)
+    # A generator that cannot model this schema is refused here, not inside the run.
+    build_generator(Schema.load(settings.schema_path), settings.model)
     out = Path(settings.out_dir)
     cmd = superlink_command(opts)
     with FlowerRuntime.create() as rt:

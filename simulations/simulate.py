@@ -27,9 +27,10 @@ import pandas as pd
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import RunSettings, app_config_defaults
-from shared.config_model import RELEASE_GENERATORS
+from shared.config_model import RELEASE_GENERATORS, ModelSettings
 from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
+from shared.models import build_generator
 from shared.runtime import FlowerRuntime, flower_bin, free_port
 from shared.schema import Schema
 from shared.tables import load_table, validate_frame
@@ -113,6 +114,8 @@ def run_simulation(plan: SimulationPlan) -> Path:
             bool(plan.settings.get("secure-aggregation"))
         )
     frame, schema = load_source(plan)
+    # A generator that cannot model this schema is refused before any file is written.
+    build_generator(schema, ModelSettings.from_config(plan.settings))
     sites_dir, sizes = prepare_sites(plan, frame, schema)
     log.info(
         "%d sites with %s rows; holdout %d rows (never trained on)",

@@ -132,3 +132,17 @@ def test_simulate_with_data_but_no_schema_is_refused(
     table, _ = files
     code = main(["simulate", "--data", str(table), "--out", str(tmp_path / "o")])
     assert code == 2 and "needs --schema" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["simulate", "server"])
+def test_flower_commands_refuse_an_unknown_generator_before_anything_starts(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = [command, "--generator", "dp-kopula", "--out", str(out)]
+    if command == "server":
+        args += ["--schema", str(Path("shared/data/cohort_schema.json").resolve()), "--insecure"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown generator 'dp-kopula'" in err and "'dp-copula'" in err
+    assert not out.exists()  # no site table, holdout or SuperLink log was written
