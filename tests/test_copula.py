@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import ndtr
 
 from shared.cohort import generate_cohort
 from shared.config import ModelSettings
@@ -74,17 +75,18 @@ def test_scores_are_standardised_under_their_margin(weights: list[float]) -> Non
     ranked = scores[order][p[order] > 0]
     assert np.all(np.diff(ranked) > 0)
     # The thresholds cut a standard normal into the margin itself.
-    assert cm.latent_cdf(thresholds) == pytest.approx(p[order], abs=1e-5)
+    cut = np.diff(np.concatenate([[0.0], ndtr(thresholds), [1.0]]))
+    assert cut == pytest.approx(p[order], abs=1e-5)
 
 
 def test_attenuation_is_known_for_a_fair_coin_and_near_one_for_fine_margins() -> None:
-    assert cl.attenuation(np.array([0.5, 0.5]), np.arange(2)) == pytest.approx(
+    assert cl.Steps(np.array([0.5, 0.5]), np.arange(2)).attenuation == pytest.approx(
         math.sqrt(2 / math.pi), rel=1e-6
     )
     fine = np.full(200, 1 / 200)
-    assert 0.99 < cl.attenuation(fine, np.arange(200)) <= 1.0
+    assert 0.99 < cl.Steps(fine, np.arange(200)).attenuation <= 1.0
     # A nearly constant column is floored, so noise is not amplified without bound.
-    assert cl.attenuation(np.array([0.999, 0.001]), np.arange(2)) == cl.MIN_ATTENUATION
+    assert cl.Steps(np.array([0.999, 0.001]), np.arange(2)).attenuation == cl.MIN_ATTENUATION
 
 
 @settings(max_examples=60, deadline=None)

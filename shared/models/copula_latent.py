@@ -12,7 +12,7 @@ of about 0.49, and the first-order correction c / (a_i a_j) reads 0.78.
 
 The curve costs (K_i − 1)(K_j − 1) densities per grid point. For pairs beyond
 :data:`MAX_CELLS`, the first-order correction is used, with a = Cov(score, u)
-(:func:`attenuation`); it becomes exact as the columns approach continuity.
+(:attr:`Steps.attenuation`); it becomes exact as the columns approach continuity.
 """
 
 from __future__ import annotations
@@ -54,19 +54,6 @@ class Steps:
         density = np.exp(-0.5 * cuts**2) / math.sqrt(2.0 * math.pi)
         #: a = Cov(score, u), for the first-order correction.
         self.attenuation = max(float(scores[order] @ (density[:-1] - density[1:])), MIN_ATTENUATION)
-
-
-def attenuation(margin: np.ndarray, order: np.ndarray) -> float:
-    """a = Cov(score, u) for u ~ N(0, 1) cut at the margin's thresholds (≥ MIN_ATTENUATION).
-
-    Parameters
-    ----------
-    margin : numpy.ndarray
-        Probabilities of the column's codes.
-    order : numpy.ndarray
-        Its codes from lowest to highest.
-    """
-    return Steps(margin, order).attenuation
 
 
 def score_curve(a: Steps, b: Steps) -> np.ndarray:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 from shared.models.marginal_columns import Discrete, grid_cells
 
@@ -213,8 +213,3 @@ def latent_codes(
     for i, (t, order) in enumerate(zip(thresholds, orders, strict=True)):
         out[:, i] = order[np.searchsorted(t, u[:, i], side="right")]
     return out
-
-
-def latent_cdf(thresholds: np.ndarray) -> np.ndarray:
-    """The margin the thresholds cut, in order (for checks): Φ(t_k) − Φ(t_{k−1})."""
-    return np.diff(np.concatenate([[0.0], ndtr(thresholds), [1.0]]))
