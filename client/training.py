@@ -185,7 +185,7 @@ def train_dp(
     # A family's loop (a GAN's fake rows and generator step) works around each step;
     # it keeps every sampled row once, so each step is still one Poisson-sampled
     # Gaussian step on the private module, which is what the ledger charges.
-    loop = family.local_loop(learning_rate=learning_rate, batch_size=cfg.expected_batch_size)
+    loop = family.local_loop(learning_rate=learning_rate)
     start, empty, rows = time.perf_counter(), 0, 0
     loss = torch.zeros(())
     try:
@@ -228,9 +228,7 @@ def train_plain(
     batches = PoissonBatches(
         data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
     )
-    loop = family.local_loop(
-        learning_rate=learning_rate, batch_size=_batch_size(sample_rate, len(data))
-    )
+    loop = family.local_loop(learning_rate=learning_rate)
     start, rows = time.perf_counter(), 0
     loss = torch.zeros(())
     for _ in range(steps):

@@ -43,6 +43,10 @@ class ModelSettings:
     #: ``"dp-ctgan"`` only: share of training draws with no conditional vector
     #: (what unconditional sampling uses); the rest condition on one category.
     gan_uncond_rate: float = 0.5
+    #: ``"dp-ctgan"`` only: fake rows added to every discriminator batch (and drawn for
+    #: every generator step). Public and fixed: a count that followed the site's row
+    #: count n (as q·n would) would let one added row change every step's sum.
+    gan_fakes: int = 256
     #: Numeric columns: ``"minmax"`` (public bounds) or ``"dp-quantile"`` (a CDF fitted
     #: from noisy site histograms before round 1, see :mod:`shared.dp_quantile`).
     numeric_encoder: str = "minmax"
@@ -55,7 +59,8 @@ class ModelSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``generator``, ``hidden``, ``latent``, ``kl-weight``, ``covariate-generator``,
-        ``effect-model``, ``propensity-weight``, ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``numeric-encoder``,
+        ``effect-model``, ``propensity-weight``, ``diffusion-steps``, ``gan-noise``, ``gan-uncond-rate``, ``gan-fakes``,
+        ``numeric-encoder``,
         ``encoder-bins``, ``marginal-bins``."""
         d = cls()
         return cls(
@@ -101,6 +106,9 @@ class ModelSettings:
                 lambda v: 0 < v < 1,
                 "in (0, 1): 0 never trains unconditional sampling, 1 never conditions",
             ),
+            gan_fakes=read_value(
+                config, "gan-fakes", int, d.gan_fakes, lambda v: 1 <= v <= 65536, "1..65536"
+            ),
             numeric_encoder=read_value(
                 config,
                 "numeric-encoder",
@@ -130,6 +138,7 @@ class ModelSettings:
             "diffusion-steps": self.diffusion_steps,
             "gan-noise": self.gan_noise,
             "gan-uncond-rate": self.gan_uncond_rate,
+            "gan-fakes": self.gan_fakes,
             "numeric-encoder": self.numeric_encoder,
             "encoder-bins": self.encoder_bins,
             "marginal-bins": self.marginal_bins,

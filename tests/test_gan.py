@@ -124,7 +124,7 @@ def test_fake_conditions_do_not_depend_on_the_sites_rows(cohort: Schema) -> None
         torch.manual_seed(0)
         family = build_generator(cohort, GAN)
         data = torch.from_numpy(family.encode(frame))
-        loop = family.local_loop(learning_rate=0.01, batch_size=64)
+        loop = family.local_loop(learning_rate=0.01)
         torch.manual_seed(5)
         batch = loop.private_batch(data[:30])
         conds.append(batch[30:, family.transformer.width : -1])  # the fake rows' conditions
@@ -136,10 +136,11 @@ def test_fake_conditions_do_not_depend_on_the_sites_rows(cohort: Schema) -> None
 def test_private_batch_keeps_every_real_row_once_and_adds_a_fixed_number_of_fakes(
     k: int, fakes: int, uncond: float
 ) -> None:
-    family = build_generator(COHORT, ModelSettings(generator="dp-ctgan", gan_uncond_rate=uncond))
+    model = ModelSettings(generator="dp-ctgan", gan_uncond_rate=uncond, gan_fakes=fakes)
+    family = build_generator(COHORT, model)
     assert isinstance(family, DPCTGAN)
     data = COHORT_ROWS[:k]
-    batch = family.local_loop(learning_rate=0.01, batch_size=fakes).private_batch(data)
+    batch = family.local_loop(learning_rate=0.01).private_batch(data)
     width = family.transformer.width
     assert batch.shape == (k + fakes, width + family.cond.width + 1)  # fakes do not follow k
     assert torch.equal(batch[:k, :width], data)
@@ -159,7 +160,7 @@ def test_generator_step_is_post_processing_of_the_discriminator(cohort: Schema) 
     for seed in (1, 2):
         torch.manual_seed(0)
         family = build_generator(cohort, GAN)
-        loop = family.local_loop(learning_rate=0.01, batch_size=32)
+        loop = family.local_loop(learning_rate=0.01)
         torch.manual_seed(9)
         loop.private_batch(_rows(cohort, 50, seed=seed))  # touches no G weight
         loop.after_step()

@@ -148,16 +148,16 @@ class GeneratorFamily(ABC):
     def sample_encoded(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Draw ``n`` encoded rows (one-hot spans, scaled numerics) on the module's device."""
 
-    def local_loop(self, *, learning_rate: float, batch_size: int) -> LocalLoop | None:
+    def local_loop(self, *, learning_rate: float) -> LocalLoop | None:
         """Work around each DP-SGD step, or ``None`` (the default: plain DP-SGD).
+
+        What a loop adds to a batch must not depend on the site's rows, nor on how many
+        there are (n is private): only on public settings.
 
         Parameters
         ----------
         learning_rate : float
             The round's Adam step size (public).
-        batch_size : int
-            Expected Poisson batch q·n (public): the number of data-independent
-            rows a loop may add to every batch.
         """
         return None
 

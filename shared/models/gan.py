@@ -18,10 +18,12 @@ et al., CVPR-W 2019):
 * **Only D sees real rows**, and D is trained by the site's ordinary DP-SGD
   step (:func:`client.training.train_dp`: Poisson sampling at the ledger's q,
   per-row clipping to C, Opacus Gaussian noise σC). Each DP-SGD batch is the
-  Poisson batch of real rows plus a *fixed* number (the public expected batch
-  q·n) of fake rows from G; fake rows depend on no real row, so each real row
-  still moves the clipped sum by at most C and the ledger charges exactly one
-  sampled Gaussian step per D step.
+  Poisson batch of real rows plus a *fixed* number (the public setting
+  ``gan_fakes``) of fake rows from G; fake rows depend on no real row, and their
+  number not on the site's row count n, so adding or removing a row moves the
+  clipped sum by at most C, and only when that row is sampled: the ledger charges
+  exactly one sampled Gaussian step per D step. (A count of q·n would follow n,
+  adding a clipped fake gradient to every step at some n.)
 * **G is post-processing**: after each D step, G takes one Adam step on the
   non-saturating loss of the *current, already private* D on fresh fake rows
   (D's weights detached; no real row involved). Both D's and G's updates leave
@@ -167,12 +169,12 @@ def activate(spans: tuple[SpanInfo, ...], raw: torch.Tensor, data_dim: int) -> t
 class AdversarialLoop(LocalLoop):
     """Fake rows in every D batch, and one post-processing G step after every D step."""
 
-    def __init__(self, family: DPCTGAN, *, learning_rate: float, batch_size: int) -> None:
+    def __init__(self, family: DPCTGAN, *, learning_rate: float) -> None:
         self.family = family
         self.gan = family.gan()
         self.device = next(self.gan.discriminator.parameters()).device
         self.gan.generator.to(self.device).train()
-        self.fakes = batch_size  # public and fixed: see the module docstring
+        self.fakes = family.settings.gan_fakes  # public and fixed: see the module docstring
         self.optimizer = torch.optim.Adam(
             self.gan.generator.parameters(), lr=learning_rate, betas=G_BETAS
         )
@@ -241,8 +243,8 @@ class DPCTGAN(GeneratorFamily):
     def criterion(self) -> nn.Module:
         return GANLoss()
 
-    def local_loop(self, *, learning_rate: float, batch_size: int) -> LocalLoop:
-        return AdversarialLoop(self, learning_rate=learning_rate, batch_size=batch_size)
+    def local_loop(self, *, learning_rate: float) -> LocalLoop:
+        return AdversarialLoop(self, learning_rate=learning_rate)
 
     def _raw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         gan = self.gan()
