@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -141,6 +142,35 @@ class _NeverDiabetic(DPVAE):
         span = next(s for s in self.transformer.spans if s.column == "diabetes")
         rows[:, span.start : span.stop] = torch.tensor([1.0, 0.0])
         return RowDistribution.point(rows.numpy())
+
+
+class _FinishedRows(DPVAE):
+    """A family exposing only finished rows (as dp-copula and dp-marginal do)."""
+
+    def sample_distribution(self, n: int, generator: torch.Generator) -> RowDistribution:
+        return RowDistribution.point(self.sample_encoded(n, generator).detach().numpy())
+
+
+def test_finished_rows_that_break_an_inequality_are_resampled_not_an_internal_error() -> None:
+    # An untrained model draws numbers at random: many rows break systolic > diastolic or
+    # admission <= discharge, which no categorical choice repairs.
+    schema = Schema.load(CONSTRAINED)
+    torch.manual_seed(0)
+    family = _FinishedRows(schema, ModelSettings())
+
+    rows = family.sample(600, seed=1, conditions={"pregnant": "yes"})
+    balanced = family.sample(400, seed=2, rebalance="city")
+
+    assert len(rows) == 600 and (rows["pregnant"] == "yes").all()
+    assert (rows["sex"] == "female").all()
+    assert balanced["city"].value_counts().tolist() == [100] * 4
+    for table in (rows, balanced):
+        for rule in schema.constraints:
+            assert int(rule.violations(table).sum()) == 0, rule.describe()
+    # The draws did break the inequalities: the resampling above was needed.
+    draws = family.sample_distribution(400, torch.Generator().manual_seed(3))
+    _, unmet = family.decoder.decode(draws, np.random.default_rng(3))
+    assert unmet.any()
 
 
 def test_a_value_of_probability_zero_is_a_clear_error() -> None:

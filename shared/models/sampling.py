@@ -184,15 +184,41 @@ def draw_conditioned(
                 k,
                 drawn,
             )
-        pick = rng.choice(all_w.size, size=k, p=all_w / all_w.sum())
-        chosen = fix_conditions(decoder, RowDistribution.concat(cands).rows(pick), conds)
-        table, unmet = decoder.decode(chosen, rng)
-        if unmet.any():  # w > 0 means a feasible tuple with the conditions has mass
-            raise ModelError(
-                "internal error: a resampled row could not meet the constraints; report this"
-            )
-        parts.append(table)
+        pool = RowDistribution.concat(cands)
+        parts.extend(_resample_met(decoder, pool, all_w / all_w.sum(), k, conds, rng))
     return _concat(parts, decoder)
+
+
+def _resample_met(
+    decoder: ConstrainedDecoder,
+    pool: RowDistribution,
+    p: np.ndarray,
+    k: int,
+    conds: Mapping[str, str],
+    rng: np.random.Generator,
+) -> list[pd.DataFrame]:
+    """``k`` rows resampled from ``pool`` by ``p`` and decoded with ``conds`` fixed.
+
+    A family that returns finished rows (a copula, a marginal model) can hold a drawn
+    number that breaks an inequality no categorical choice repairs; such rows are
+    resampled again, a bounded number of times, as :func:`draw_rows` redraws them.
+    """
+    parts: list[pd.DataFrame] = []
+    need = k
+    for _ in range(MAX_REDRAWS + 1):
+        chosen = fix_conditions(decoder, pool.rows(rng.choice(p.size, size=need, p=p)), conds)
+        table, unmet = decoder.decode(chosen, rng)
+        parts.append(table[~unmet])
+        need = int(unmet.sum())
+        if need == 0:
+            return parts
+    rules = "; ".join(c.describe() for c in decoder.schema.constraints)
+    raise ModelError(
+        f"after {MAX_REDRAWS} redraws, {need} of {k} rows conditioned on {dict(conds)} still "
+        f"break the schema's constraints [{rules}]: the generator gives such rows almost no "
+        "mass. Drop or change the condition, or use a family that reports probabilities "
+        "(dp-vae)"
+    )
 
 
 def rebalanced(
