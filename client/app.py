@@ -15,31 +15,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import secagg
-from client.errors import LedgerError, SiteConfigError, TrainingError
+from client.errors import SiteConfigError, public_reason
 from client.identity import registered_name_mod
 from client.result import RoundResult
 from client.settings import SiteSettings
 from shared import keys
 from shared.config import TrainSettings
-from shared.errors import ConfigError, DataValidationError, FedsynthError, ModelError, SchemaError
+from shared.errors import FedsynthError
 from shared.logs import setup_logging
 
 log = logging.getLogger("fedsynth.client")
 app = ClientApp(mods=[registered_name_mod])
-
-
-def public_reason(exc: BaseException) -> str:
-    """A decline reason safe to send: error type and column names, never values."""
-    if isinstance(exc, DataValidationError):
-        return (
-            f"the site's table failed schema validation ({len(exc.problems)} problem(s)); "
-            "details are in the site's log"
-        )
-    if isinstance(exc, LedgerError):
-        return "the site's privacy ledger is missing, corrupt or rolled back; see the site's log"
-    if isinstance(exc, SchemaError | SiteConfigError | ConfigError | ModelError | TrainingError):
-        return f"{type(exc).__name__} at the site; see the site's log"
-    return f"internal error ({type(exc).__name__}) at the site; see the site's log"
 
 
 def build_reply_content(
@@ -85,9 +71,13 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 
 def train_round(
-    msg: Message, context: Context
+    msg: Message, context: Context, *, secure: bool = False
 ) -> tuple[SiteSettings | None, TrainSettings | None, RoundResult]:
-    """The site's round (errors become a declined result with a safe reason)."""
+    """The site's round (errors become a declined result with a safe reason).
+
+    ``secure``: the update goes into a secure sum, so it is never re-sent
+    (:func:`client.site.run_site_round`).
+    """
     site: SiteSettings | None = None
     train: TrainSettings | None = None
     try:
@@ -101,28 +91,26 @@ def train_round(
         from client.site import run_site_round
 
         global_state = arrays.to_torch_state_dict()
-        result = run_site_round(site, train, global_state, run=str(context.run_id))
+        result = run_site_round(
+            site, train, global_state, run=str(context.run_id), resend=not secure
+        )
     except FedsynthError as exc:
         log.error("round declined: %s", exc)
-        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+        result = declined(site, public_reason(exc))
     except Exception as exc:  # a bug must not leak values in a traceback
         log.exception("round failed")
-        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+        result = declined(site, public_reason(exc))
     return site, train, result
 
 
-def _spent(site: SiteSettings | None) -> float:
-    """Cumulative ε to report on a decline (0.0 when the ledger cannot be read)."""
+def declined(site: SiteSettings | None, reason: str) -> RoundResult:
+    """A declined round's result, with the site's cumulative ε and steps from its ledger."""
     if site is None:
-        return 0.0
-    from client.ledger import PrivacyLedger
+        return RoundResult(False, reason, 0.0, 0, 0)
+    from client.ledger import ledger_standing
 
-    try:
-        return PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
-            delta=site.budget_delta
-        )
-    except FedsynthError:
-        return 0.0
+    epsilon, total = ledger_standing(site.ledger_path, site=site.site_name, delta=site.budget_delta)
+    return RoundResult(False, reason, epsilon, 0, total)
 
 
 @app.train()
@@ -130,6 +118,15 @@ def train(msg: Message, context: Context) -> Message:
     """Flower entry point for train messages."""
     setup_logging()
     return handle_train(msg, context)
+
+
+@app.train(keys.PLAN_CHECK)
+def plan_check(msg: Message, context: Context) -> Message:
+    """Before the run's first charge: could this site afford the whole plan? (:mod:`client.precheck`)."""
+    setup_logging()
+    from client.precheck import handle_plan
+
+    return handle_plan(msg, context, public_reason)
 
 
 @app.train(keys.SECAGG_SETUP)
@@ -161,7 +158,7 @@ def secagg_train(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 3: train as in :func:`train`, send the masked update."""
     setup_logging()
     return secagg.handle_masked_train(
-        msg, context, lambda: build_reply_content(*train_round(msg, context))
+        msg, context, lambda: build_reply_content(*train_round(msg, context, secure=True))
     )
 
 

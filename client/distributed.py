@@ -44,13 +44,12 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from client import secagg
-from client.errors import BudgetExhaustedError, SiteConfigError
+from client.errors import BudgetExhaustedError, SiteConfigError, public_reason
 from client.ledger import PrivacyLedger
-from client.precheck import check_mechanism
+from client.precheck import check_mechanism, site_schema
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
-from client.site import site_schema
 from shared import keys
 from shared.config import DistributedStepSettings, TrainSettings
 from shared.device import select_device
@@ -201,7 +200,7 @@ def handle_step(msg: Message, context: Context, build_reply: ReplyBuilder) -> Me
     ``build_reply`` assembles the public accounting reply (the ClientApp's
     :func:`client.app.build_reply_content`); the masked share is added to it.
     """
-    from client.app import _spent, public_reason
+    from client.app import declined
 
     try:
         k = DistributedStepSettings.from_config(dict(msg.content[keys.TRAIN_CONFIG])).noise_sites
@@ -223,16 +222,22 @@ def handle_step(msg: Message, context: Context, build_reply: ReplyBuilder) -> Me
         )
     except FedsynthError as exc:
         log.error("distributed step declined: %s", exc)
-        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+        result = declined(site, public_reason(exc))
     except Exception as exc:  # a bug must not leak values in a traceback
         log.exception("distributed step failed")
-        result = RoundResult(False, public_reason(exc), _spent(site), 0, 0)
+        result = declined(site, public_reason(exc))
     # Report the multiplier the ledger records per step (σC/Δ), not the total σ.
     reported = replace(step.train, noise_multiplier=multiplier) if step is not None else None
-    content = build_reply(site, reported, result)
+    # A step's noise share is drawn with numpy's generator (secretly seeded), never
+    # Opacus's CSPRNG: the site's --secure-mode does not cover it.
+    content = build_reply(replace(site, secure_mode=False) if site else None, reported, result)
     if share is None or step is None:
         return Message(content, reply_to=msg)
-    ring = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits).ring
-    masked = site_mask(me, share, peers, codec=ring, context=cast(bytes, state[keys.SA_CONTEXT]))
+    try:
+        ring = ModularCodec(grid=step.grid, modulus_bits=step.modulus_bits).ring
+        context_bytes = cast(bytes, state[keys.SA_CONTEXT])
+        masked = site_mask(me, share, peers, codec=ring, context=context_bytes)
+    except Exception as exc:
+        return secagg.refuse(msg, exc)
     content[keys.MASKED_UPDATE] = ArrayRecord({keys.MASKED_VECTOR: Array(ring.to_wire(masked))})
     return Message(content, reply_to=msg)

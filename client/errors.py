@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from shared.errors import FedsynthError
+from shared.errors import (
+    ConfigError,
+    DataValidationError,
+    FedsynthError,
+    ModelError,
+    SchemaError,
+)
 
 
 class SiteError(FedsynthError):
@@ -11,6 +17,14 @@ class SiteError(FedsynthError):
 
 class SiteConfigError(SiteError):
     """The site's node config or client options are missing or invalid."""
+
+
+class SchemaMismatchError(SiteConfigError):
+    """The site's schema file is not the consortium's (another fingerprint)."""
+
+    def __init__(self, message: str, *, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
 
 
 class TrainingError(SiteError):
@@ -27,3 +41,26 @@ class LedgerSiteMismatchError(LedgerError):
 
 class BudgetExhaustedError(SiteError):
     """The planned steps would take the site's cumulative ε past its total budget."""
+
+
+def public_reason(exc: BaseException) -> str:
+    """A decline reason safe to send: the error's kind, never values, paths or counts.
+
+    A budget refusal is sent whole: it names only the public σ, q, steps and ε. Every
+    other message (validation problems quote cells; others name the site's files)
+    stays in the site's log.
+    """
+    if isinstance(exc, BudgetExhaustedError):
+        return str(exc)
+    if isinstance(exc, SchemaMismatchError):  # a schema is public: its fingerprint too
+        return (
+            f"the site's schema (fingerprint {exc.fingerprint[:12]}) differs from the "
+            "server's; the site must install the consortium's current schema"
+        )
+    if isinstance(exc, DataValidationError):
+        return "the site's table failed schema validation; details are in the site's log"
+    if isinstance(exc, LedgerError):
+        return "the site's privacy ledger is missing, corrupt or rolled back; see the site's log"
+    if isinstance(exc, SchemaError | SiteConfigError | ConfigError | ModelError | TrainingError):
+        return f"{type(exc).__name__} at the site; see the site's log"
+    return f"internal error ({type(exc).__name__}) at the site; see the site's log"

@@ -35,7 +35,7 @@ from typing import Any
 
 from client.errors import BudgetExhaustedError, LedgerError, LedgerSiteMismatchError
 from shared.accounting import ACCOUNTANTS, Mechanism, epsilon_of
-from shared.errors import AccountingError
+from shared.errors import AccountingError, FedsynthError
 
 LEDGER_VERSION = 1
 log = logging.getLogger("fedsynth.client")
@@ -295,3 +295,16 @@ class PrivacyLedger:
                 yield PrivacyLedger.open(self.path, site=self.site, accountant=self.accountant)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ledger_standing(ledger_path: Path, *, site: str, delta: float) -> tuple[float, int]:
+    """(cumulative ε, total steps) to report when a site declines, read from its ledger.
+
+    ``(0.0, 0)`` when the ledger cannot be read (the decline says so); the coordinator
+    then keeps the last figures it had for the site and never lowers them.
+    """
+    try:
+        ledger = PrivacyLedger.open(ledger_path, site=site)
+        return ledger.epsilon(delta=delta), ledger.total_steps
+    except FedsynthError:
+        return 0.0, 0

@@ -23,7 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from client import secagg
 from client.errors import BudgetExhaustedError
-from client.ledger import PrivacyLedger
+from client.ledger import PrivacyLedger, ledger_standing
 from client.precheck import check_mechanism
 from client.settings import SiteSettings
 from shared import keys
@@ -127,7 +127,9 @@ def release_reply(
             keys.STATUS: keys.STATUS_TRAINED if result.sent else keys.STATUS_DECLINED,
             keys.REASON: result.reason,
             keys.ACCOUNTANT: accountant,
-            keys.SECURE_MODE: bool(site.secure_mode) if site else False,
+            # Release noise comes from numpy's generator (secretly seeded), never from
+            # Opacus's CSPRNG: the site's --secure-mode does not cover it.
+            keys.SECURE_MODE: False,
             keys.NOISE_SEED: "secret"
             if site is None or site.simulation_seed is None
             else "simulation",
@@ -138,6 +140,14 @@ def release_reply(
     if result.sent and result.noisy is not None:
         content[record[0]] = ArrayRecord({record[1]: Array(np.asarray(result.noisy))})
     return content
+
+
+def _declined(site: SiteSettings | None, reason: str) -> ReleaseResult:
+    """A declined release, with the site's cumulative ε and steps from its ledger."""
+    if site is None:
+        return ReleaseResult(False, reason, 0.0, 0)
+    epsilon, total = ledger_standing(site.ledger_path, site=site.site_name, delta=site.budget_delta)
+    return ReleaseResult(False, reason, epsilon, total)
 
 
 def answer_release(
@@ -163,10 +173,10 @@ def answer_release(
         result = run_stage(site, request, msg.content, str(context.run_id))
     except FedsynthError as exc:
         log.error("%s declined: %s", stage, exc)
-        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
+        result = _declined(site, public_reason(exc))
     except Exception as exc:  # a bug must not leak values in a traceback
         log.exception("%s failed", stage)
-        result = ReleaseResult(False, public_reason(exc), 0.0, 0)
+        result = _declined(site, public_reason(exc))
     return Message(content=reply(site, request, result), reply_to=msg)
 
 

@@ -1,4 +1,8 @@
-"""A site's budget check when a secure key set-up opens a stage, before any site computes.
+"""A site's budget checks before it is charged: the run's plan, and each secure stage.
+
+Before its first charge the coordinator sends the run's whole plan
+(:class:`shared.run_plan.PlanRequest`); :func:`check_plan` says whether this site
+could afford all of it, so a run that too few sites could finish never starts.
 
 Under secure aggregation the server sends the stage-3 message's type and config with
 the key set-up (:data:`shared.keys.SA_STAGE`): a training round, one distributed DP-SGD
@@ -13,26 +17,42 @@ accounting needs the model's size.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
+import logging
+from collections.abc import Callable
 
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.errors import SiteConfigError
+from client.errors import BudgetExhaustedError, SchemaMismatchError, SiteConfigError
 from client.ledger import PrivacyLedger
 from client.settings import SiteSettings
 from shared import keys
+from shared.accounting import Mechanism, epsilon_of
 from shared.config import DistributedStepSettings, TrainSettings
 from shared.dp_quantile import HistogramRequest
+from shared.errors import FedsynthError
 from shared.release_request import ReleaseRequest
+from shared.run_plan import PlanRequest
+from shared.schema import Schema
+
+log = logging.getLogger("fedsynth.client")
 
 #: The replay record beside the ledger (:mod:`client.replay`).
 REPLAY_RECORD = "last_update.json"
 
 
-def config_digest(train: TrainSettings) -> str:
-    """SHA-256 of a round's config alone (no weights): what a set-up message can name."""
-    return hashlib.sha256(json.dumps(train.to_config(), sort_keys=True).encode()).hexdigest()
+def site_schema(site: SiteSettings, fingerprint: str) -> Schema:
+    """The site's schema file, refused unless it is the consortium's (same fingerprint)."""
+    schema = Schema.load(site.schema_path)
+    if schema.fingerprint() != fingerprint:
+        mine = schema.fingerprint()
+        raise SchemaMismatchError(
+            f"the site's schema {site.schema_path} (fingerprint {mine[:12]}) differs from the "
+            f"server's ({fingerprint[:12]}); install the consortium's current schema at this site",
+            fingerprint=mine,
+        )
+    return schema
 
 
 def _answered(site: SiteSettings, config: str) -> bool:
@@ -45,10 +65,11 @@ def _answered(site: SiteSettings, config: str) -> bool:
 
 
 def check_round_budget(site: SiteSettings, train: TrainSettings) -> None:
-    """Refuse a round this site could not afford; nothing is read but the ledger.
+    """Refuse a secure round this site could not afford; nothing is read but the ledger.
 
-    A round the site already answered (a restarted coordinator asking again) is
-    re-sent at no charge, so it passes whatever the budget.
+    Under secure aggregation a round is never re-sent for free (it is trained and
+    charged again, :func:`client.site.run_site_round`), so a round the site already
+    answered is checked like any other.
 
     Raises
     ------
@@ -57,8 +78,6 @@ def check_round_budget(site: SiteSettings, train: TrainSettings) -> None:
     LedgerError
         The ledger is damaged (fail closed).
     """
-    if _answered(site, config_digest(train)):
-        return
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
     check_affordable(ledger, site, train)
 
@@ -115,7 +134,7 @@ def check_one_release(site: SiteSettings, *, noise_multiplier: float, accountant
 
 
 def check_announced(site: SiteSettings, content: RecordDict) -> None:
-    """Refuse a key set-up whose announced stage this site could not afford.
+    """Refuse a key set-up whose announced stage this site could not afford or take part in.
 
     ``content`` is the set-up message's: its :data:`shared.keys.SA_STAGE` names the
     stage-3 message type, and that stage's config record travels beside it.
@@ -126,6 +145,8 @@ def check_announced(site: SiteSettings, content: RecordDict) -> None:
         The stage's mechanism would take the site past its total ε.
     LedgerError
         The ledger is damaged (fail closed).
+    SchemaMismatchError
+        The stage is for another schema than the site's (a training round, a release).
     SiteConfigError
         The server announced a stage this version does not know.
     """
@@ -133,7 +154,9 @@ def check_announced(site: SiteSettings, content: RecordDict) -> None:
     if stage is None:
         return  # nothing announced: the stage's own check decides
     if stage == keys.SECAGG_TRAIN:
-        check_round_budget(site, TrainSettings.from_config(_record(content, keys.TRAIN_CONFIG)))
+        train = TrainSettings.from_config(_record(content, keys.TRAIN_CONFIG))
+        site_schema(site, train.schema_fingerprint)  # a foreign schema would decline later
+        check_round_budget(site, train)
     elif stage == keys.DISTDP_STEP:
         from client.distributed import check_step_budget  # torch: the model's size
 
@@ -141,6 +164,7 @@ def check_announced(site: SiteSettings, content: RecordDict) -> None:
         check_step_budget(site, step)
     elif stage == keys.RELEASE_SHARE:
         release = ReleaseRequest.from_config(_record(content, keys.RELEASE_CONFIG))
+        site_schema(site, release.schema_fingerprint)
         check_one_release(
             site, noise_multiplier=release.noise_multiplier, accountant=release.accountant
         )
@@ -159,3 +183,109 @@ def _record(content: RecordDict, name: str) -> dict[str, object]:
     if not isinstance(record, ConfigRecord):
         raise SiteConfigError(f"the server's key set-up lacks its {name!r} record")
     return dict(record)
+
+
+def check_plan(site: SiteSettings, plan: PlanRequest) -> float:
+    """Refuse a run whose remaining mechanisms this site could not all afford.
+
+    Nothing is read but the site's schema and ledger, and nothing is charged.
+
+    Returns
+    -------
+    float
+        The site's projected cumulative ε after the whole plan.
+
+    Raises
+    ------
+    BudgetExhaustedError
+        The plan would take the site past its total ε; the message says how many of
+        the plan's training rounds it could still afford.
+    LedgerError
+        The ledger is damaged (fail closed).
+    SiteConfigError
+        The site's schema is not the consortium's.
+    """
+    site_schema(site, plan.schema_fingerprint)
+    ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=plan.accountant)
+    replayed = bool(plan.replay_config) and _answered(site, plan.replay_config)
+    mechanisms = plan.mechanisms(replayed=replayed)
+
+    def projected(plan_part: list[Mechanism]) -> float:
+        return epsilon_of(
+            [*ledger.history, *plan_part], delta=site.budget_delta, accountant=ledger.accountant
+        )
+
+    total = projected(mechanisms)
+    if total <= site.budget_epsilon:
+        return total
+    spent = ledger.epsilon(delta=site.budget_delta)
+    raise BudgetExhaustedError(
+        f"site {site.site_name!r} cannot finish this run: its remaining plan "
+        f"({plan.describe()}) would raise its cumulative ε from {spent:.4f} to {total:.4f}, "
+        f"above its total budget ε={site.budget_epsilon:g} (δ={site.budget_delta:g}); "
+        f"{_affordable_rounds(plan, mechanisms, projected, site.budget_epsilon)}. Nothing was "
+        "charged. Raise the site's budget only if its data steward agrees, or plan fewer "
+        "rounds or more noise."
+    )
+
+
+def _affordable_rounds(
+    plan: PlanRequest,
+    mechanisms: list[Mechanism],
+    projected: Callable[[list[Mechanism]], float],
+    budget: float,
+) -> str:
+    """'it could afford r of the R training rounds left' (the stages before training included)."""
+    if "training" not in plan.labels or plan.round_steps <= 0:
+        return "it cannot afford all of it"
+    i = plan.labels.index("training")
+    sigma, q, steps = mechanisms[i]
+    rounds = steps // plan.round_steps
+    lo, hi = 0, rounds  # the largest r whose prefix fits: ε grows with the steps
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if projected([*mechanisms[:i], (sigma, q, mid * plan.round_steps)]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return f"it could afford {lo} of the {rounds} training round(s) left"
+
+
+def handle_plan(
+    msg: Message, context: Context, public_reason: Callable[[BaseException], str]
+) -> Message:
+    """Answer the run's plan (:data:`shared.keys.PLAN_CHECK`): can this site finish it?"""
+    site: SiteSettings | None = None
+    status, reason, spent, total = keys.STATUS_DECLINED, "", 0.0, 0.0
+    try:
+        site = SiteSettings.from_context(context.node_config, context.run_config)
+        plan = PlanRequest.from_config(_record(msg.content, keys.PLAN_CONFIG))
+        total = check_plan(site, plan)
+        status = keys.STATUS_AFFORDABLE
+    except BudgetExhaustedError as exc:  # public parameters only: σ, q, steps, ε
+        log.warning("%s", exc)
+        reason = str(exc)
+    except FedsynthError as exc:
+        log.error("run plan declined: %s", exc)
+        reason = public_reason(exc)
+    if site is not None:
+        with contextlib.suppress(FedsynthError):
+            spent = PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
+                delta=site.budget_delta
+            )
+    metrics = MetricRecord(
+        {
+            keys.EPSILON: float(spent),
+            keys.DELTA: float(site.budget_delta if site else 0.0),
+            keys.PROJECTED_EPSILON: float(total),
+        }
+    )
+    info = ConfigRecord(
+        {
+            keys.SITE_NAME: site.site_name if site else "unknown",
+            keys.STATUS: status,
+            keys.REASON: reason,
+        }
+    )
+    content = RecordDict({keys.PRIVACY_METRICS: metrics, keys.SITE_INFO: info})
+    return Message(content=content, reply_to=msg)

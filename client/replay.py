@@ -56,7 +56,7 @@ class SentUpdate:
     update: StateDict
     clipped: bool
     steps: int
-    config: str = ""  # client.precheck.config_digest of the round it answered
+    config: str = ""  # shared.run_plan.train_config_digest of the round it answered
 
 
 class ReplayStore:

@@ -19,8 +19,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
+from client.errors import public_reason
 from shared import keys
 from shared.errors import FedsynthError
 from shared.secagg import (
@@ -79,7 +89,10 @@ def _roster(rec: ConfigRecord) -> dict[int, PublicKeys]:
 
 def _refuse(msg: Message, exc: Exception) -> Message:
     log.error("secure aggregation: %s", exc)
-    return Message(Error(code=ERROR_CODE, reason=str(exc)), reply_to=msg)
+    # Protocol faults name only indices and lengths; anything else is reduced to its kind.
+    protocol = isinstance(exc, SecAggProtocolError | SecAggAbortedError)
+    reason = str(exc) if protocol else public_reason(exc)
+    return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
 
 
 def handle_setup(
@@ -178,6 +191,11 @@ def handle_masked_train(msg: Message, context: Context, train: Callable[[], Reco
     if keys.UPDATE_ARRAYS not in content:
         return Message(content, reply_to=msg)  # declined: nothing to mask
     arrays = content.pop(keys.UPDATE_ARRAYS)
+    # Whether this site's own update hit the bound says something of that update alone,
+    # which the server must only see summed: not sent under secure aggregation.
+    metrics = content[keys.PRIVACY_METRICS]
+    if isinstance(metrics, MetricRecord) and keys.UPDATE_NORM_CLIPPED in metrics:
+        del metrics[keys.UPDATE_NORM_CLIPPED]
     try:
         codec = FixedPointCodec(
             clip=cast(float, state[keys.SA_CLIP]),
@@ -195,7 +213,7 @@ def handle_masked_train(msg: Message, context: Context, train: Callable[[], Reco
             codec=codec,
             context=cast(bytes, state[keys.SA_CONTEXT]),
         )
-    except (FedsynthError, ValueError) as exc:
+    except Exception as exc:
         # The ledger was charged; the update is withheld (a dropout for the protocol).
         return _refuse(msg, exc)
     content[keys.MASKED_UPDATE] = ArrayRecord({keys.MASKED_VECTOR: Array(codec.to_wire(masked))})

@@ -10,7 +10,10 @@ Order of operations, each step failing closed:
 
 A request identical to the last one answered (same round config, same global
 weights: a restarted coordinator asking again) gets the stored update back
-without a new charge (see :mod:`client.replay`).
+without a new charge (see :mod:`client.replay`). Not under secure aggregation: the
+stored update would go into a second sum over another set of sites, and the
+difference of the two sums would show it alone; there the round is trained and
+charged again.
 
 The caller sends the reply only after step 3 has written the ledger.
 """
@@ -28,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.errors import BudgetExhaustedError, SiteConfigError
+from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
-from client.precheck import check_affordable, config_digest
+from client.precheck import check_affordable, site_schema
 from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
@@ -38,7 +41,7 @@ from client.training import train_dp
 from shared.config import ModelSettings, TrainSettings
 from shared.device import select_device
 from shared.models import GeneratorFamily, build_generator
-from shared.schema import Schema
+from shared.run_plan import train_config_digest
 from shared.streaming import encode_table
 
 log = logging.getLogger("fedsynth.client")
@@ -81,22 +84,21 @@ def noise_seed(site: SiteSettings, server_round: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
-def site_schema(site: SiteSettings, fingerprint: str) -> Schema:
-    """The site's schema file, refused unless it is the consortium's (same fingerprint)."""
-    schema = Schema.load(site.schema_path)
-    if schema.fingerprint() != fingerprint:
-        raise SiteConfigError(
-            f"the site's schema {site.schema_path} (fingerprint {schema.fingerprint()[:12]}) "
-            f"differs from the server's ({fingerprint[:12]}); install the "
-            "consortium's current schema at this site"
-        )
-    return schema
-
-
 def run_site_round(
-    site: SiteSettings, train: TrainSettings, global_state: StateDict, *, run: str
+    site: SiteSettings,
+    train: TrainSettings,
+    global_state: StateDict,
+    *,
+    run: str,
+    resend: bool = True,
 ) -> RoundResult:
     """Run one round of local DP training; see the module docstring for the order.
+
+    Parameters
+    ----------
+    resend : bool
+        Whether a request already answered gets the stored update back at no charge
+        (False under secure aggregation, see the module docstring).
 
     Raises
     ------
@@ -106,7 +108,7 @@ def run_site_round(
     with model_and_rows(
         site, fingerprint=train.schema_fingerprint, model=train.model, state=global_state
     ) as (family, data):
-        return _train_round(site, train, family, global_state, data, run=run)
+        return _train_round(site, train, family, global_state, data, run=run, resend=resend)
 
 
 @contextlib.contextmanager
@@ -138,6 +140,7 @@ def _train_round(
     data: np.ndarray,
     *,
     run: str,
+    resend: bool,
 ) -> RoundResult:
     """Steps 3 and 4 of :func:`run_site_round` on the encoded rows."""
     if site.budget_delta >= 1.0 / len(data):
@@ -149,10 +152,10 @@ def _train_round(
         )
     device = select_device(site.device)
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name, accountant=train.accountant)
-    replay = ReplayStore(site.state_dir)
+    replay = ReplayStore(site.state_dir) if resend else None
     digest = request_digest(train, global_state)
     with ledger.locked() as led:
-        sent = replay.find(digest)
+        sent = replay.find(digest) if replay is not None else None
         if sent is not None:
             log.warning(
                 "site %s round %d: the coordinator asked again for a round this site already "
@@ -206,7 +209,8 @@ def _train_round(
     new_state = family.state_dict()
     update = {k: (new_state[k].cpu() - global_state[k].cpu()) for k in global_state}
     update, clipped = clip_update(update, train.update_clip_norm)
-    replay.save(SentUpdate(digest, update, clipped, stats.steps, config_digest(train)))
+    if replay is not None:
+        replay.save(SentUpdate(digest, update, clipped, stats.steps, train_config_digest(train)))
     log.info(
         "site %s round %d: %d DP steps on %s in %.1fs, cumulative ε=%.4f",
         site.site_name,

@@ -17,14 +17,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointStore
 from server.distributed import DistributedTrainer
-from server.effect import fit_effect
-from server.encoder import fit_encoder
+from server.effect import EFFECT_FILE, fit_effect
+from server.encoder import ENCODER_FILE, fit_encoder
 from server.identity import NamedGrid, bind_names
 from server.optimisers import build_optimiser
+from server.plan import check_plan, dp_sgd_plan
 from server.progress import round_summary, site_status_lines
 from server.release import release
 from server.release_stages import fit_release_stages
-from server.report import site_entry
+from server.report import merge_site, site_entry
 from server.secagg import secure_round
 from server.strategy import SiteAveraging
 from shared import keys
@@ -94,7 +95,17 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         optimiser.load_state_dict(ckpt.optimiser)
         log.info("resuming from the checkpoint of round %d", start)
         family.load_state_dict(state)  # refuses damaged weights or a damaged numeric encoder
-    elif settings.fits_encoder:
+    encoder_due = ckpt is None and settings.fits_encoder
+    # Before the first charge: a run too few sites could finish stops here.
+    plan = dp_sgd_plan(
+        settings,
+        family,
+        start=start,
+        encoder_due=encoder_due and not (out / ENCODER_FILE).exists(),
+        effect_due=settings.calibrates_effect and not (out / EFFECT_FILE).exists(),
+    )
+    check_plan(grid, settings, plan)
+    if encoder_due:
         # Before round 1: DP histograms from the sites -> public quantile maps in the model.
         fit_encoder(grid, settings, family, sites, store.identity)
         state = family.state_dict()
@@ -146,8 +157,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         stepped = optimiser.apply(state, update)
         state = {k: state[k] if k == ENCODER_KEY else stepped[k] for k in state}
         for rep in strategy.last_replies:
-            sites[rep.site] = site_entry(
-                rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed
+            merge_site(
+                sites,
+                site_entry(rep.privacy, rep.site, rep.accountant, rep.secure_mode, rep.noise_seed),
             )
         history.append(
             {

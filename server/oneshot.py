@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import CheckpointError, ProtocolError, RoundFailedError
 from server.identity import registered_name
-from server.report import site_entry
+from server.report import merge_site, site_entry
 from shared import keys
 from shared.config import RunSettings
 from shared.manifest import atomic_write_bytes
@@ -158,7 +158,7 @@ def record_sites(
             if values is not None:
                 sites[facts["site"]].update(epsilon=entry["epsilon"], steps=entry["steps"])
             continue
-        sites[facts["site"]] = entry
+        merge_site(sites, entry)
 
 
 def save_stage(path: Path, doc: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from server.oneshot import (
     save_stage,
     sites_sent,
 )
+from server.plan import check_plan, release_plan
 from server.release_secure import secure_release
 from shared import keys
 from shared.config import RunSettings
@@ -108,6 +109,9 @@ def fit_release_stages(
         if stage < len(stages):
             _refit(path, family, stages[stage], stage)
             continue
+        if stage == len(stages):  # the saved stages refitted: ask before the first charge
+            fingerprint = family.schema.fingerprint()
+            check_plan(grid, settings, release_plan(settings, fingerprint, done=stage))
         request = stage_request(family, settings, stage)
         secure: dict[str, Any] = {}
         if settings.secure_aggregation:

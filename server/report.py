@@ -47,6 +47,18 @@ def site_entry(
     }
 
 
+def merge_site(sites: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Record a site's latest reply in ``sites``, never lowering its cumulative ε.
+
+    A site that declines because its ledger cannot be read reports ε = 0; a ledger
+    only grows, so a lower figure than one already seen is kept out of the report.
+    """
+    old = sites.get(entry["site"])
+    if old is not None and float(old["epsilon"]) > float(entry["epsilon"]):
+        return
+    sites[entry["site"]] = entry
+
+
 def build_report(
     settings: RunSettings,
     sites: dict[str, dict[str, Any]],
@@ -109,6 +121,10 @@ def build_report(
             for rec, fields in (
                 keys.SECAGG_REPLY_FIELDS if settings.secure_aggregation else keys.SITE_REPLY_FIELDS
             ).items()
+        },
+        # Before the run's first charge (server.plan): public figures of the ledger only.
+        "sent_by_each_site_for_the_run_plan": {
+            rec: list(fields) for rec, fields in keys.PLAN_REPLY_FIELDS.items()
         },
         "opt_in_fields_sent": opt_in,
         "not_protected": [
@@ -234,6 +250,12 @@ def _md_run(report: dict[str, Any]) -> str:
   aggregation: {run["aggregation"]}{_md_update_clip(run)}"""
 
 
+def _md_fields(fields: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"`{rec}`: {', '.join(f'`{f}`' for f in names)}" for rec, names in fields.items()
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Human-readable ``privacy_report.md``."""
     sent = "\n".join(
@@ -241,16 +263,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         for rec, fields in report["sent_by_each_site"].items()
     )
     gaps = "\n".join(f"- {g}" for g in report["not_protected"])
+    simulated = [s["site"] for s in report["sites"] if s.get("noise_seed") == "simulation"]
     insecure = [s["site"] for s in report["sites"] if not s["secure_mode"]]
+    # Simulated sites' seeds come from the run's seed (said below), not from the OS.
+    seeded = (
+        "" if set(insecure) & set(simulated) else " (seeded from the site's secret OS randomness)"
+    )
     warn = (
         f"\n> **Note:** Opacus `secure_mode` was off at {', '.join(insecure)}: noise came from a "
-        "fast pseudo-random generator (seeded from the site's secret OS randomness). For "
+        f"fast pseudo-random generator{seeded}. For "
         "production releases each site turns it on: `fedsynth client --secure-mode` (in the "
         "systemd unit, `FEDSYNTH_EXTRA_ARGS=--secure-mode`; needs `torchcsprng`).\n"
         if insecure
         else ""
     )
-    simulated = [s["site"] for s in report["sites"] if s.get("noise_seed") == "simulation"]
     if simulated:
         warn += (
             f"\n> **Simulation:** the noise at {', '.join(simulated)} was seeded from the run's "
@@ -278,6 +304,10 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
 ## What each site sent
 
 {sent}
+
+Before the first charge, each site answered the run's plan (whether it could afford the
+whole run) with {_md_fields(report.get("sent_by_each_site_for_the_run_plan", {}))}: figures of
+its ledger only, charging nothing.
 
 Opt-in fields sent: {", ".join(report["opt_in_fields_sent"]) or "none"}.
 No rows, row counts (unless opted in), losses or other metrics computed on real rows left any site.

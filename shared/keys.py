@@ -16,7 +16,9 @@ PRIVACY_METRICS = "privacy"  # MetricRecord: the site's cumulative accounting (p
 SITE_INFO = "site"  # ConfigRecord: site name, status, accountant, decline reason
 
 # Fields of PRIVACY_METRICS. Each is a function of public parameters (σ, q, steps, δ)
-# or of the ledger, so sending them reveals nothing about individual rows.
+# or of the ledger, so sending them reveals nothing about individual rows, except
+# UPDATE_NORM_CLIPPED: a function of the site's own (DP) update, which the server sees
+# anyway without secure aggregation; under secure aggregation it is not sent.
 EPSILON = "epsilon"  # cumulative ε over all rounds and runs at this site
 DELTA = "delta"
 NOISE_MULTIPLIER = "noise-multiplier"  # σ of this round
@@ -107,7 +109,9 @@ SA_KEY_SHARES = "key-shares"
 # Under secure aggregation the train reply carries MASKED_UPDATE instead of UPDATE_ARRAYS.
 SECAGG_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     MASKED_UPDATE: (MASKED_VECTOR,),
-    PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
+    PRIVACY_METRICS: tuple(
+        f for f in SITE_REPLY_FIELDS[PRIVACY_METRICS] if f != UPDATE_NORM_CLIPPED
+    ),
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
 }
 
@@ -172,4 +176,19 @@ RELEASE_SHARE_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     MASKED_UPDATE: (MASKED_VECTOR,),
     PRIVACY_METRICS: SITE_REPLY_FIELDS[PRIVACY_METRICS],
     SITE_INFO: SITE_REPLY_FIELDS[SITE_INFO],
+}
+
+# --- The run's plan (shared.run_plan): message type "train.plan_check" ---
+# Sent once to every site before the run's first charge (also on resume, with what is
+# left). The request carries PLAN_CONFIG; the site reads only its schema and ledger,
+# charges nothing and answers with the fields below: its cumulative ε now and after the
+# whole plan (functions of the ledger's public parameters and the plan), and a status.
+# A declined plan's reason says how many training rounds the site could still afford.
+PLAN_CHECK = "plan_check"
+PLAN_CONFIG = "plan"  # ConfigRecord: shared.run_plan.PlanRequest fields
+PROJECTED_EPSILON = "projected-epsilon"  # cumulative ε after the whole plan (0 if declined)
+STATUS_AFFORDABLE = "affordable"
+PLAN_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    PRIVACY_METRICS: (EPSILON, DELTA, PROJECTED_EPSILON),
+    SITE_INFO: (SITE_NAME, STATUS, REASON),
 }

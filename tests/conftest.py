@@ -43,6 +43,20 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
 
 
+@pytest.fixture
+def _no_plan_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip the run's plan check (:mod:`server.plan`), to reach a stage's own budget check.
+
+    That check still decides when a ledger changes between the plan and the stage
+    (another run at the same site); the plan check has its own tests.
+    """
+    import server.app
+    import server.release_stages
+
+    for module in (server.app, server.release_stages):
+        monkeypatch.setattr(module, "check_plan", lambda *_args, **_kwargs: [])
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> Any:
     """Opacus and the ledger log warnings on purpose; keep test output readable."""

@@ -274,6 +274,7 @@ def test_the_report_states_epsilon_per_collusion_level_and_the_trust() -> None:
 
 
 @pytest.mark.slow  # a federation in process
+@pytest.mark.usefixtures("_no_plan_check")  # the plan would refuse first; see test_run_plan
 def test_a_site_out_of_budget_stops_the_step_at_its_key_set_up_uncharged(
     sites_template: Path, tmp_path: Path
 ) -> None:

@@ -93,6 +93,27 @@ def test_run_over_budget_is_refused_before_anything_leaves(first_run: Path) -> N
     )
 
     assert res.returncode == 2
-    assert "declines" in res.stderr and "total budget" in res.stderr
-    assert "nothing was aggregated" in res.stderr
+    assert "cannot finish this run" in res.stderr and "total budget" in res.stderr
+    assert "could afford 0 of the 2 training round(s)" in res.stderr
+    assert "nothing was charged" in res.stderr
     assert ledger(first_run / "sites" / "site-0" / "state")["entries"] == before
+
+
+def test_a_run_the_sites_cannot_finish_is_refused_before_its_first_charge(
+    first_run: Path,
+) -> None:
+    # Prepare: the two runs above left about ε 2.1 of 4 spent at each site; 6 rounds at
+    # ε 4 would end near 4.3, though the first 4 rounds fit (the accountant's figures).
+    state = first_run / "sites" / "site-0" / "state"
+    before = ledger(state)["entries"]
+    args = ["--rounds", "6", "--epsilon", "4.0", "--site-budget", "4.0", "--restart"]
+
+    # Execute
+    res = run_cli([*SIM, *args, "--out", str(first_run)])
+
+    # Assert: refused from the plan, with how much each site could still do; no charge.
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "cannot finish this run" in res.stderr
+    assert "could afford 4 of the 6 training round(s) left" in res.stderr
+    assert "can afford the whole run" in res.stderr and "nothing was charged" in res.stderr
+    assert ledger(state)["entries"] == before

@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from client.errors import BudgetExhaustedError, LedgerError, SiteConfigError
+from client.errors import (
+    BudgetExhaustedError,
+    LedgerError,
+    SchemaMismatchError,
+    SiteConfigError,
+    public_reason,
+)
 from client.ledger import PrivacyLedger
 from client.precheck import (
     REPLAY_RECORD,
     check_announced,
     check_one_release,
     check_round_budget,
-    config_digest,
 )
 from client.settings import SiteSettings
 from shared import keys
 from shared.config import TrainSettings
 from shared.dp_quantile import HistogramRequest
+from shared.run_plan import train_config_digest
+from shared.schema import Schema
+
+COHORT = Path(__file__).parents[1] / "shared" / "data" / "cohort_schema.json"
+FINGERPRINT = Schema.load(COHORT).fingerprint()
 
 
 def _site(tmp_path: Path, budget: float) -> SiteSettings:
+    if not (tmp_path / "schema.json").exists():
+        shutil.copy(COHORT, tmp_path / "schema.json")
     return SiteSettings(
         site_name="site-a",
         data_path=tmp_path / "data.csv",
@@ -43,7 +57,7 @@ def _train(server_round: int = 3) -> TrainSettings:
         learning_rate=0.01,
         update_clip_norm=10.0,
         seed=0,
-        schema_fingerprint="f" * 64,
+        schema_fingerprint=FINGERPRINT,
     )
 
 
@@ -67,17 +81,17 @@ def test_an_affordable_round_passes_and_an_unaffordable_one_is_refused(tmp_path:
     assert len(PrivacyLedger.open(probe.ledger_path, site="site-a").entries) == 1  # no charge
 
 
-def test_a_round_already_answered_passes_whatever_the_budget(tmp_path: Path) -> None:
-    # Prepare: the site sent round 3's update, then the coordinator restarted.
+def test_under_secure_aggregation_an_answered_round_is_charged_again(tmp_path: Path) -> None:
+    # Prepare: the site sent round 3's update, then the coordinator restarted. Re-sent
+    # into a second secure sum, the update would show alone in the difference of sums.
     site = _site(tmp_path, 1e-3)
     _spend(site)
-    record = {"request": "x", "config": config_digest(_train(3)), "sha256": "y"}
+    record = {"request": "x", "config": train_config_digest(_train(3)), "sha256": "y"}
     (site.state_dir / REPLAY_RECORD).write_text(json.dumps(record), encoding="utf-8")
 
-    # Execute / Assert: the same round is re-sent for free; another round is not.
-    check_round_budget(site, _train(3))
-    with pytest.raises(BudgetExhaustedError):
-        check_round_budget(site, _train(4))
+    # Execute / Assert: the same round is checked like any other.
+    with pytest.raises(BudgetExhaustedError, match="declines: 50 more steps"):
+        check_round_budget(site, _train(3))
 
 
 def test_a_damaged_ledger_fails_closed(tmp_path: Path) -> None:
@@ -109,6 +123,15 @@ def test_the_announced_stage_picks_the_mechanism_checked(tmp_path: Path) -> None
         check_announced(poor, _setup(keys.ENCODER_SHARE, **encoder))
     check_announced(site, _setup(keys.ENCODER_SHARE, **encoder))  # ε 100 affords it
     check_announced(poor, _setup(None, **train))  # nothing announced: the stage decides
+    foreign = {
+        keys.TRAIN_CONFIG: ConfigRecord(replace(_train(), schema_fingerprint="0" * 64).to_config())
+    }  # type: ignore[arg-type]
+    with pytest.raises(SchemaMismatchError, match="differs from the server's") as mismatch:
+        check_announced(site, _setup(keys.SECAGG_TRAIN, **foreign))
+    assert public_reason(mismatch.value) == (
+        f"the site's schema (fingerprint {FINGERPRINT[:12]}) differs from the server's; "
+        "the site must install the consortium's current schema"
+    )
     with pytest.raises(SiteConfigError, match=r"stage 'fit' this site does not know.*current"):
         check_announced(site, _setup("fit"))
     with pytest.raises(SiteConfigError, match=r"lacks its 'encoder-config' record"):

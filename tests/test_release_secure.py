@@ -283,7 +283,7 @@ def test_the_dp_encoder_histograms_are_summed_securely_when_the_run_is(
     assert report["numeric_encoder"]["server_sees"].startswith("only the sum")
 
 
-@pytest.mark.usefixtures("_task_identity")
+@pytest.mark.usefixtures("_task_identity", "_no_plan_check")
 @pytest.mark.parametrize(
     ("extra", "stage"),
     [

@@ -189,6 +189,8 @@ def test_server_receives_only_masked_vectors(
     assert len(received) == SITES
     for reply in received:
         assert set(reply.content.keys()) == set(keys.SECAGG_REPLY_FIELDS)
+        # Whether this site's own update hit its bound is not sent either.
+        assert keys.UPDATE_NORM_CLIPPED not in reply.content[keys.PRIVACY_METRICS]
         masked = reply.content[keys.MASKED_UPDATE][keys.MASKED_VECTOR].numpy().astype(np.float64)
         truth = true_updates[reply.metadata.src_node_id]
         # Uniform masks make |corr| ~ N(0, 1/n); 5 standard deviations is 5/sqrt(n).
@@ -263,8 +265,9 @@ def test_site_without_protocol_state_refuses_before_charging_its_ledger(
     assert not (tmp_path / "run" / "sites" / "site-0" / "state" / "privacy_ledger.json").exists()
 
 
+@pytest.mark.parametrize("plan_check", [True, False])
 def test_sites_out_of_budget_stop_a_secure_round_before_anyone_is_charged(
-    sites_template: Path, tmp_path: Path
+    sites_template: Path, tmp_path: Path, request: pytest.FixtureRequest, plan_check: bool
 ) -> None:
     # Prepare: sites 0 and 1 already spent more than the run's ε in an earlier run, so
     # one masked update arrives, under the protocol's threshold of 2.
@@ -282,13 +285,22 @@ def test_sites_out_of_budget_stop_a_secure_round_before_anyone_is_charged(
             max_grad_norm=1.0,
         )  # fmt: skip
 
-    # Execute: the round announces its training at key set-up.
+    if not plan_check:
+        request.getfixturevalue("_no_plan_check")
+
+    # Execute: the run's plan goes out first; each round announces its training at key set-up.
     with pytest.raises(RoundFailedError) as failed:
         run_federation(InProcessGrid(cfg), settings)
 
-    # Assert: the two refused the set-up, so the round stopped before site-2 trained.
+    # Assert: the two refused the plan (or, without it, the set-up), so the run stopped
+    # before site-2 trained.
     message = str(failed.value)
-    assert "stopped before training" in message and "sites remove NAME" in message
-    assert message.count("would raise its cumulative ε") == 2
+    if plan_check:
+        assert "only 1 site(s) (site-2) can afford the whole run" in message
+        assert message.count("cannot finish this run") == 2
+    else:
+        assert "stopped before training" in message
+        assert message.count("would raise its cumulative ε") == 2
+    assert "sites remove NAME" in message
     untouched = Path(cfg["sites-dir"]) / "site-2" / "state" / LEDGER_FILE
     assert not untouched.exists() or PrivacyLedger.open(untouched, site="site-2").entries == []
