@@ -20,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from client.errors import SiteConfigError
+from client.doctor_connect import check_ca
+from client.errors import BudgetExhaustedError, SiteConfigError
 from client.ledger import PrivacyLedger, never_recorded
 from client.settings import SiteSettings
 from shared.errors import ConfigError
@@ -58,6 +59,8 @@ def preflight(site: SiteSettings) -> str:
     ------
     SchemaError, DataValidationError, LedgerError
         With the file, column and fix.
+    BudgetExhaustedError
+        The site has spent its whole budget: it could only decline.
     """
     schema = Schema.load(site.schema_path)
     frame = load_table(site.data_path, schema)
@@ -75,15 +78,15 @@ def preflight(site: SiteSettings) -> str:
     ledger = PrivacyLedger.open(site.ledger_path, site=site.site_name)
     spent = ledger.epsilon(delta=site.budget_delta)
     if spent >= site.budget_epsilon:
-        log.warning(
-            "site %s has spent its whole budget (ε=%.4f of %g); it will decline every round",
-            site.site_name,
-            spent,
-            site.budget_epsilon,
+        raise BudgetExhaustedError(
+            f"site {site.site_name!r} has spent its whole budget (ε={spent:.4f} of "
+            f"{site.budget_epsilon:g}, ledger {site.ledger_path}); it would decline every "
+            "round, so it does not start. A larger --budget-epsilon needs the data "
+            "steward's approval; otherwise this site is done"
         )
     return (
         f"{rows}; ε spent {spent:.4f} of {site.budget_epsilon:g} "
-        f"(δ={site.budget_delta:g}) over {len(ledger.entries)} recorded release(s); "
+        f"(δ={site.budget_delta:g}) over {len(ledger.entries)} recorded charge(s) (rounds and releases); "
         f"ledger {site.ledger_path}"
     )
 
@@ -128,6 +131,9 @@ def supernode_command(site: SiteSettings, opts: SupernodeOptions, config_file: P
             f"CA certificate {opts.ca_cert} not found; pass --ca with the "
             "consortium's ca.crt (or --insecure for local tests only)"
         )
+    ca = check_ca(opts.ca_cert)
+    if ca.status == "fail":  # Flower would print a traceback and retry for ever
+        raise SiteConfigError(f"--ca: {ca.message}; {ca.fix}")
     if opts.private_key is None or not opts.private_key.is_file():
         raise SiteConfigError(
             f"site key {opts.private_key} not found; create it with "

@@ -211,7 +211,12 @@ def format_report(findings: list[Finding]) -> str:
             lines.append(f"         fix: {f.fix}")
     fails = sum(f.status == "fail" for f in findings)
     warns = sum(f.status == "warn" for f in findings)
-    verdict = "ready to join" if not fails else "NOT ready: fix the FAIL lines above"
+    verdict = (
+        "ready to join, once the coordinator has registered this site's key under its name "
+        "(not checked from here: compare the fingerprint above with `fedsynth server sites list`)"
+        if not fails
+        else "NOT ready: fix the FAIL lines above"
+    )
     lines.append(f"{fails} failure(s), {warns} warning(s): {verdict}")
     return "\n".join(lines)
 

@@ -41,7 +41,7 @@ def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("sample", help="sample rows from a released model")
     p.add_argument("--model", required=True, help="the model/ folder of a run")
-    p.add_argument("--n", type=int, required=True, help="number of rows")
+    p.add_argument("--n", type=int, required=True, help="number of rows (at least 1)")
     p.add_argument("--out", default="synthetic.csv")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

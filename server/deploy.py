@@ -69,6 +69,33 @@ class ServerOptions:
         return sites
 
 
+def check_enough_sites(opts: ServerOptions, admitted: int, min_sites: int) -> None:
+    """Refuse (or, with a registry that may still grow, warn about) too few admitted sites.
+
+    Raises
+    ------
+    DeploymentError
+        Only ``--site-key`` files admit sites, and fewer than ``min_sites``: the run
+        could never start.
+    """
+    if admitted >= min_sites:
+        return
+    if opts.state_dir is None:
+        raise DeploymentError(
+            f"--min-sites {min_sites} but only {admitted} site key(s) are given: the run "
+            "would wait for ever. Give every site's --site-key, or lower --min-sites"
+        )
+    log.warning(
+        "--min-sites %d but the registry in %s admits only %d site(s): the run waits until "
+        "%d registered sites connect. Add sites with `fedsynth server sites add`, or "
+        "lower --min-sites",
+        min_sites,
+        opts.state_dir,
+        admitted,
+        min_sites,
+    )
+
+
 def superlink_command(opts: ServerOptions) -> list[str]:
     """The ``flower-superlink`` command line (TLS + node authentication unless insecure)."""
     cmd = [
@@ -264,6 +291,7 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         follower = None
         if not opts.insecure:
             admitted = opts.admitted()
+            check_enough_sites(opts, len(admitted), settings.min_sites)
             nodes = register_sites(rt, admitted)
             # The ServerApp names each reply by the node id's registered site.
             nodes_file = rt.root / NODES_FILE

@@ -136,17 +136,25 @@ def calibrate_noise(
         raise AccountingError("cannot calibrate noise for 0 steps")
     from opacus.accountants.utils import get_noise_multiplier
 
-    sigma = float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.005,
-            **_options(accountant),
+    try:
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.005,
+                **_options(accountant),
+            )
         )
-    )
+    except ValueError as exc:  # Opacus: "The privacy budget is too low."
+        raise AccountingError(
+            f"ε = {target_epsilon:g} (δ = {delta:g}) cannot be reached with {steps} steps at "
+            f"q = {sample_rate:g}: no noise level Opacus searches gets that low ({exc}). "
+            "Raise --epsilon, or plan fewer steps (--rounds, --local-steps) or a smaller "
+            "--sample-rate"
+        ) from None
     # get_noise_multiplier stops within a tolerance; make sure we land at or below ε.
     while (
         epsilon_of([(sigma, sample_rate, steps)], delta=delta, accountant=accountant)

@@ -56,6 +56,8 @@ def parse_conditions(items: list[str]) -> dict[str, str]:
 
 def sample(args: argparse.Namespace) -> int:
     """Sample rows from a released model folder (optionally conditioned or rebalanced)."""
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n} must be at least 1: the number of rows to write")
     family, _ = load_model(args.model)
     conditions = parse_conditions(getattr(args, "condition", None) or [])
     rebalance = getattr(args, "rebalance", None)

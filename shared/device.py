@@ -23,5 +23,12 @@ def select_device(name: str = "auto") -> torch.device:
                 f"device {name!r} was requested but CUDA is not available on this machine; "
                 "use --device cpu or auto"
             )
-        return torch.device(name)
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}); use one of them, cuda or auto"
+            )
+        return device
     raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")

@@ -52,7 +52,7 @@ class DataValidationError(FedsynthError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
             f"table {source} does not match the schema ({len(self.problems)} problem(s)):\n"
-            f"{lines}\nNo update was sent and no privacy budget was charged."
+            f"{lines}\nNothing was computed from it (a site sends nothing and is not charged)."
         )
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import RunSettings, app_config_defaults
-from shared.config_model import RELEASE_GENERATORS, ModelSettings
+from shared.config_model import ModelSettings
 from shared.distdp.plan import DistributedPlan
 from shared.errors import ConfigError
 from shared.models import build_generator
@@ -56,6 +56,46 @@ class SimulationPlan:
     echo: bool = True
     evaluate: bool = True
     ray_address: str | None = None
+
+
+#: Stage results a run keeps beside its checkpoints, so a resumed run does not ask again.
+SAVED_STAGES = ("release_stages.json", "encoder.json", "effect.json")
+
+
+def check_plan(plan: SimulationPlan) -> None:
+    """Refuse options that cannot work, naming the option, before anything is written.
+
+    Raises
+    ------
+    ConfigError
+        A holdout share outside (0, 1), ``--schema`` without ``--data``, fewer than one
+        synthetic row, too few sites, or a device this machine does not have.
+    """
+    if not 0.0 < plan.holdout < 1.0:
+        raise ConfigError(
+            f"--holdout {plan.holdout:g} must be a share strictly between 0 and 1 (e.g. 0.2): "
+            "the holdout is what the release is evaluated on, and the rest is what sites train on"
+        )
+    if plan.schema is not None and plan.data is None:
+        raise ConfigError(
+            f"--schema {plan.schema} was given without --data: it describes your table, and the "
+            "built-in cohort has its own schema. Pass --data TABLE too, or drop --schema"
+        )
+    rows = plan.settings.get("synthetic-rows")
+    if rows is not None and int(rows) < 1:
+        raise ConfigError(
+            f"--synthetic-rows {rows} must be at least 1 (leave it out: training rows)"
+        )
+    if plan.sites < 1:
+        raise ConfigError(f"--sites {plan.sites} must be at least 1")
+    if plan.sites < 2 and plan.settings.get("secure-aggregation"):
+        raise ConfigError(
+            "--secure-aggregation needs at least 2 sites (a sum of one site is that site's "
+            "update); use --sites 2 or more, or drop --secure-aggregation"
+        )
+    from shared.device import select_device
+
+    select_device(str(plan.settings.get("device", "auto")))
 
 
 def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:
@@ -104,10 +144,12 @@ def prepare_sites(
 def run_simulation(plan: SimulationPlan) -> Path:
     """Prepare the sites and run the federation on Flower's simulation engine."""
     t0 = time.perf_counter()
-    if plan.settings.get("generator") in RELEASE_GENERATORS:
-        # Refuse what a release family's stages cannot honour before any file is written.
-        early = {**plan.settings, "schema-path": "-", "out-dir": "-", "min-sites": plan.sites}
-        RunSettings.from_run_config(early)
+    check_plan(plan)
+    early = {**plan.settings, "schema-path": "-", "out-dir": "-", "min-sites": plan.sites}
+    early["announced-rows"] = early.get("announced-rows") or 1  # set from the tables below
+    # Refuse what the run cannot honour (an ε out of reach, a release family's stages)
+    # before any file is written or process started.
+    RunSettings.from_run_config(early).mechanisms()
     if plan.settings.get("noise-placement") == "distributed":
         # Refuse before any file is written or process started.
         DistributedPlan.refuse_without_secure_aggregation(
@@ -125,6 +167,8 @@ def run_simulation(plan: SimulationPlan) -> Path:
     )
     if plan.restart:
         shutil.rmtree(plan.out / "checkpoints", ignore_errors=True)
+        for saved in SAVED_STAGES:  # what a release or a DP stage kept for a resumed run
+            (plan.out / saved).unlink(missing_ok=True)
     overrides = {
         **plan.settings,
         "schema-path": str((plan.out / "schema.json").resolve()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -114,6 +115,38 @@ def test_client_check_reports_the_spend_and_a_wrong_site_name(
     assert "pass --site-name hospital-a" in err
 
 
+def test_client_check_fails_when_the_budget_is_spent(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A unit's ExecStartPre runs --check: a spent site must not start only to decline.
+    from client.ledger import PrivacyLedger
+
+    table, schema = files
+    state = tmp_path / "state"
+    PrivacyLedger.open(state / "privacy_ledger.json", site="site").record(
+        run="r", server_round=1, noise_multiplier=0.6, sample_rate=0.5, steps=400,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+
+    assert _check(table, schema, state) == 2
+    err = capsys.readouterr().err
+    assert "has spent its whole budget" in err and "does not start" in err
+    assert "data steward" in err
+
+
+def test_client_refuses_a_ca_file_that_is_not_a_certificate(tmp_path: Path) -> None:
+    from client.deploy import SupernodeOptions, supernode_command
+    from client.errors import SiteConfigError
+
+    ca, key = tmp_path / "ca.crt", tmp_path / "site.key"
+    ca.write_text("ssh-ed25519 AAAA not a certificate\n")
+    key.write_text("x")
+    opts = SupernodeOptions(superlink="127.0.0.1:9092", ca_cert=ca, private_key=key)
+
+    with pytest.raises(SiteConfigError, match=r"--ca: .*ca.crt is not a readable PEM certificate"):
+        supernode_command(None, opts, tmp_path / "node.toml")  # type: ignore[arg-type]
+
+
 def test_schema_draft_warns_about_private_rows(
     files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,3 +179,31 @@ def test_flower_commands_refuse_an_unknown_generator_before_anything_starts(
     err = capsys.readouterr().err
     assert "unknown generator 'dp-kopula'" in err and "'dp-copula'" in err
     assert not out.exists()  # no site table, holdout or SuperLink log was written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--holdout", "0"], "--holdout 0 must be a share strictly between 0 and 1"),
+        (["--holdout", "-0.1"], "--holdout -0.1 must be a share strictly between 0 and 1"),
+        (["--schema", "shared/data/cohort_schema.json"], "was given without --data"),
+        (["--synthetic-rows", "0"], "--synthetic-rows 0 must be at least 1"),
+        (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
+        (["--sites", "1", "--secure-aggregation"], "--secure-aggregation needs at least 2 sites"),
+        (["--epsilon", "0.00001"], r"ε = 1e-05 \(δ = 1e-05\) cannot be reached with 450 steps"),
+    ],
+)
+def test_simulate_refuses_a_bad_option_before_anything_starts(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+
+    assert main(["simulate", *args, "--out", str(out)]) == 2
+
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()  # no site table, holdout or SuperLink log was written
+
+
+def test_sample_refuses_zero_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sample", "--model", str(tmp_path), "--n", "0"]) == 2
+    assert "--n 0 must be at least 1" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 
 from deploy.certs import create_site_key, public_key_fingerprint
 from fedsynth.cli import main
-from server.deploy import RegistryFollower, ServerOptions, register_site
+from server.deploy import RegistryFollower, ServerOptions, check_enough_sites, register_site
 from server.errors import DeploymentError, SiteRegistryError
 from server.sites import SiteRegistry
 
@@ -60,6 +60,20 @@ def test_registry_feeds_the_server_with_exactly_the_listed_keys(tmp_path: Path, 
     assert admitted["hospital-a"] == (keys / "hospital-a.pub").read_text().strip()
     with pytest.raises(DeploymentError, match="given twice"):
         ServerOptions(certs=None, state_dir=state, site_keys=[keys / "hospital-a.pub"]).admitted()
+
+
+def test_too_few_admitted_sites_are_refused_or_warned_before_the_superlink_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys_only = ServerOptions(certs=None, site_keys=[tmp_path / "a.pub", tmp_path / "b.pub"])
+    with pytest.raises(DeploymentError, match="--min-sites 3 but only 2 site key"):
+        check_enough_sites(keys_only, 2, 3)
+    check_enough_sites(keys_only, 2, 2)
+
+    # A registry may still grow during the run (`sites add`): warn, do not refuse.
+    with caplog.at_level(logging.WARNING, logger="fedsynth.server"):
+        check_enough_sites(ServerOptions(certs=None, state_dir=tmp_path), 2, 3)
+    assert "admits only 2 site(s): the run waits" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["", "-lead", "a b", "x" * 64, "../etc", "é"])

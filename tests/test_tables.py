@@ -181,7 +181,7 @@ def test_bad_table_names_file_column_and_fix(
     # Assert
     assert info.value.source == str(path)
     assert len(info.value.problems) == 1
-    assert "no privacy budget was charged" in str(info.value)
+    assert "a site sends nothing and is not charged" in str(info.value)
 
 
 @pytest.mark.parametrize(

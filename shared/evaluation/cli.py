@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from shared.evaluation.api import evaluate, write_report
+from shared.evaluation.inputs import TableLike
+from shared.schema import Schema
+from shared.tables import load_table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--train",
         type=Path,
-        help="the real training rows: enables the privacy checks and is the TRTR training set "
+        nargs="+",
+        help="the real training rows, one table or several (e.g. every site's table of a "
+        "simulation): enables the privacy checks and is the TRTR training set "
         "(default: a 70%% split of --real)",
     )
     p.add_argument("--target", help="column to predict for TSTR/TRTR")
@@ -42,11 +49,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run(args: argparse.Namespace) -> int:
+    train: TableLike | None = args.train[0] if args.train and len(args.train) == 1 else None
+    if args.train and len(args.train) > 1:
+        schema = Schema.load(args.schema)
+        # Several tables (each validated against the schema, naming its file) make one.
+        frames = [load_table(path, schema) for path in args.train]
+        train = pd.concat(frames, ignore_index=True)
     result = evaluate(
         args.real,
         args.synthetic,
         args.schema,
-        train=args.train,
+        train=train,
         target=args.target,
         treatment=args.treatment,
         outcome=args.outcome,

@@ -53,8 +53,9 @@ def check_conditions(
     for name, value in [*conds.items(), *([(rebalance, None)] if rebalance else [])]:
         if name not in schema.names:
             choices = [c.name for c in schema.columns if not c.is_numeric]
+            verb = "rebalance" if value is None else "condition on"
             raise ConfigError(
-                f"cannot condition on {name!r}: not a column of schema {schema.name!r}; "
+                f"cannot {verb} {name!r}: not a column of schema {schema.name!r}; "
                 f"the categorical columns are {_listed(choices)}"
             )
         col = schema.column(name)
