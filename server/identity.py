@@ -70,6 +70,19 @@ def _site_nodes() -> dict[str, Any]:
     return nodes if isinstance(nodes, dict) else {}
 
 
+def node_label(node: int) -> str:
+    """``node`` for a log line: with the site name its key is registered under, if any."""
+    if _nodes_file is None:
+        return f"node {node}"
+    try:
+        name = _site_nodes().get(str(node))
+    except DeploymentError:
+        name = None
+    if isinstance(name, str):
+        return f"site {name} (node {node})"
+    return f"node {node} (not in the site registry now)"
+
+
 def registered_name(node: int, declared: str) -> str:
     """The site name for a reply from ``node`` that declares ``declared``.
 

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import CheckpointError, ProtocolError, RoundFailedError
-from server.identity import registered_name
+from server.identity import node_label, registered_name
 from server.report import merge_site, site_entry
 from shared import keys
 from shared.config import RunSettings
@@ -112,7 +112,8 @@ def collect_releases(
     parsed: list[Parsed] = []
     for rep in grid.send_and_receive(messages, timeout=settings.round_timeout):
         if rep.has_error():
-            log.warning("%s: node %d failed: %s", stage, rep.metadata.src_node_id, rep.error.reason)
+            who = node_label(rep.metadata.src_node_id)
+            log.warning("%s: %s failed: %s", stage, who, rep.error.reason)
             continue
         try:
             parsed.append(parse(rep))

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import ProtocolError, RoundFailedError
-from server.identity import registered_name
+from server.identity import node_label, registered_name
 from shared import keys
 from shared.config import RunSettings
 from shared.distdp.accounting import accounting_multiplier
@@ -168,8 +168,8 @@ def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dic
     answers: list[dict[str, Any]] = []
     for rep in grid.send_and_receive(messages, timeout=settings.round_timeout):
         if rep.has_error():
-            node, why = rep.metadata.src_node_id, rep.error.reason
-            log.warning("run plan: node %d did not answer: %s", node, why)
+            who = node_label(rep.metadata.src_node_id)
+            log.warning("run plan: %s did not answer: %s", who, rep.error.reason)
             continue
         try:
             answers.append(parse_plan_reply(rep))

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.errors import ProtocolError
+from server.identity import node_label
 from shared import keys
 from shared.secagg import (
     FixedPointCodec,
@@ -76,7 +77,7 @@ def _stage(
     for rep in grid.send_and_receive(msgs, timeout=timeout):
         if rep.has_error():
             log.warning(
-                "%s: node %d failed: %s", action, rep.metadata.src_node_id, rep.error.reason
+                "%s: %s failed: %s", action, node_label(rep.metadata.src_node_id), rep.error.reason
             )
             if refusals is not None:
                 refusals[rep.metadata.src_node_id] = rep.error.reason or "no reason given"

@@ -11,7 +11,7 @@ import pytest
 
 from server.app import run_federation
 from server.errors import DeploymentError, ProtocolError
-from server.identity import bind_names, registered_name, write_site_nodes
+from server.identity import bind_names, node_label, registered_name, write_site_nodes
 from shared import keys
 from tests.test_secagg_flower import InProcessGrid, make_run
 from tests.test_secagg_flower import sites_template as _template
@@ -53,6 +53,15 @@ def test_a_reply_must_come_from_the_node_of_the_name_it_declares(tmp_path: Path)
     path.write_text("{damaged", encoding="utf-8")
     with pytest.raises(DeploymentError, match=r"cannot read the site registry's node map"):
         registered_name(7, "hospital-a")
+
+
+def test_log_lines_name_a_node_by_its_registered_site(tmp_path: Path) -> None:
+    assert node_label(7) == "node 7"  # a simulation: no map
+    path = tmp_path / "site-nodes.json"
+    write_site_nodes(path, {"hospital-a": 7})
+    bind_names(path)
+    assert node_label(7) == "site hospital-a (node 7)"
+    assert node_label(8) == "node 8 (not in the site registry now)"  # e.g. removed mid-run
 
 
 @pytest.mark.usefixtures("_task_identity")
