@@ -22,10 +22,6 @@ class SiteConfigError(SiteError):
 class SchemaMismatchError(SiteConfigError):
     """The site's schema file is not the consortium's (another fingerprint)."""
 
-    def __init__(self, message: str, *, fingerprint: str) -> None:
-        super().__init__(message)
-        self.fingerprint = fingerprint
-
 
 class TrainingError(SiteError):
     """Local DP training could not run; nothing was sent and nothing was charged."""
@@ -52,10 +48,10 @@ def public_reason(exc: BaseException) -> str:
     """
     if isinstance(exc, BudgetExhaustedError):
         return str(exc)
-    if isinstance(exc, SchemaMismatchError):  # a schema is public: its fingerprint too
+    if isinstance(exc, SchemaMismatchError):  # not its fingerprint: bounds may be private
         return (
-            f"the site's schema (fingerprint {exc.fingerprint[:12]}) differs from the "
-            "server's; the site must install the consortium's current schema"
+            "the site's schema differs from the server's (fingerprints in the site's log); "
+            "the site must install the consortium's current schema"
         )
     if isinstance(exc, DataValidationError):
         return "the site's table failed schema validation; details are in the site's log"

@@ -49,8 +49,7 @@ def site_schema(site: SiteSettings, fingerprint: str) -> Schema:
         mine = schema.fingerprint()
         raise SchemaMismatchError(
             f"the site's schema {site.schema_path} (fingerprint {mine[:12]}) differs from the "
-            f"server's ({fingerprint[:12]}); install the consortium's current schema at this site",
-            fingerprint=mine,
+            f"server's ({fingerprint[:12]}); install the consortium's current schema at this site"
         )
     return schema
 
@@ -267,6 +266,9 @@ def handle_plan(
         reason = str(exc)
     except FedsynthError as exc:
         log.error("run plan declined: %s", exc)
+        reason = public_reason(exc)
+    except Exception as exc:  # a bug must not leak values in a traceback
+        log.exception("run plan failed")
         reason = public_reason(exc)
     if site is not None:
         with contextlib.suppress(FedsynthError):

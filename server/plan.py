@@ -5,8 +5,9 @@ rounds too few sites can afford would charge everyone for the early rounds and t
 stop, with no model released. :func:`check_plan` sends every site the mechanisms the
 run has left (:class:`shared.run_plan.PlanRequest`, public); each answers from its
 ledger alone, charging nothing. Fewer than ``min_sites`` sites able to finish stops
-the run here. A site that can take only part of it is named in the log: it trains
-until its budget runs out and then declines, and the run goes on without it.
+the run here (under secure aggregation: fewer than its threshold over the connected sites).
+A site that can take only part of it is named in the log: it trains until its budget
+runs out and then declines, and the run goes on without it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from flwr.app import ConfigRecord, ConfigRecordValues, Message, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
@@ -26,6 +27,8 @@ from shared.distdp.accounting import accounting_multiplier
 from shared.distdp.step import parameter_count
 from shared.models import GeneratorFamily
 from shared.run_plan import PlanRequest, train_config_digest
+from shared.secagg import SecAggAbortedError
+from shared.secagg.protocol import required_threshold
 
 log = logging.getLogger("fedsynth.server")
 
@@ -74,8 +77,9 @@ def dp_sgd_plan(
         mechanisms.append(
             (recorded, settings.sample_rate, (settings.rounds - start) * settings.local_steps)
         )
-        # Only a whole plain round is re-sent free (never under secure aggregation).
-        if not settings.secure_aggregation:
+        # Only a whole plain round is re-sent free (never under secure aggregation), and
+        # only with the same weights: a refitted encoder changes them.
+        if not settings.secure_aggregation and not encoder_due:
             first = settings.train_settings(
                 start + 1, noise_multiplier=sent, schema_fingerprint=fingerprint
             )
@@ -126,8 +130,10 @@ def parse_plan_reply(msg: Message) -> dict[str, Any]:
     fields = keys.PLAN_REPLY_FIELDS
     if set(msg.content.keys()) != set(fields):
         raise ProtocolError(f"node {node} answered the run's plan with other records")
-    metrics = dict(msg.content[keys.PRIVACY_METRICS])
-    info = dict(msg.content[keys.SITE_INFO])
+    metrics_record, info_record = msg.content[keys.PRIVACY_METRICS], msg.content[keys.SITE_INFO]
+    if not isinstance(metrics_record, MetricRecord) or not isinstance(info_record, ConfigRecord):
+        raise ProtocolError(f"node {node} answered the run's plan with records of other types")
+    metrics, info = dict(metrics_record), dict(info_record)
     if set(metrics) - set(fields[keys.PRIVACY_METRICS]) or set(info) - set(fields[keys.SITE_INFO]):
         raise ProtocolError(f"node {node} answered the run's plan with unexpected fields")
     return {
@@ -137,6 +143,20 @@ def parse_plan_reply(msg: Message) -> dict[str, Any]:
         "epsilon": float(cast("float", metrics.get(keys.EPSILON, 0.0))),
         "projected_epsilon": float(cast("float", metrics.get(keys.PROJECTED_EPSILON, 0.0))),
     }
+
+
+def sites_needed(settings: RunSettings, connected: int) -> tuple[int, str]:
+    """How many sites every stage needs, and why: ``min_sites``, or secure aggregation's
+    threshold over the ``connected`` sites (each round's key set-up counts them all)."""
+    needed, why = settings.min_sites, f"--min-sites {settings.min_sites}"
+    if settings.secure_aggregation:
+        try:
+            t = required_threshold(connected, settings.secagg_threshold)
+        except SecAggAbortedError:  # too few connected: every secure round refuses too
+            t = max(settings.secagg_threshold, 2)
+        if t > needed:
+            needed, why = t, f"secure aggregation's threshold of {t} for {connected} sites"
+    return needed, why
 
 
 def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dict[str, Any]]:
@@ -150,7 +170,8 @@ def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dic
     Raises
     ------
     RoundFailedError
-        Fewer than ``min_sites`` sites could afford the whole plan: nothing was charged.
+        Fewer sites could afford the whole plan than every stage needs
+        (:func:`sites_needed`): nothing was charged.
     """
     if not any(plan.steps):
         return []
@@ -173,7 +194,7 @@ def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dic
             continue
         try:
             answers.append(parse_plan_reply(rep))
-        except ProtocolError as exc:
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             log.warning("run plan: reply discarded: %s", exc)
     answers.sort(key=lambda a: str(a["site"]))
     ready = [a["site"] for a in answers if a["ready"]]
@@ -182,11 +203,12 @@ def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dic
             log.warning("run plan: site %s cannot finish this run: %s", a["site"], a["reason"])
     summary = f"{len(ready)} of {len(node_ids)} site(s) can finish it"
     log.info("run plan (%s): %s", plan.describe(), summary)
-    if len(ready) < settings.min_sites:
+    needed, why = sites_needed(settings, len(node_ids))
+    if len(ready) < needed:
         declined = "; ".join(f"{a['site']}: {a['reason']}" for a in answers if not a["ready"])
         raise RoundFailedError(
             f"only {len(ready)} site(s) ({', '.join(ready) or 'none'}) can afford the whole "
-            f"run, fewer than the minimum of {settings.min_sites}; nothing was charged and "
+            f"run, fewer than the {needed} every stage needs ({why}); nothing was charged and "
             f"nothing was sent. Declined: {declined or 'no answer'}. Plan fewer rounds or a "
             "smaller ε (--rounds, --epsilon); raise a site's total budget only if its data "
             "steward agrees (--budget-epsilon at the site, --site-budget in a simulation); "

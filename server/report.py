@@ -305,8 +305,8 @@ Unit of privacy: {report["unit"]}. {report["guarantee"]}
 
 {sent}
 
-Before the first charge, each site answered the run's plan (whether it could afford the
-whole run) with {_md_fields(report.get("sent_by_each_site_for_the_run_plan", {}))}: figures of
+Before a run's first charge (and on resume, when anything is left to charge), each site
+answers the run's plan (whether it could afford the whole run) with {_md_fields(report.get("sent_by_each_site_for_the_run_plan", {}))}: figures of
 its ledger only, charging nothing.
 
 Opt-in fields sent: {", ".join(report["opt_in_fields_sent"]) or "none"}.

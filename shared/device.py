@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from shared.errors import ConfigError
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a device name that is none of ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -93,9 +93,14 @@ def check_plan(plan: SimulationPlan) -> None:
             "--secure-aggregation needs at least 2 sites (a sum of one site is that site's "
             "update); use --sites 2 or more, or drop --secure-aggregation"
         )
-    from shared.device import select_device
+    from shared.device import check_device_name, select_device
 
-    select_device(str(plan.settings.get("device", "auto")))
+    device = str(plan.settings.get("device", "auto"))
+    # On a Ray cluster the workers, not this head node, must have the GPU.
+    if plan.ray_address:
+        check_device_name(device)
+    else:
+        select_device(device)
 
 
 def load_source(plan: SimulationPlan) -> tuple[pd.DataFrame, Schema]:

@@ -84,3 +84,12 @@ def test_distributed_clipped_sum_and_share_on_cuda() -> None:
     # Each of the 300 rows contributes at most C = 0.5 in L2 norm.
     assert 0 < float(grad_sum.norm()) <= 300 * 0.5
     assert share.shape == grad_sum.shape
+
+
+def test_a_device_name_is_checked_without_a_gpu() -> None:
+    from shared.device import check_device_name
+
+    for name in ("auto", "cpu", "cuda", "cuda:3"):
+        check_device_name(name)
+    with pytest.raises(ConfigError, match="unknown device 'gpu'; use auto, cpu, cuda or cuda:N"):
+        check_device_name("gpu")

@@ -155,3 +155,24 @@ def test_the_report_never_lowers_a_sites_cumulative_epsilon() -> None:
     assert sites["a"] == {"site": "a", "epsilon": 0.8, "steps": 90}
     merge_site(sites, {"site": "a", "epsilon": 0.9, "steps": 135})
     assert sites["a"]["epsilon"] == 0.9
+
+
+def test_a_malformed_plan_reply_is_discarded_not_a_crash() -> None:
+    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+
+    from server.errors import ProtocolError
+    from server.plan import parse_plan_reply
+    from shared import keys
+
+    content = RecordDict(
+        {
+            keys.PRIVACY_METRICS: ConfigRecord({keys.EPSILON: "x"}),  # not a MetricRecord
+            keys.SITE_INFO: ConfigRecord({keys.SITE_NAME: "a", keys.STATUS: "affordable"}),
+        }
+    )
+    meta = Metadata(
+        run_id=1, message_id="", src_node_id=4, dst_node_id=0, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=60.0, message_type="train.plan_check",
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match="node 4 answered the run's plan with records of"):
+        parse_plan_reply(Message(content=content, metadata=meta))  # type: ignore[call-arg]

@@ -57,6 +57,8 @@ class InProcessGrid(Grid):
         self.received: dict[str, list[Message]] = {}
 
     def _gone(self, nid: int, action: str) -> bool:
+        if action == keys.PLAN_CHECK:
+            return False  # the run's plan comes before every stage; a dropout comes later
         stage = STAGES.index(action) if action in STAGES else 0
         return any(nid in nodes and STAGES.index(a) <= stage for a, nodes in self.silent.items())
 
@@ -304,3 +306,35 @@ def test_sites_out_of_budget_stop_a_secure_round_before_anyone_is_charged(
     assert "sites remove NAME" in message
     untouched = Path(cfg["sites-dir"]) / "site-2" / "state" / LEDGER_FILE
     assert not untouched.exists() or PrivacyLedger.open(untouched, site="site-2").entries == []
+
+
+def test_the_plan_counts_secure_aggregations_threshold_not_only_min_sites(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    # Prepare: 3 sites, a threshold of 3, --min-sites 2; site-0 cannot finish the run.
+    # Two sites able to finish meet --min-sites, but no round could reach the threshold.
+    from client.ledger import PrivacyLedger
+    from client.settings import LEDGER_FILE
+
+    settings, cfg = make_run(
+        sites_template,
+        tmp_path / "run",
+        **{"secure-aggregation": True, "min-sites": 2, "secagg-threshold": 3},
+    )
+    state_dir = Path(cfg["sites-dir"]) / "site-0" / "state"
+    PrivacyLedger.open(state_dir / LEDGER_FILE, site="site-0").record(
+        run="earlier", server_round=1, noise_multiplier=0.6, sample_rate=0.5, steps=400,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+
+    # Execute
+    with pytest.raises(RoundFailedError) as failed:
+        run_federation(InProcessGrid(cfg), settings)
+
+    # Assert: refused by the plan, naming the threshold; nobody was charged.
+    message = str(failed.value)
+    assert "only 2 site(s) (site-1, site-2) can afford the whole run" in message
+    assert "secure aggregation's threshold of 3 for 3 sites" in message
+    for site in ("site-1", "site-2"):
+        ledger = Path(cfg["sites-dir"]) / site / "state" / LEDGER_FILE
+        assert not ledger.exists() or PrivacyLedger.open(ledger, site=site).entries == []
