@@ -62,7 +62,7 @@ class SimulationPlan:
 SAVED_STAGES = ("release_stages.json", "encoder.json", "effect.json")
 
 
-def check_plan(plan: SimulationPlan) -> None:
+def check_options(plan: SimulationPlan) -> None:
     """Refuse options that cannot work, naming the option, before anything is written.
 
     Raises
@@ -149,7 +149,7 @@ def prepare_sites(
 def run_simulation(plan: SimulationPlan) -> Path:
     """Prepare the sites and run the federation on Flower's simulation engine."""
     t0 = time.perf_counter()
-    check_plan(plan)
+    check_options(plan)
     early = {**plan.settings, "schema-path": "-", "out-dir": "-", "min-sites": plan.sites}
     early["announced-rows"] = early.get("announced-rows") or 1  # set from the tables below
     # Refuse what the run cannot honour (an ε out of reach, a release family's stages)

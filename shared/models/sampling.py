@@ -122,6 +122,11 @@ def fix_conditions(
     return RowDistribution(params, dist.scale)
 
 
+def _rules(decoder: ConstrainedDecoder) -> str:
+    """The schema's constraints, for an error message."""
+    return "; ".join(c.describe() for c in decoder.schema.constraints)
+
+
 def draw_rows(
     decoder: ConstrainedDecoder, draw: Draw, n: int, rng: np.random.Generator, batch: int
 ) -> pd.DataFrame:
@@ -135,11 +140,10 @@ def draw_rows(
         need -= int((~unmet).sum())
         rounds += int(unmet.any())
         if rounds > MAX_REDRAWS:
-            rules = "; ".join(c.describe() for c in decoder.schema.constraints)
             raise ModelError(
                 f"after {MAX_REDRAWS} redraws the generator still produces rows that break the "
-                f"schema's constraints [{rules}], and its rows cannot be repaired (it returns "
-                "finished rows, not probabilities). Train it on data that meets the constraints, "
+                f"schema's constraints [{_rules(decoder)}], and its rows cannot be repaired "
+                "(it returns finished rows, not probabilities). Train it on data that meets the constraints, "
                 "or use a family that reports probabilities (dp-vae)"
             )
     return _concat(parts, decoder)
@@ -213,11 +217,10 @@ def _resample_met(
         need = int(unmet.sum())
         if need == 0:
             return parts
-    rules = "; ".join(c.describe() for c in decoder.schema.constraints)
     raise ModelError(
         f"after {MAX_REDRAWS} redraws, {need} of {k} rows conditioned on {dict(conds)} still "
-        f"break the schema's constraints [{rules}]: the generator gives such rows almost no "
-        "mass. Drop or change the condition, or use a family that reports probabilities "
+        f"break the schema's constraints [{_rules(decoder)}]: the generator gives such rows "
+        "almost no mass. Drop or change the condition, or use a family that reports probabilities "
         "(dp-vae)"
     )
 
