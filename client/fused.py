@@ -115,11 +115,11 @@ class FusedClipper:
         self,
         *,
         noise_multiplier: float,
-        expected_batch_size: int,
+        expected_batch_size: float,
         generator: torch.Generator | None,
         secure_mode: bool,
     ) -> None:
-        """Add N(0, σ²C²) to each summed gradient and divide by the expected batch q·n."""
+        """Add N(0, σ²C²) to each summed gradient and divide by the expected batch (rows)."""
         std = noise_multiplier * self.max_grad_norm
         for p in self.params:
             if p.grad is None:  # pragma: no cover - clipped_sum/zero_sum always set it

@@ -196,6 +196,7 @@ def _train_round(
             ),
             progress_every=PROGRESS_EVERY,
             proximal_mu=train.proximal_mu,
+            expected_batch=train.expected_batch,
         )
         led.record(
             run=run,

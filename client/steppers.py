@@ -1,7 +1,7 @@
 """The two per-row clipping implementations behind :func:`client.training.train_dp`.
 
 Both produce the same DP-SGD step: the sum of per-row gradients clipped to C, plus
-Gaussian noise N(0, σ²C²) from Opacus, divided by the expected batch q·n.
+Gaussian noise N(0, σ²C²) from Opacus, divided by the expected batch (a site's public divisor).
 
 FedProx (Li et al., MLSys 2020) adds μ/2‖w − w_global‖² to the local objective. Its
 gradient μ(w − w_global) depends on no row, so both steppers add it to the already
@@ -55,13 +55,14 @@ class StepConfig:
     """The public parameters of one DP-SGD step, shared by both implementations.
 
     ``noise_multiplier`` is σ (noise std in units of the clip norm C),
-    ``max_grad_norm`` is C, ``expected_batch_size`` is q·n (the divisor).
+    ``max_grad_norm`` is C, ``expected_batch_size`` the divisor of the noisy sum (rows;
+    at a site the public :attr:`shared.config_site.TrainSettings.expected_batch`).
     """
 
     n: int
     noise_multiplier: float
     max_grad_norm: float
-    expected_batch_size: int
+    expected_batch_size: float
     learning_rate: float
     noise_generator: torch.Generator
     secure_mode: bool
@@ -144,7 +145,7 @@ class GhostStepper:
         # own Poisson loader is off only because it is never iterated (it would also
         # round q to 1 / len(loader)); Opacus needs a loader here just to read n.
         shape_only = DataLoader(
-            TensorDataset(torch.empty(cfg.n, 0)), batch_size=cfg.expected_batch_size
+            TensorDataset(torch.empty(cfg.n, 0)), batch_size=max(1, round(cfg.expected_batch_size))
         )
         self.private, self.opt, self.crit, _ = engine.make_private(
             module=module,

@@ -21,6 +21,7 @@ without DP, for benchmarks and baselines only; sites never use it.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -74,9 +75,13 @@ def _check_module(module: nn.Module) -> None:
         )
 
 
-def _batch_size(sample_rate: float, n: int) -> int:
-    """Expected Poisson batch size q·n: the denominator of the averaged noisy gradient."""
-    return max(1, round(sample_rate * n))
+def _divisor(expected_batch: float | None, sample_rate: float, n: int) -> float:
+    """The denominator of the averaged noisy gradient: the public one, or q·n off-site."""
+    if expected_batch is None:
+        return float(max(1, round(sample_rate * n)))
+    if not (math.isfinite(expected_batch) and expected_batch > 0):
+        raise TrainingError(f"expected_batch must be positive, got {expected_batch}")
+    return float(expected_batch)
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -103,6 +108,7 @@ def train_dp(
     on_step: Callable[[nn.Module], None] | None = None,
     audit_hook: ClippedSumHook | None = None,
     proximal_mu: float = 0.0,
+    expected_batch: float | None = None,
 ) -> TrainStats:
     """Run ``steps`` DP-SGD steps on ``family.private_module()`` in place.
 
@@ -151,6 +157,11 @@ def train_dp(
         μ of the FedProx term μ/2‖w − w₀‖², w₀ the weights on entry (the global model).
         Its gradient is added after clipping and noise (:mod:`client.steppers`), so
         the privacy cost of the steps does not depend on μ.
+    expected_batch : float, optional
+        Rows: the public divisor of each step's noisy gradient sum
+        (:attr:`shared.config_site.TrainSettings.expected_batch`). A site always passes
+        it, because its own q·n is private. None divides by round(q·n), for benchmarks
+        and baselines whose row counts are no secret.
 
     Returns
     -------
@@ -172,7 +183,7 @@ def train_dp(
         n=n,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=_batch_size(sample_rate, n),
+        expected_batch_size=_divisor(expected_batch, sample_rate, n),
         learning_rate=learning_rate,
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,

@@ -65,8 +65,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--announced-rows",
         type=int,
         default=_D.announced_rows,
-        help="distributed: the consortium's announced total row count; the summed gradient "
-        "is divided by q × this (simulate: default the training rows)",
+        help="the consortium's announced total row count (public; simulate: default the "
+        "training rows). Local DP-SGD divides each site's noisy gradient sum by q × this / "
+        "min sites (none announced: q × 1000); distributed divides the summed gradient by "
+        "q × this (required there)",
     )
     g.add_argument(
         "--generator",

@@ -30,7 +30,7 @@ from shared.config_model import (
     ModelSettings,
 )
 from shared.config_read import Scalar, positive, read_accountant, read_value
-from shared.config_site import DistributedStepSettings, TrainSettings
+from shared.config_site import NOMINAL_SITE_ROWS, DistributedStepSettings, TrainSettings
 from shared.distdp.plan import DistributedPlan, plan_for_run
 from shared.errors import ConfigError
 
@@ -83,8 +83,10 @@ class RunSettings:
         server`` keeps; replies whose declared name disagrees are discarded
         (:mod:`server.identity`). Empty: the sites' declared names are used.
     announced_rows : int
-        Distributed only: the consortium's announced total row count; the server divides
-        each summed gradient by the public expected batch q × this (row counts are private).
+        The consortium's announced total row count (public, declared, not measured; 0:
+        none). Local placement: each site divides its noisy gradient sum by q × this /
+        ``min_sites`` (:attr:`expected_batch`). Distributed placement (required there): the
+        server divides each summed gradient by q × this.
     encoder_budget_fraction : float
         With ``model.numeric_encoder == "dp-quantile"``: DP-SGD's σ is calibrated to
         ``(1 - fraction) · ε``, and the encoder histograms get the noise σ_h that brings
@@ -362,6 +364,23 @@ class RunSettings:
             out.append((self.effect_noise_multiplier(), 1.0, 1))
         return out
 
+    @property
+    def expected_batch(self) -> float:
+        """The public divisor (rows) of a site's noisy gradient sum in local DP-SGD.
+
+        q × the announced rows per site (``announced_rows / min_sites``), or q ×
+        :data:`~shared.config_site.NOMINAL_SITE_ROWS` when none were announced; at
+        least 1. Row counts are private, so a site never divides by its own q·n. A
+        value far from a site's q·n only rescales its averaged gradient, which Adam's
+        step ignores; under FedProx it sets the proximal term's weight against it.
+        """
+        rows = (
+            self.announced_rows / max(self.min_sites, 1)
+            if self.announced_rows > 0
+            else NOMINAL_SITE_ROWS
+        )
+        return max(1.0, self.sample_rate * rows)
+
     def train_settings(
         self, server_round: int, *, noise_multiplier: float, schema_fingerprint: str
     ) -> TrainSettings:
@@ -379,6 +398,7 @@ class RunSettings:
             accountant=self.accountant,
             model=self.model,
             proximal_mu=self.aggregation.site_proximal_mu,
+            expected_batch=self.expected_batch,
         )
 
     def as_dict(self) -> dict[str, Any]:

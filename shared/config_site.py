@@ -9,6 +9,10 @@ from typing import Any
 from shared.config_model import ModelSettings
 from shared.config_read import Scalar, positive, read_accountant, read_value
 
+#: Rows a site is assumed to hold when the consortium announced none: with q it sets
+#: the public divisor of the DP-SGD step (:attr:`TrainSettings.expected_batch`).
+NOMINAL_SITE_ROWS = 1_000
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -24,6 +28,11 @@ class TrainSettings:
         C, L2 bound on each row's gradient.
     update_clip_norm : float
         L2 bound on the whole model update a site sends.
+    expected_batch : float
+        The public divisor of each DP-SGD step's noisy gradient sum (in rows):
+        q × the consortium's announced rows per site (:attr:`shared.config.RunSettings.
+        expected_batch`). A site never divides by its own q·n, because n is private and
+        dividing by it is not post-processing of the noisy sum.
     """
 
     server_round: int
@@ -39,6 +48,7 @@ class TrainSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     #: μ of the FedProx term μ/2‖w − w_global‖² (0: none); see :mod:`client.steppers`.
     proximal_mu: float = 0.0
+    expected_batch: float = 0.1 * NOMINAL_SITE_ROWS
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -60,6 +70,7 @@ class TrainSettings:
             accountant=read_accountant(config),
             model=ModelSettings.from_config(config),
             proximal_mu=read_value(config, "proximal-mu", float, 0.0, lambda v: v >= 0, ">= 0"),
+            expected_batch=read_value(config, "expected-batch", float, None, positive, "> 0"),
         )
 
     def to_config(self) -> dict[str, Scalar]:
@@ -77,6 +88,7 @@ class TrainSettings:
             "accountant": self.accountant,
             **self.model.to_config(),
             "proximal-mu": self.proximal_mu,
+            "expected-batch": self.expected_batch,
         }
 
 

@@ -193,6 +193,8 @@ def train_local(
                     device=torch.device("cpu"),
                     seed=site_seed,
                     proximal_mu=agg.site_proximal_mu,
+                    # As fedsynth simulate: q × the announced rows per site, public.
+                    expected_batch=max(1.0, sample_rate * sum(map(len, sites)) / len(sites)),
                 )
             new = family.state_dict()
             upd, _ = clip_update({k: new[k] - state[k] for k in state}, update_clip_norm)

@@ -169,7 +169,7 @@ class DiracScorer:
         setattr(self._row_losses, "reduction", "none")  # noqa: B010 - per-row losses
         self.rows = site_rows
         self.coordinates = coordinates
-        # train_dp divides by the expected batch round(q·n) of the rows it is given.
+        # train_dp, given no public divisor, divides by round(q·n) of the rows it is given.
         self.batch = max(1, round(sample_rate * len(site_rows)))
         self.sample_rate, self.max_grad_norm, self.seed = sample_rate, max_grad_norm, seed
         self.scores = torch.zeros(len(coordinates), dtype=torch.float64)
