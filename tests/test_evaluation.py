@@ -21,6 +21,7 @@ import pytest
 
 from shared.cohort import TRUE_ATE, generate_cohort
 from shared.evaluation import Limits, evaluate
+from shared.evaluation.privacy import RESPLITS
 from shared.schema import Schema
 from shared.tables import validate_frame
 
@@ -152,6 +153,7 @@ def test_copied_training_rows_fail_every_privacy_check(copied: dict[str, Any]) -
 
     assert priv["exact_match"]["train_rate"] == 1.0
     assert priv["exact_match"]["holdout_rate"] < 0.01
+    assert priv["exact_match"]["resplit_p_value"] == pytest.approx(1 / (1 + RESPLITS))
     assert priv["dcr"]["share_closer_to_train"] > 0.95
     assert priv["nndr"]["median_to_train"] == 0.0
     assert priv["membership_inference"]["auc"] > 0.9

@@ -11,6 +11,12 @@ while leaking records. A bad result is strong evidence of leakage.
 
 * Exact matches: share of synthetic rows identical (every column) to a
   training row, next to the same share for holdout rows, the chance baseline.
+  On a table with many repeated rows (point masses, few categories) the two
+  shares differ by chance: which rare pattern lands in the training sample and
+  not in the holdout decides it, not the generator. So the difference comes with
+  its spread under random re-splits of the two equal-size reference samples
+  (the null hypothesis that training rows are no more likely to be copied than
+  holdout rows) and the one-sided p-value of the observed difference.
 * Distance to closest record (DCR) share: for each synthetic row, is it
   closer to a training row than to a row of an equal-size holdout sample? 0.5
   means no memorisation signal (Platzer & Reutterer, "Holdout-Based Empirical
@@ -43,6 +49,8 @@ from shared.evaluation.inputs import Limits, encode, sample_rows
 from shared.schema import Schema
 
 DCR_BINS = 30
+#: Random re-splits of the exact-match reference samples (the chance spread).
+RESPLITS = 400
 MIA_METHOD = (
     "distance to closest synthetic record (full black-box attack of Chen, Yu, Zhang & Fritz, "
     "'GAN-Leaks: A Taxonomy of Membership Inference Attacks against Generative Models', "
@@ -72,6 +80,37 @@ def _nndr(dist: np.ndarray) -> np.ndarray:
     return np.asarray(dist[:, 0] / (dist[:, 1] + 1e-8))
 
 
+def resplit_excess(
+    synthetic: np.ndarray,
+    ref_a: np.ndarray,
+    ref_b: np.ndarray,
+    *,
+    draws: int,
+    rng: np.random.Generator,
+) -> tuple[float, np.ndarray]:
+    """Exact-match rate to ``ref_a`` minus the rate to ``ref_b``, and that difference
+    under ``draws`` random re-splits of the pooled references into two halves of the
+    same sizes (row hashes throughout).
+
+    A synthetic row counts for a reference set when its pattern occurs there at
+    least once, as in :func:`exact_matches`.
+    """
+    pooled = np.concatenate([ref_a, ref_b])
+    patterns, inverse = np.unique(pooled, return_inverse=True)
+    where = np.minimum(np.searchsorted(patterns, synthetic), len(patterns) - 1)
+    hit = patterns[where] == synthetic
+    share = np.bincount(where[hit], minlength=len(patterns)) / max(len(synthetic), 1)
+
+    def excess(in_a: np.ndarray) -> float:
+        present_a = np.bincount(inverse[in_a], minlength=len(patterns)) > 0
+        present_b = np.bincount(inverse[~in_a], minlength=len(patterns)) > 0
+        return float(share @ present_a - share @ present_b)
+
+    first = np.arange(len(pooled)) < len(ref_a)
+    null = np.array([excess(rng.permutation(first)) for _ in range(draws)])
+    return excess(first), null
+
+
 def exact_matches(
     synthetic: pd.DataFrame,
     train: pd.DataFrame,
@@ -79,22 +118,36 @@ def exact_matches(
     train_ref: pd.DataFrame,
     holdout_ref: pd.DataFrame,
     schema: Schema,
+    *,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     """Shares of synthetic rows that equal a training row and a holdout row.
 
     The ``*_size_matched`` pair uses the equal-size reference samples, so the
     two shares are comparable when the training table is larger than the holdout.
+    ``excess_size_matched`` is their difference; ``resplit_sd`` its standard
+    deviation over :data:`RESPLITS` random re-splits of the two reference samples
+    (what chance alone gives), and ``resplit_p_value`` the share of re-splits whose
+    difference reaches the observed one (small: more copies of training rows than
+    chance explains).
     """
     syn = _hashes(synthetic, schema)
+    ref_train, ref_holdout = _hashes(train_ref, schema), _hashes(holdout_ref, schema)
 
-    def rate(ref: pd.DataFrame) -> float:
-        return float(np.isin(syn, _hashes(ref, schema)).mean())
+    def rate(ref: np.ndarray) -> float:
+        return float(np.isin(syn, ref).mean())
 
+    observed, null = resplit_excess(
+        syn, ref_train, ref_holdout, draws=RESPLITS, rng=rng or np.random.default_rng(0)
+    )
     return {
-        "train_rate": rate(train),
-        "holdout_rate": rate(holdout),
-        "train_rate_size_matched": rate(train_ref),
-        "holdout_rate_size_matched": rate(holdout_ref),
+        "train_rate": rate(_hashes(train, schema)),
+        "holdout_rate": rate(_hashes(holdout, schema)),
+        "train_rate_size_matched": rate(ref_train),
+        "holdout_rate_size_matched": rate(ref_holdout),
+        "excess_size_matched": observed,
+        "resplit_sd": float(null.std()),
+        "resplit_p_value": float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null))),
         "rows": {"synthetic": len(synthetic), "train": len(train), "holdout": len(holdout)},
     }
 
@@ -160,7 +213,9 @@ def privacy(
     scores = -np.concatenate([d_members, d_non])
     fpr, tpr, _ = roc_curve(labels, scores)
     return {
-        "exact_match": exact_matches(synthetic, train, holdout, train_ref, holdout_ref, schema),
+        "exact_match": exact_matches(
+            synthetic, train, holdout, train_ref, holdout_ref, schema, rng=rng
+        ),
         "dcr": {
             "share_closer_to_train": share,
             "median_to_train": float(np.median(dcr_t)),

@@ -142,10 +142,14 @@ def _privacy(priv: dict[str, Any]) -> list[dict[str, Any]]:
         return [_verdict(r, None, note=priv["reason"]) for r in (EXACT, DCR, MIA)]
     em = priv["exact_match"]
     excess = em["train_rate_size_matched"] - em["holdout_rate_size_matched"]
+    note = f"{em['train_rate']:.1%} of synthetic rows equal a training row."
+    if "resplit_sd" in em:
+        note += (
+            f" Chance alone (random re-splits of the references) moves the difference by "
+            f"±{em['resplit_sd']:.4f}; p = {em['resplit_p_value']:.2f}."
+        )
     return [
-        _verdict(
-            EXACT, excess, note=f"{em['train_rate']:.1%} of synthetic rows equal a training row."
-        ),
+        _verdict(EXACT, excess, note=note),
         _verdict(DCR, priv["dcr"]["share_closer_to_train"]),
         _verdict(MIA, priv["membership_inference"]["auc"]),
     ]

@@ -52,7 +52,11 @@ METRICS = (
     "dcr_share",
     "exact_match",
     "exact_match_chance",
+    "exact_match_resplit_sd",
 )
+#: One-sided 5 % point of the standard normal: an exact-match excess above this many
+#: standard errors of chance re-splits fails the output-privacy check.
+EXACT_MATCH_Z = 1.645
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ def fidelity_privacy(
         "dcr_share": nan,
         "exact_match": nan,
         "exact_match_chance": nan,
+        "exact_match_resplit_sd": nan,
     }
     if privacy_checks:
         priv = privacy(members, holdout, synth, schema, LIMITS, seed)
@@ -213,6 +218,7 @@ def fidelity_privacy(
         out["dcr_share"] = float(priv["dcr"]["share_closer_to_train"])
         out["exact_match"] = float(em["train_rate_size_matched"])
         out["exact_match_chance"] = float(em["holdout_rate_size_matched"])
+        out["exact_match_resplit_sd"] = float(em["resplit_sd"])
     return out
 
 
@@ -222,7 +228,10 @@ def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame["eps"] = frame["epsilon"].map(lambda e: math.inf if e is None or pd.isna(e) else e)
     keys = ["table", "family", "placement", "eps", "sites"]
     cols = [c for c in (*METRICS, "train_s") if c in frame.columns]
-    return frame.groupby(keys, sort=False)[cols].mean().reset_index()
+    groups = frame.groupby(keys, sort=False)
+    out = groups[cols].mean()
+    out["seeds"] = groups.size()
+    return out.reset_index()
 
 
 @dataclass(frozen=True)
@@ -318,10 +327,29 @@ def _family_checks(
         out.append(("exact match <= chance (every ε)", "not measured", None))
     else:
         worst = float(dp.dcr_share.max())
-        excess = float((dp.exact_match - dp.exact_match_chance).max())
         out.append(("DCR share <= 0.55 (every ε)", f"worst {worst:.3f}", worst <= 0.55))
-        out.append(("exact match <= chance (every ε)", f"worst excess {excess:+.4f}", excess <= 0))
+        out.append(_exact_match_check(dp))
     return out
+
+
+def _exact_match_check(dp: pd.DataFrame) -> tuple[str, str, bool]:
+    """Exact matches no higher than chance, at every ε: the worst cell's mean excess over
+    seeds, in standard errors of the chance re-splits (:func:`shared.evaluation.privacy.
+    resplit_excess`); above :data:`EXACT_MATCH_Z` it fails.
+
+    Without the re-split spread (an older summary) any positive excess fails.
+    """
+    excess = dp.exact_match - dp.exact_match_chance
+    sd = dp["exact_match_resplit_sd"] if "exact_match_resplit_sd" in dp else 0.0 * excess
+    seeds = dp["seeds"] if "seeds" in dp else 1.0 + 0.0 * excess
+    se = sd / np.sqrt(seeds)
+    z = np.where(se > 0, excess / se.where(se > 0, 1.0), np.where(excess > 0, np.inf, 0.0))
+    i = int(np.argmax(z))
+    detail = (
+        f"worst excess {float(excess.iloc[i]):+.4f}, {float(z[i]):+.1f} SE of chance "
+        f"(re-split SE {float(se.iloc[i]):.4f}); largest excess {float(excess.max()):+.4f}"
+    )
+    return ("exact match <= chance (every ε)", detail, bool(z[i] <= EXACT_MATCH_Z))
 
 
 def acceptance(summary: pd.DataFrame, *, epsilon: float = 1.0, sites: int = 5) -> list[Check]:
