@@ -167,6 +167,10 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 "seconds": round(time.perf_counter() - t0, 3),
                 "trained": sorted(r.site for r in strategy.last_replies if r.trained),
                 "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
+                # Fixed public texts (client.errors.public_reason), for the report.
+                "decline_reasons": {
+                    r.site: r.reason for r in strategy.last_replies if not r.trained
+                },
                 **secure,
                 # Sum of the sites' reported training seconds (public; see shared.keys).
                 "local_seconds": round(

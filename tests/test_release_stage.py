@@ -232,7 +232,8 @@ def test_a_restart_refits_from_the_saved_sums_without_asking_the_sites(
 
 
 def test_privacy_report_describes_the_stages_not_dp_sgd(tmp_path: Path) -> None:
-    from server.report import build_report, render_markdown
+    from server.report import build_report
+    from server.report_md import render_markdown
     from server.report_release import add_release_stages
 
     run = run_settings(tmp_path)

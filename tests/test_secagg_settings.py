@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from fedsynth.cli import build_parser
-from server.report import build_report, render_markdown
+from server.report import build_report
+from server.report_md import render_markdown
 from shared.config import RunSettings
 from shared.errors import ConfigError
 from shared.secagg import SecAggAbortedError, required_threshold
