@@ -111,6 +111,8 @@ def build_report(
             },
             "update_clip_norm": settings.update_clip_norm,
             "sampling": "Poisson, exact rate q per row and step (client.sampling)",
+            # Public: q × announced rows per site; no site divides by its private q·n.
+            "expected_batch": settings.expected_batch,
             "secure_aggregation": settings.secure_aggregation,
         },
         "secure_aggregation": secure_aggregation_facts(settings),

@@ -98,12 +98,21 @@ def _md_fitted(report: dict[str, Any]) -> str:
     return f"{report['rounds']} aggregated round(s)"
 
 
+def _md_divisor(run: dict[str, Any]) -> str:
+    if run["noise_placement"] == "distributed" or "expected_batch" not in run:
+        return ""
+    return (
+        f";\n  each site divides its noisy gradient sum by the public expected batch "
+        f"{run['expected_batch']:g} (never by its own row count)"
+    )
+
+
 def _md_run(report: dict[str, Any]) -> str:
     if "release_stages" in report:
         return release_markdown(report)
     run = report["run"]
     return f"""- noise multiplier σ = {run["noise_multiplier"]:.4f}, Poisson sampling rate q = {run["sample_rate"]},
-  per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round
+  per-record clip norm C = {run["max_grad_norm"]}, {run["local_steps_per_round"]} DP-SGD steps per round{_md_divisor(run)}
 - σ was calibrated so this run's planned steps spend ε = {run["target_epsilon_this_run"]}
   at δ = {run["calibration_delta"]} ({run["rounds_planned"]} rounds planned)
 - noise placement: {_md_placement(run["noise_placement"])};
@@ -120,9 +129,9 @@ def _md_declines(history: list[dict[str, Any]]) -> str:
         return ""
     listed = "\n".join(lines)
     return (
-        "\n## Declined rounds\n\nA declining site trained nothing that round and was "
-        "charged nothing for it; the reason is the fixed text it sent (details stay in its "
-        f"log).\n\n{listed}\n"
+        "\n## Declined rounds\n\nA declining site sent no update that round. The reason is "
+        "the fixed text it sent (details stay in its log); its ε above is its ledger's own "
+        f"figure.\n\n{listed}\n"
     )
 
 

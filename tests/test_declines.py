@@ -64,9 +64,12 @@ def test_a_round_declined_by_a_bad_table_is_in_the_report_with_its_reason(
     assert [e.round for e in ledger.entries] == [1]
 
 
-def test_a_report_without_declines_has_no_declines_section() -> None:
-    settings = RunSettings()
+def test_a_report_without_declines_has_no_declines_section_and_names_the_divisor() -> None:
+    settings = RunSettings(sample_rate=0.1, announced_rows=3000, min_sites=3)
     history = [{"round": 1, "seconds": 1.0, "trained": ["a"], "declined": []}]
-    assert "Declined rounds" not in render_markdown(
-        build_report(settings, {}, 1, "dp-vae", 1.0, history)
-    )
+    report = build_report(settings, {}, 1, "dp-vae", 1.0, history)
+    md = render_markdown(report)
+
+    assert "Declined rounds" not in md
+    assert report["run"]["expected_batch"] == 100.0
+    assert "by the public expected batch 100 (never by its own row count)" in md
