@@ -140,11 +140,14 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
         )
         config = ConfigRecord(cast("dict[str, ConfigRecordValues]", train.to_config()))
         secure: dict[str, Any] = {}
+        # Public reasons (client.errors.public_reason) of the sites that declined.
+        declines: dict[str, str] = {}
         if trainer is not None:
             update, secure = trainer.run_round(grid, strategy, rnd, state)
+            declines = secure.pop("declines")
         elif settings.secure_aggregation:
             update, info = secure_round(grid, strategy, rnd, state, config, settings)
-            secure = {"secure_aggregation": info.as_dict()}
+            secure, declines = {"secure_aggregation": info.as_dict()}, info.declines
         else:
             messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
             replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
@@ -152,6 +155,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
             if agg is None:  # pragma: no cover - aggregate_train raises instead
                 continue
             update = agg.to_torch_state_dict()
+            declines = {r.site: r.reason for r in strategy.last_replies if not r.trained}
         # The mean update is the pseudo-gradient of the server optimiser (fedavg: w + Δ̄);
         # the numeric encoder is fixed before round 1 (sites never train it): keep it exact.
         stepped = optimiser.apply(state, update)
@@ -166,11 +170,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
                 "round": rnd,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "trained": sorted(r.site for r in strategy.last_replies if r.trained),
-                "declined": sorted(r.site for r in strategy.last_replies if not r.trained),
-                # Fixed public texts (client.errors.public_reason), for the report.
-                "decline_reasons": {
-                    r.site: r.reason for r in strategy.last_replies if not r.trained
-                },
+                "declined": sorted(declines),
+                "decline_reasons": declines,
                 **secure,
                 # Sum of the sites' reported training seconds (public; see shared.keys).
                 "local_seconds": round(

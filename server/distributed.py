@@ -133,7 +133,12 @@ def secure_step(
             f"round {rnd}, DP-SGD step {step.step}: secure aggregation failed: {exc}"
         ) from exc
     info = SecureRoundInfo(
-        opened.threshold, len(index), len(survivors), opened.dropped(survivors), codec.grid
+        opened.threshold,
+        len(index),
+        len(survivors),
+        opened.dropped(survivors),
+        codec.grid,
+        opened.declines({r.site: r.reason for r in parsed if not r.trained}),
     )
     return total, info
 
@@ -218,6 +223,8 @@ class DistributedTrainer:
                 "survivors": min(i.survivors for i in infos),
                 "dropped_after_key_sharing": sum(i.dropped_after_key_sharing for i in infos),
             },
+            # Every step's declines (a site may decline one step and not the next).
+            "declines": {k: v for i in infos for k, v in i.declines.items()},
             "distributed": {
                 "steps": steps,
                 "seconds_per_step": round(sum(seconds) / steps, 3),

@@ -111,8 +111,12 @@ def build_report(
             },
             "update_clip_norm": settings.update_clip_norm,
             "sampling": "Poisson, exact rate q per row and step (client.sampling)",
-            # Public: q × announced rows per site; no site divides by its private q·n.
-            "expected_batch": settings.expected_batch,
+            # Local placement's public divisor (q × announced rows per site); never q·n.
+            **(
+                {"expected_batch": settings.expected_batch}
+                if settings.noise_placement == "local"
+                else {}
+            ),
             "secure_aggregation": settings.secure_aggregation,
         },
         "secure_aggregation": secure_aggregation_facts(settings),

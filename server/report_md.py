@@ -119,9 +119,15 @@ def _md_run(report: dict[str, Any]) -> str:
   aggregation: {run["aggregation"]}{_md_update_clip(run)}"""
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    # A site wrote it: keep it to one bounded Markdown line.
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _md_declines(history: list[dict[str, Any]]) -> str:
     lines = [
-        f"- round {h['round']}: {site}: {reason}"
+        f"- round {h['round']}: {_one_line(site)}: {_one_line(reason)}"
         for h in history
         for site, reason in sorted(h.get("decline_reasons", {}).items())
     ]
@@ -130,7 +136,8 @@ def _md_declines(history: list[dict[str, Any]]) -> str:
     listed = "\n".join(lines)
     return (
         "\n## Declined rounds\n\nA declining site sent no update that round. The reason is "
-        "the fixed text it sent (details stay in its log); its ε above is its ledger's own "
+        "the public text it sent: the kind of failure, or for a budget refusal the public "
+        "σ, q, steps and ε (details stay in its log). Its ε above is its ledger's own "
         f"figure.\n\n{listed}\n"
     )
 

@@ -107,7 +107,15 @@ def secure_round(
         ) from exc
     except SecAggError as exc:
         raise RoundFailedError(f"round {server_round}: secure aggregation failed: {exc}") from exc
-    info = SecureRoundInfo(t, len(index), len(survivors), opened.dropped(survivors), codec.step)
+    declined = {r.site: r.reason for r in parsed if not r.trained}
+    info = SecureRoundInfo(
+        t,
+        len(index),
+        len(survivors),
+        opened.dropped(survivors),
+        codec.step,
+        opened.declines(declined),
+    )
     log.info(
         "round %d: secure sum of %d site(s) (threshold %d, %d dropped after key sharing)",
         server_round,

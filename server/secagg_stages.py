@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -46,6 +46,8 @@ class SecureRoundInfo:
     survivors: int
     dropped_after_key_sharing: int
     quantisation_step: float
+    #: Site (or node) → the public reason it declined: at the key set-up or with its input.
+    declines: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float | int]:
         """For the round history of the report."""
@@ -128,6 +130,8 @@ class OpenRound:
     base: dict[str, object]
     inboxes: dict[int, dict[int, bytes]]
     threshold: int
+    #: Node id → the reason it refused the key set-up (the round went on without it).
+    refused: dict[int, str] = field(default_factory=dict)
 
     @property
     def node_of(self) -> dict[int, int]:
@@ -154,6 +158,11 @@ class OpenRound:
     def dropped(self, survivors: set[int]) -> int:
         """Sites that shared keys but sent no usable input."""
         return len(set(self.inboxes) - survivors)
+
+    def declines(self, declined_inputs: dict[str, str]) -> dict[str, str]:
+        """Every public decline of the round: refusals at the key set-up (by registered
+        site, or node in a simulation) and ``declined_inputs`` (site → reason)."""
+        return {**{node_label(n): r for n, r in self.refused.items()}, **declined_inputs}
 
 
 def require_noise_shares(arrived: int, noise_sites: int, *, what: str, declined: str) -> None:
@@ -248,7 +257,7 @@ def open_round(
     rec = RecordDict({keys.SECAGG: _roster_record(base, roster)})
     replies = _stage(grid, keys.SECAGG_SHARE_KEYS, {node_of[i]: rec for i in roster}, timeout)
     inboxes = proto.route_shares(_read(replies, index, _ciphertexts))
-    return OpenRound(proto, index, base, inboxes, threshold)
+    return OpenRound(proto, index, base, inboxes, threshold, refusals)
 
 
 def _unmask_requests(

@@ -44,11 +44,11 @@ class TrainSettings:
     update_clip_norm: float
     seed: int
     schema_fingerprint: str
+    expected_batch: float
     accountant: str = "rdp"
     model: ModelSettings = field(default_factory=ModelSettings)
     #: μ of the FedProx term μ/2‖w − w_global‖² (0: none); see :mod:`client.steppers`.
     proximal_mu: float = 0.0
-    expected_batch: float = 0.1 * NOMINAL_SITE_ROWS
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:

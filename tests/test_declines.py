@@ -64,6 +64,32 @@ def test_a_round_declined_by_a_bad_table_is_in_the_report_with_its_reason(
     assert [e.round for e in ledger.entries] == [1]
 
 
+def test_a_refusal_at_the_secure_key_set_up_is_in_the_report(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    # Prepare: site-0 spent its budget earlier; two sites meet --min-sites and the
+    # threshold, so the round goes on without it.
+    settings, cfg = make_run(
+        sites_template, tmp_path / "run", **{"secure-aggregation": True, "min-sites": 2}
+    )
+    state_dir = Path(cfg["sites-dir"]) / "site-0" / "state"
+    PrivacyLedger.open(state_dir / LEDGER_FILE, site="site-0").record(
+        run="earlier", server_round=1, noise_multiplier=0.6, sample_rate=0.5, steps=400,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+
+    # Execute
+    run_federation(InProcessGrid(cfg), settings)
+
+    # Assert: the refusal never reached the strategy's replies, yet the report has it
+    # (a simulation has no registry, so the refusing site is named by its node).
+    report = json.loads((Path(cfg["out-dir"]) / "privacy_report.json").read_text())
+    (round_one,) = report["round_history"]
+    assert round_one["trained"] == ["site-1", "site-2"]
+    assert round_one["declined"] == ["node 101"]
+    assert "would raise its cumulative ε" in round_one["decline_reasons"]["node 101"]
+
+
 def test_a_report_without_declines_has_no_declines_section_and_names_the_divisor() -> None:
     settings = RunSettings(sample_rate=0.1, announced_rows=3000, min_sites=3)
     history = [{"round": 1, "seconds": 1.0, "trained": ["a"], "declined": []}]

@@ -62,6 +62,33 @@ def test_copies_of_training_rows_are_far_beyond_chance() -> None:
     assert observed > 6 * null.std()
 
 
+def test_copies_of_unique_rows_among_unique_rows_are_caught() -> None:
+    # All-unique rows (the cohort's continuous columns): only the copies match. In the
+    # null each copied pattern lands in the training part with probability 0.8, so k
+    # copies stand 0.5·√k SE above chance: 2.7 for 30 (and for 10 over 3 seeds).
+    rng = np.random.default_rng(3)
+    rows = rng.permutation(np.arange(1, 20_001, dtype=np.uint64))
+    train, holdout, synthetic = rows[:7200], rows[7200:9000], rows[9000:16200].copy()
+    synthetic[:30] = train[:30]
+
+    observed, null = resplit_excess(synthetic, train, holdout, draws=RESPLITS, rng=rng)
+
+    assert observed == pytest.approx(30 / 7200)
+    assert null.mean() == pytest.approx(0.6 * 30 / 7200, abs=0.2 * 30 / 7200)
+    assert (observed - null.mean()) / null.std() > 2.5
+
+
+def test_unequal_sizes_shift_the_null_not_the_excess_over_it() -> None:
+    rng = np.random.default_rng(4)
+    excess = []
+    for _ in range(60):
+        train, holdout, synthetic = (_discrete_rows(rng, n) for n in (600, 150, 400))
+        observed, null = resplit_excess(synthetic, train, holdout, draws=99, rng=rng)
+        assert null.mean() > 0  # the larger part holds more of the rare patterns
+        excess.append(observed - null.mean())
+    assert np.mean(excess) == pytest.approx(0.0, abs=3 * np.std(excess) / np.sqrt(60))
+
+
 def _summary(excess: float, sd: float, seeds: int) -> pd.DataFrame:
     row = {
         "table": "t",
@@ -75,8 +102,9 @@ def _summary(excess: float, sd: float, seeds: int) -> pd.DataFrame:
         "dcr_share": 0.5,
         "exact_match": 0.01 + excess,
         "exact_match_chance": 0.01,
-        "exact_match_resplit_sd": sd,
-        "seeds": seeds,
+        "exact_match_excess": excess,
+        "exact_match_resplit_var": sd**2,
+        "exact_match_seeds": seeds,
     }
     return pd.DataFrame([row, {**row, "placement": "pooled-dp", "sites": 0}])
 
@@ -84,7 +112,7 @@ def _summary(excess: float, sd: float, seeds: int) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("excess", "sd", "seeds", "verdict"),
     [
-        (0.0007, 0.0015, 3, "PASS"),  # RAND HIE's size: 0.8 SE
+        (0.0007, 0.0015, 3, "PASS"),  # 0.8 SE
         (-0.003, 0.0015, 3, "PASS"),
         (0.0030, 0.0015, 3, "FAIL"),  # 3.5 SE
         (0.0005, 0.0, 3, "FAIL"),  # no chance spread: any excess fails
@@ -97,4 +125,4 @@ def test_the_frontier_fails_only_an_excess_beyond_chance(
     checks = {c.name: c for c in grid.acceptance(_summary(excess, sd, seeds))}
     check = checks["exact match <= chance (every ε)"]
     assert check.verdict == verdict
-    assert f"worst excess {excess:+.4f}" in check.detail
+    assert f"worst excess over chance {excess:+.4f}" in check.detail

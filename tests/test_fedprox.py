@@ -127,6 +127,7 @@ def test_the_ledger_charge_does_not_depend_on_mu(tmp_path: Path, frame: object) 
             update_clip_norm=10.0,
             seed=0,
             schema_fingerprint=fingerprint,
+            expected_batch=30.0,
             proximal_mu=mu,
         )
 

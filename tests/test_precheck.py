@@ -58,6 +58,7 @@ def _train(server_round: int = 3) -> TrainSettings:
         update_clip_norm=10.0,
         seed=0,
         schema_fingerprint=FINGERPRINT,
+        expected_batch=30.0,
     )
 
 

@@ -158,7 +158,7 @@ def test_the_divisor_round_trips_through_the_flower_config(divisor: float) -> No
     ],
 )
 def test_a_site_refuses_a_missing_or_nonpositive_divisor(value: float | None, message: str) -> None:
-    config = TrainSettings(1, 5, 1.0, 0.1, 1.0, 0.01, 10.0, 0, "f").to_config()
+    config = TrainSettings(1, 5, 1.0, 0.1, 1.0, 0.01, 10.0, 0, "f", 30.0).to_config()
     if value is None:
         del config["expected-batch"]
     else:

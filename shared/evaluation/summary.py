@@ -61,7 +61,7 @@ IMPORTANCE = Rule(
 )
 EXACT = Rule(
     "privacy: exact copies",
-    "exact-match rate to train minus rate to holdout (size matched)",
+    "exact-match rate to train minus rate to holdout, beyond what random re-splits give",
     0.001,
     0.01,
 )
@@ -141,13 +141,15 @@ def _privacy(priv: dict[str, Any]) -> list[dict[str, Any]]:
     if priv.get("status") == "skipped":
         return [_verdict(r, None, note=priv["reason"]) for r in (EXACT, DCR, MIA)]
     em = priv["exact_match"]
-    excess = em["train_rate_size_matched"] - em["holdout_rate_size_matched"]
     note = f"{em['train_rate']:.1%} of synthetic rows equal a training row."
-    if "resplit_sd" in em:
+    if "excess_over_chance" in em:
+        excess = em["excess_over_chance"]
         note += (
-            f" Chance alone (random re-splits of the references) moves the difference by "
+            f" Chance alone (random re-splits of train and holdout) moves it by "
             f"±{em['resplit_sd']:.4f}; p = {em['resplit_p_value']:.2f}."
         )
+    else:  # a report written before the re-split test
+        excess = em["train_rate_size_matched"] - em["holdout_rate_size_matched"]
     return [
         _verdict(EXACT, excess, note=note),
         _verdict(DCR, priv["dcr"]["share_closer_to_train"]),

@@ -52,7 +52,8 @@ METRICS = (
     "dcr_share",
     "exact_match",
     "exact_match_chance",
-    "exact_match_resplit_sd",
+    "exact_match_excess",
+    "exact_match_resplit_var",
 )
 #: One-sided 5 % point of the standard normal: an exact-match excess above this many
 #: standard errors of chance re-splits fails the output-privacy check.
@@ -210,7 +211,8 @@ def fidelity_privacy(
         "dcr_share": nan,
         "exact_match": nan,
         "exact_match_chance": nan,
-        "exact_match_resplit_sd": nan,
+        "exact_match_excess": nan,
+        "exact_match_resplit_var": nan,
     }
     if privacy_checks:
         priv = privacy(members, holdout, synth, schema, LIMITS, seed)
@@ -218,7 +220,8 @@ def fidelity_privacy(
         out["dcr_share"] = float(priv["dcr"]["share_closer_to_train"])
         out["exact_match"] = float(em["train_rate_size_matched"])
         out["exact_match_chance"] = float(em["holdout_rate_size_matched"])
-        out["exact_match_resplit_sd"] = float(em["resplit_sd"])
+        out["exact_match_excess"] = float(em["excess_over_chance"])
+        out["exact_match_resplit_var"] = float(em["resplit_sd"]) ** 2
     return out
 
 
@@ -230,7 +233,8 @@ def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
     cols = [c for c in (*METRICS, "train_s") if c in frame.columns]
     groups = frame.groupby(keys, sort=False)
     out = groups[cols].mean()
-    out["seeds"] = groups.size()
+    if "exact_match_excess" in frame.columns:  # seeds that measured it (the SE's n)
+        out["exact_match_seeds"] = groups["exact_match_excess"].count()
     return out.reset_index()
 
 
@@ -332,24 +336,31 @@ def _family_checks(
     return out
 
 
-def _exact_match_check(dp: pd.DataFrame) -> tuple[str, str, bool]:
-    """Exact matches no higher than chance, at every ε: the worst cell's mean excess over
-    seeds, in standard errors of the chance re-splits (:func:`shared.evaluation.privacy.
-    resplit_excess`); above :data:`EXACT_MATCH_Z` it fails.
+def _exact_match_check(dp: pd.DataFrame) -> tuple[str, str, bool | None]:
+    """Exact matches no higher than chance, at every ε: each cell's mean excess over
+    chance across seeds, in standard errors of the chance re-splits
+    (:func:`shared.evaluation.privacy.resplit_excess`; SE² = mean variance / seeds).
+    The worst cell above :data:`EXACT_MATCH_Z` fails.
 
-    Without the re-split spread (an older summary) any positive excess fails.
+    A summary without the re-split columns (written before them) falls back to the
+    size-matched difference, and any positive excess fails.
     """
-    excess = dp.exact_match - dp.exact_match_chance
-    sd = dp["exact_match_resplit_sd"] if "exact_match_resplit_sd" in dp else 0.0 * excess
-    seeds = dp["seeds"] if "seeds" in dp else 1.0 + 0.0 * excess
-    se = sd / np.sqrt(seeds)
-    z = np.where(se > 0, excess / se.where(se > 0, 1.0), np.where(excess > 0, np.inf, 0.0))
-    i = int(np.argmax(z))
-    detail = (
-        f"worst excess {float(excess.iloc[i]):+.4f}, {float(z[i]):+.1f} SE of chance "
-        f"(re-split SE {float(se.iloc[i]):.4f}); largest excess {float(excess.max()):+.4f}"
-    )
-    return ("exact match <= chance (every ε)", detail, bool(z[i] <= EXACT_MATCH_Z))
+    name = "exact match <= chance (every ε)"
+    if "exact_match_excess" in dp:
+        excess = dp["exact_match_excess"].to_numpy(float)
+        var = dp["exact_match_resplit_var"].to_numpy(float)
+        se = np.sqrt(var / np.maximum(dp["exact_match_seeds"].to_numpy(float), 1.0))
+    else:
+        excess = (dp["exact_match"] - dp["exact_match_chance"]).to_numpy(float)
+        se = np.zeros_like(excess)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, excess / np.where(se > 0, se, 1.0), np.where(excess > 0, np.inf, 0.0))
+    z = np.where(np.isnan(excess), np.nan, z)
+    if np.all(np.isnan(z)):
+        return (name, "not measured", None)
+    i = int(np.nanargmax(z))
+    detail = f"worst excess over chance {excess[i]:+.4f}, {z[i]:+.1f} SE (re-split SE {se[i]:.4f})"
+    return (name, detail, bool(z[i] <= EXACT_MATCH_Z))
 
 
 def acceptance(summary: pd.DataFrame, *, epsilon: float = 1.0, sites: int = 5) -> list[Check]:
