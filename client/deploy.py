@@ -199,7 +199,12 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
 
             def forward(signum: int, _frame: FrameType | None, proc: Any = proc) -> None:
                 nonlocal stopping
+                # Flower's handler resets itself on the first signal: a second one that
+                # lands while it runs prints "Signal N ignored due to race condition".
+                if stopping:
+                    return
                 stopping = True
+                log.warning("stopping: received %s", signal.Signals(signum).name)
                 proc.send_signal(signum)
 
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -254,6 +259,8 @@ def run_client(site: SiteSettings, opts: SupernodeOptions) -> int:
                     attempt,
                 )
             time.sleep(RETRY_SECONDS)
+            if stopping:  # stopped between two attempts: do not start another
+                return code
 
 
 class _Relay(threading.Thread):

@@ -9,6 +9,7 @@ clear message (exit code 2), never as a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import warnings
@@ -83,7 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+log = logging.getLogger("fedsynth")
+_stopping = False
+
+
 def _terminate(signum: int, _frame: object) -> None:
+    """Unwind on the first SIGTERM with one clear line; ignore repeats while stopping.
+
+    A repeated SIGTERM (a second ``systemctl stop``, ``kill`` twice) would raise in the
+    middle of the clean-up that stops Flower's processes and leave them running.
+    """
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
+    log.warning("stopping: received %s", signal.Signals(signum).name)
     raise SystemExit(128 + signum)
 
 

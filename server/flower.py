@@ -174,14 +174,20 @@ def _stream_log(
     ):
         # A progress bar only on a terminal; piped output stays the plain log.
         bar = RoundProgress(sys.stdout) if echo and sys.stdout.isatty() else None
-        with bar or contextlib.nullcontext():
-            for line in proc.stdout or ():
-                fh.write(line)
-                if bar is not None:
-                    bar.echo(line)
-                    bar.feed(line)
-                elif echo:
-                    sys.stdout.write(line)
+        try:
+            with bar or contextlib.nullcontext():
+                for line in proc.stdout or ():
+                    fh.write(line)
+                    if bar is not None:
+                        bar.echo(line)
+                        bar.feed(line)
+                    elif echo:
+                        sys.stdout.write(line)
+        finally:
+            # Stopped early (SIGTERM, Ctrl-C): without this, leaving the `with` would wait
+            # for `flwr log`'s next line, or (Ctrl-C) leave it running and warn about it.
+            if proc.poll() is None:
+                proc.terminate()
 
 
 def run_status(runtime: FlowerRuntime, run_id: int, connection: str) -> str:

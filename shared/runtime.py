@@ -172,8 +172,34 @@ def detached_helpers(pid: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Poll until ``pid`` has exited or ``timeout`` seconds passed; whether it is gone."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """SIGTERM a process group and Flower's detached helpers, then SIGKILL leftovers."""
+    """SIGTERM a process group, then Flower's detached helpers that outlive it; SIGKILL leftovers.
+
+    A Flower helper stops by itself when its parent stops (it watches the parent's
+    PID, and the SuperLink also terminates its SuperExec). It is signalled only if it
+    is still running after ``grace`` seconds: Flower's signal handler resets itself on
+    the first signal, and a second one arriving while it runs is printed as "Signal 15
+    ignored due to race condition".
+    """
     helpers = detached_helpers(proc.pid)
     if proc.poll() is None:
         try:
@@ -186,11 +212,12 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
             proc.wait(timeout=grace)
     for pid in helpers:
         for sig in (signal.SIGTERM, signal.SIGKILL):
+            if _wait_gone(pid, grace):
+                break
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 break
-            time.sleep(0.5)
 
 
 def _toml_value(value: Any) -> str:

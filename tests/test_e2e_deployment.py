@@ -173,6 +173,17 @@ def test_server_completes_and_releases_a_valid_table(deployment: dict[str, Path]
     assert (deployment["out"] / "model" / "manifest.json").exists()
 
 
+def test_each_server_log_line_appears_once(deployment: dict[str, Path]) -> None:
+    log = (deployment["root"] / "server.log").read_text(errors="replace")
+
+    # fedsynth's lines from the ServerApp, streamed through `flwr log`.
+    assert log.count(f"round {ROUNDS}/{ROUNDS} done in") == 1, log[-3000:]
+    # Flower's lines from the ServerApp: once per round, not again through the root
+    # handler that importing Opacus installs (nor its DEBUG records).
+    assert log.count("configure_train: Sampled") == ROUNDS, log[-3000:]
+    assert ":DEBUG:" not in log
+
+
 def test_three_ledgers_record_every_round(deployment: dict[str, Path]) -> None:
     report = json.loads((deployment["out"] / "privacy_report.json").read_text())
 
@@ -223,6 +234,10 @@ def test_node_without_the_ca_certificate_is_refused_and_never_trains(
     # Its key was registered: the refusal is the TLS handshake.
     assert REFUSAL[i] in log, log[-2000:]
     assert "Receiving: train message" not in log
+    # Still retrying when the run ended, it was stopped with SIGTERM: one clear line,
+    # not Flower's "Signal 15 ignored due to race condition".
+    assert "stopping: received SIGTERM" in log, log[-2000:]
+    assert "ignored due to race condition" not in log, log[-2000:]
 
 
 def test_a_site_under_another_name_refuses_every_message_and_spends_nothing(
