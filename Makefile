@@ -9,8 +9,10 @@ setup:
 demo: setup
 	.venv/bin/fedsynth simulate --out runs/demo
 
+# One math thread per process: two xdist workers (and the Flower processes they start)
+# on CI's two cores otherwise oversubscribe them (the fast suite: 68 s against 50 s).
 test: setup
-	.venv/bin/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
