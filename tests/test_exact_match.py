@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.evaluation.privacy import RESPLITS, resplit_excess
-from simulations.benchmarks import frontier_grid as grid
+from simulations.benchmarks.frontier_checks import acceptance
 
 patterns = st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=60)
 
@@ -122,7 +122,7 @@ def _summary(excess: float, sd: float, seeds: int) -> pd.DataFrame:
 def test_the_frontier_fails_only_an_excess_beyond_chance(
     excess: float, sd: float, seeds: int, verdict: str
 ) -> None:
-    checks = {c.name: c for c in grid.acceptance(_summary(excess, sd, seeds))}
+    checks = {c.name: c for c in acceptance(_summary(excess, sd, seeds))}
     check = checks["exact match <= chance (every ε)"]
     assert check.verdict == verdict
     assert f"worst excess over chance {excess:+.4f}" in check.detail

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from client.ledger import PrivacyLedger
+from client.result import RoundResult
 from client.settings import SiteSettings
 from client.site import run_site_round, update_norm
 from client.steppers import GhostStepper, StepConfig
@@ -100,43 +101,45 @@ def test_positive_mu_pulls_the_weights_toward_the_global_ones(
     assert drift_pulled < 0.8 * drift_free
 
 
-def test_the_ledger_charge_does_not_depend_on_mu(tmp_path: Path, frame: object) -> None:
-    # Prepare: the same site round, once without and once with the proximal term.
+def site_round(
+    tmp_path: Path, frame: object, *, mu: float, expected_batch: float = 30.0, steps: int = 10
+) -> tuple[RoundResult, PrivacyLedger]:
+    """One real site round (Opacus, ledger) on ``frame`` from a fixed global model."""
     data = tmp_path / "site.csv"
     frame.to_csv(data, index=False)  # type: ignore[attr-defined]
-    fingerprint = Schema.load(SCHEMA_PATH).fingerprint()
     torch.manual_seed(0)
     global_state = build_generator(cohort_schema(), ModelSettings()).state_dict()
-    results, ledgers = [], []
-    for mu in (0.0, 1.0):
-        site = SiteSettings(
-            site_name="site-a",
-            data_path=data,
-            schema_path=SCHEMA_PATH,
-            state_dir=tmp_path / f"state-{mu}",
-            budget_epsilon=10.0,
-            simulation_seed=1,
-        )
-        train = TrainSettings(
-            server_round=1,
-            local_steps=10,
-            noise_multiplier=1.2,
-            sample_rate=0.1,
-            max_grad_norm=1.0,
-            learning_rate=0.05,
-            update_clip_norm=10.0,
-            seed=0,
-            schema_fingerprint=fingerprint,
-            expected_batch=30.0,
-            proximal_mu=mu,
-        )
+    site = SiteSettings(
+        site_name="site-a",
+        data_path=data,
+        schema_path=SCHEMA_PATH,
+        state_dir=tmp_path / f"state-{mu}-{expected_batch}",
+        budget_epsilon=10.0,
+        simulation_seed=1,
+    )
+    train = TrainSettings(
+        server_round=1,
+        local_steps=steps,
+        noise_multiplier=1.2,
+        sample_rate=0.1,
+        max_grad_norm=1.0,
+        learning_rate=0.05,
+        update_clip_norm=10.0,
+        seed=0,
+        schema_fingerprint=Schema.load(SCHEMA_PATH).fingerprint(),
+        expected_batch=expected_batch,
+        proximal_mu=mu,
+    )
+    result = run_site_round(site, train, global_state, run="r")
+    return result, PrivacyLedger.open(site.ledger_path, site="site-a")
 
-        # Execute
-        results.append(run_site_round(site, train, global_state, run="r"))
-        ledgers.append(PrivacyLedger.open(site.ledger_path, site="site-a"))
+
+def test_the_ledger_charge_does_not_depend_on_mu(tmp_path: Path, frame: object) -> None:
+    # Execute: the same site round, once without and once with the proximal term.
+    results, ledgers = zip(*(site_round(tmp_path, frame, mu=mu) for mu in (0.0, 1.0)), strict=True)
 
     # Assert: same mechanism charged, same ε; a different update was sent.
     assert ledgers[0].history == ledgers[1].history == [(1.2, 0.1, 10)]
     assert results[0].epsilon == pytest.approx(results[1].epsilon)
     assert results[0].update is not None and results[1].update is not None
-    assert not all(torch.equal(results[0].update[k], results[1].update[k]) for k in global_state)
+    assert not all(torch.equal(results[0].update[k], v) for k, v in results[1].update.items())

@@ -15,6 +15,7 @@ from shared.models import build_generator
 from simulations.benchmarks import frontier_grid as grid
 from simulations.benchmarks.frontier import _epsilons
 from simulations.benchmarks.frontier_cells import Training, make_split, pick_best, run_cell
+from simulations.benchmarks.frontier_checks import acceptance
 from simulations.benchmarks.frontier_tables import load_bench_table
 
 
@@ -140,7 +141,7 @@ def _summary(local: float, dist: float | None) -> pd.DataFrame:
 
 
 def test_acceptance_checks_compare_the_right_cells() -> None:
-    checks = {c.name: c.verdict for c in grid.acceptance(_summary(local=0.79, dist=0.81))}
+    checks = {c.name: c.verdict for c in acceptance(_summary(local=0.79, dist=0.81))}
     assert checks["federated (local) >= pooled-DP - 0.02"] == "PASS"
     assert checks["federated (local) > best single site"] == "PASS"
     assert checks["distributed within 0.02 of pooled-DP"] == "PASS"
@@ -156,7 +157,7 @@ def test_acceptance_checks_compare_the_right_cells() -> None:
 
 
 def test_acceptance_fails_a_weak_federated_cell_and_skips_missing_ones() -> None:
-    checks = {c.name: c.verdict for c in grid.acceptance(_summary(local=0.77, dist=None))}
+    checks = {c.name: c.verdict for c in acceptance(_summary(local=0.77, dist=None))}
     assert checks["federated (local) >= pooled-DP - 0.02"] == "FAIL"
     assert checks["DCR share <= 0.55 (every ε)"] == "PASS"
     assert checks["distributed > local"] == "n/a"

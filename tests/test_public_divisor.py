@@ -14,16 +14,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.settings import SiteSettings
-from client.site import run_site_round
 from client.training import train_dp
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings, TrainSettings
 from shared.config_site import NOMINAL_SITE_ROWS
 from shared.errors import ConfigError
 from shared.models import build_generator
-from shared.schema import Schema
 from shared.tables import validate_frame
+from tests.test_fedprox import site_round
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "shared" / "data" / "cohort_schema.json"
 
@@ -87,32 +85,7 @@ def test_a_nonpositive_divisor_is_refused(frame: object) -> None:
 
 
 def _site_update(tmp_path: Path, frame: object, *, mu: float, divisor: float) -> torch.Tensor:
-    data = tmp_path / "site.csv"
-    frame.to_csv(data, index=False)  # type: ignore[attr-defined]
-    torch.manual_seed(0)
-    global_state = build_generator(cohort_schema(), ModelSettings()).state_dict()
-    site = SiteSettings(
-        site_name="site-a",
-        data_path=data,
-        schema_path=SCHEMA_PATH,
-        state_dir=tmp_path / f"state-{mu}-{divisor}",
-        budget_epsilon=10.0,
-        simulation_seed=1,
-    )
-    train = TrainSettings(
-        server_round=1,
-        local_steps=5,
-        noise_multiplier=1.2,
-        sample_rate=0.1,
-        max_grad_norm=1.0,
-        learning_rate=0.05,
-        update_clip_norm=10.0,
-        seed=0,
-        schema_fingerprint=Schema.load(SCHEMA_PATH).fingerprint(),
-        proximal_mu=mu,
-        expected_batch=divisor,
-    )
-    result = run_site_round(site, train, global_state, run="r")
+    result, _ = site_round(tmp_path, frame, mu=mu, expected_batch=divisor, steps=5)
     assert result.update is not None
     return torch.cat([v.flatten() for v in result.update.values()])
 

@@ -43,6 +43,7 @@ from shared.models import available_families, build_generator
 from simulations.benchmarks import frontier_grid as grid
 from simulations.benchmarks import frontier_stats
 from simulations.benchmarks.frontier_cells import Split, Training, make_split, run_cell
+from simulations.benchmarks.frontier_checks import acceptance
 from simulations.benchmarks.frontier_plot import plot_frontier
 from simulations.benchmarks.frontier_tables import TABLES, BenchTable, load_bench_table
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = _run_all(_plan(args, skipped), cfg, args.jobs, out / "cells.partial.jsonl")
     elapsed = time.perf_counter() - start
     summary = grid.summarise(rows)
-    checks = grid.acceptance(summary, epsilon=1.0, sites=5)
+    checks = acceptance(summary, epsilon=1.0, sites=5)
     pd.DataFrame(rows).to_csv(out / "cells.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     (out / "cells.json").write_text(
