@@ -17,7 +17,6 @@ accounting needs the model's size.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.errors import BudgetExhaustedError, SchemaMismatchError, SiteConfigError
-from client.ledger import PrivacyLedger
+from client.ledger import PrivacyLedger, ledger_standing
 from client.settings import SiteSettings
 from shared import keys
 from shared.accounting import Mechanism, epsilon_of
@@ -271,10 +270,7 @@ def handle_plan(
         log.exception("run plan failed")
         reason = public_reason(exc)
     if site is not None:
-        with contextlib.suppress(FedsynthError):
-            spent = PrivacyLedger.open(site.ledger_path, site=site.site_name).epsilon(
-                delta=site.budget_delta
-            )
+        spent, _ = ledger_standing(site.ledger_path, site=site.site_name, delta=site.budget_delta)
     metrics = MetricRecord(
         {
             keys.EPSILON: float(spent),

@@ -92,11 +92,9 @@ def dp_sgd_plan(
 
 def release_plan(settings: RunSettings, fingerprint: str, *, done: int) -> PlanRequest:
     """What a release family's run has left once its first ``done`` stages are saved."""
-    from shared.models.release import release_stage_noise  # imports torch: only here
-
-    sigmas = release_stage_noise(settings)
-    labels = [f"release stage {s}" for s in range(done, len(sigmas))]
-    return _request(settings, fingerprint, labels, [(s, 1.0, 1) for s in sigmas[done:]], "")
+    mechanisms = settings.mechanisms()  # a release family's: one (σ_s, 1, 1) per stage
+    labels = [f"release stage {s}" for s in range(done, len(mechanisms))]
+    return _request(settings, fingerprint, labels, mechanisms[done:], "")
 
 
 def _request(

@@ -21,22 +21,21 @@ def select_device(name: str = "auto") -> torch.device:
     ``"auto"`` uses CUDA when available, else the CPU. Asking for CUDA on a
     machine without it is an error rather than a silent fallback.
     """
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {name!r} was requested but CUDA is not available on this machine; "
-                "use --device cpu or auto"
-            )
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {name!r} was requested but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
-                f"cuda:{torch.cuda.device_count() - 1}); use one of them, cuda or auto"
-            )
-        return device
-    raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():  # a cuda name
+        raise ConfigError(
+            f"device {name!r} was requested but CUDA is not available on this machine; "
+            "use --device cpu or auto"
+        )
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {name!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}); use one of them, cuda or auto"
+        )
+    return device

@@ -24,7 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from server.effect import EFFECT_FILE
+from server.encoder import ENCODER_FILE
 from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
+from server.release_stages import RELEASE_FILE
 from shared.cohort import cohort_schema, generate_cohort
 from shared.config import RunSettings, app_config_defaults
 from shared.config_model import ModelSettings
@@ -59,7 +62,7 @@ class SimulationPlan:
 
 
 #: Stage results a run keeps beside its checkpoints, so a resumed run does not ask again.
-SAVED_STAGES = ("release_stages.json", "encoder.json", "effect.json")
+SAVED_STAGES = (RELEASE_FILE, ENCODER_FILE, EFFECT_FILE)
 
 
 def check_options(plan: SimulationPlan) -> None:
