@@ -4,7 +4,7 @@ Order of operations, each step failing closed (as for a training round):
 
 1. load the site's schema and check its fingerprint equals the server's;
 2. rebuild the released generator from the final global weights, load and encode
-   the table, and compute the exact ``(Σ φ, n)`` (:func:`shared.models.staged_effect.effect_sums`);
+   the table, and compute the exact ``(Σ φ, w·n_a, n)`` (:func:`shared.models.staged_effect.effect_sums`);
    a bad table or damaged weights stop here: nothing charged or sent;
 3. under the ledger lock (:func:`client.oneshot.charge_and_release`): check that one
    Gaussian release at σ_e fits the remaining budget, add the noise, record it;
@@ -27,7 +27,7 @@ from client.oneshot import ReleaseResult, answer_release, charge_and_release, re
 from client.settings import SiteSettings
 from client.site import model_and_rows
 from shared import keys
-from shared.effect import EffectRequest, add_effect_noise, effect_sensitivity
+from shared.effect import EffectRequest, add_effect_noise, effect_length, effect_sensitivity
 from shared.models.staged_effect import effect_sums
 
 log = logging.getLogger("fedsynth.client")
@@ -36,14 +36,14 @@ log = logging.getLogger("fedsynth.client")
 def exact_sums(
     site: SiteSettings, request: EffectRequest, state: dict[str, torch.Tensor]
 ) -> np.ndarray:
-    """Steps 1–2: the site's exact ``(Σ φ_1, …, Σ φ_{A−1}, n)`` (never sent)."""
+    """Steps 1–2: the site's exact ``(Σ φ_1.., w·n_1.., n)`` (never sent)."""
     with model_and_rows(
         site, fingerprint=request.schema_fingerprint, model=request.model, state=state
     ) as (family, rows):
         sums = effect_sums(family, np.asarray(rows))
-    if sums.shape != (request.arms,):  # A - 1 sums and the count
+    if sums.shape != (effect_length(request.arms),):
         raise SiteConfigError(
-            f"the schema's treatment has {sums.shape[0]} arms but the server expects "
+            f"the schema's treatment has {(sums.shape[0] + 1) // 2} arms but the server expects "
             f"{request.arms}; install the consortium's current schema at this site"
         )
     return sums

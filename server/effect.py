@@ -4,10 +4,12 @@ Runs once, after the last round, when the generator is ``staged`` and
 ``effect-budget-fraction`` is above 0 (:mod:`shared.effect` explains the estimate
 and its sensitivity). The request carries the final global weights, so every site
 scores its rows with the model that is released. Each site replies with its own
-noisy ``(Σ φ, n)`` (charged to its ledger first, :mod:`client.effect`); the server
-sums them, divides, and moves the treated arms' outcome offsets so that the
-generator's own effect equals the estimate
-(:func:`shared.models.staged_effect.calibrate_effect`): post-processing.
+noisy ``(Σ φ, w·n_a, n)`` (charged to its ledger first, :mod:`client.effect`); the
+server sums them, divides, and moves the treated arms' outcome offsets so that
+the generator's own effect equals the estimate
+(:func:`shared.models.staged_effect.calibrate_effect`), and the propensity head's
+logits so that its treatment shares equal the released ones
+(:func:`~shared.models.staged_effect.calibrate_treatment`): post-processing.
 
 The estimate and the stage's facts are written to ``effect.json`` in the output
 folder, so a coordinator that restarts before the release reuses them instead of
@@ -35,9 +37,13 @@ from server.oneshot import (
 )
 from shared import keys
 from shared.config import RunSettings
-from shared.effect import EffectRequest, effect_from_sums, effect_sensitivity
+from shared.effect import EffectRequest, effect_from_sums, effect_length, effect_sensitivity
 from shared.models import GeneratorFamily
-from shared.models.staged_effect import calibrate_effect, check_calibratable
+from shared.models.staged_effect import (
+    calibrate_effect,
+    calibrate_treatment,
+    check_calibratable,
+)
 
 log = logging.getLogger("fedsynth.server")
 EFFECT_FILE = "effect.json"
@@ -60,23 +66,33 @@ def apply_effect(
 ) -> dict[str, Any]:
     """Estimate ψ from the summed noisy vector, calibrate ``family``; return the public facts."""
     arms = check_calibratable(family)
-    psi = effect_from_sums(total)
-    shift = calibrate_effect(family, psi, seed=settings.seed)
+    estimate = effect_from_sums(total, arms)
+    shift = calibrate_effect(family, estimate.psi, seed=settings.seed)
     outcome = family.schema.column(family.schema.roles["outcome"])
     half_range = (outcome.maximum - outcome.minimum) / 2.0  # encoded units -> column units
     sigma_e = settings.effect_noise_multiplier()
-    return {
+    facts: dict[str, Any] = {
         "budget_fraction": settings.effect_budget_fraction,
         "noise_multiplier": sigma_e,
         "l2_sensitivity": effect_sensitivity(arms),
         "noise_std_per_coordinate": sigma_e * effect_sensitivity(arms),
-        "estimate": [float(p) * half_range for p in psi],
+        "estimate": [float(p) * half_range for p in estimate.psi],
         "generator_effect_before": [b * half_range for b in shift["before"]],
         "generator_effect_after": [a * half_range for a in shift["after"]],
         "offset_shift_encoded": shift["shift"],
         "units": f"{outcome.name} (column units), treated arm minus reference arm",
         "sites_sent": sites_sent,
         "per_site_sums_seen_by_server": True,
+    }
+    if estimate.shares is None:  # saved before the arm counts were released
+        log.warning("effect calibration: the saved vector has no arm counts; shares unchanged")
+        return facts
+    shares = calibrate_treatment(family, estimate.shares, seed=settings.seed)
+    return {
+        **facts,
+        "treatment_shares": estimate.shares.tolist(),
+        "generator_shares_before": shares["before"],
+        "generator_shares_after": shares["after"],
     }
 
 
@@ -116,7 +132,7 @@ def fit_effect(
             rep,
             fields=keys.EFFECT_REPLY_FIELDS,
             record=(keys.EFFECT_ARRAYS, keys.EFFECT_SUMS),
-            shape=(arms,),
+            shape=(effect_length(arms),),
         ),
         fix="use --effect-budget-fraction 0",
     )

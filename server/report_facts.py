@@ -130,9 +130,10 @@ def effect_calibration_facts(settings: RunSettings) -> dict[str, Any]:
         "budget_fraction": settings.effect_budget_fraction,
         "noise_multiplier": settings.effect_noise_multiplier(),
         "accounted_as": (
-            "Gaussian mechanism (sigma_e, q = 1, 1 step) on each site's clipped AIPW score sums "
-            "and row count, L2 sensitivity sqrt((arms - 1) B^2 + 1), composed with DP-SGD in "
-            "each site's ledger (round = rounds + 1)"
+            "Gaussian mechanism (sigma_e, q = 1, 1 step) on each site's clipped AIPW score sums, "
+            "weighted treatment-arm counts and row count, L2 sensitivity "
+            "sqrt((arms - 1) B^2 + w^2 + 1), composed with DP-SGD in each site's ledger "
+            "(round = rounds + 1)"
         ),
         "sent_by_each_site_after_the_last_round": {
             rec: list(fields) for rec, fields in keys.EFFECT_REPLY_FIELDS.items()
@@ -141,7 +142,11 @@ def effect_calibration_facts(settings: RunSettings) -> dict[str, Any]:
             "each site's noisy sums (secure aggregation is not used for this stage); they are "
             "DP on their own. Details: effect.json"
         ),
-        **{k: info[k] for k in ("estimate", "generator_effect_before", "units") if k in info},
+        **{
+            k: info[k]
+            for k in ("estimate", "generator_effect_before", "units", "treatment_shares")
+            if k in info
+        },
     }
 
 

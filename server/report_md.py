@@ -84,11 +84,17 @@ def _md_effect(report: dict[str, Any]) -> str:
     if not facts["enabled"]:
         return ""
     est = ", ".join(f"{e:.3f}" for e in facts.get("estimate", []))
+    shares = ", ".join(f"{s:.3f}" for s in facts.get("treatment_shares", []))
+    share_text = (
+        f" The DP treatment shares, {shares} (reference arm first), became its treatment shares."
+        if shares
+        else ""
+    )
     return (
         f"\n## Effect calibration\n\nAfter the last round each site released its clipped AIPW "
-        f"score sums once (σ_e = {facts['noise_multiplier']:.4f}, "
+        f"score sums and treatment-arm counts once (σ_e = {facts['noise_multiplier']:.4f}, "
         f"{facts['budget_fraction']:.0%} of ε). The DP estimate of the effect, {est}, "
-        "became the released generator's treatment effect (see effect.json).\n"
+        f"became the released generator's treatment effect (see effect.json).{share_text}\n"
     )
 
 

@@ -139,7 +139,7 @@ ENCODER_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
 # MAX_GRAD_NORM are σ_e, 1 and the sensitivity √((A-1)B² + 1).
 EFFECT_CALIBRATION = "effect_calibration"
 EFFECT_CONFIG = "effect-config"  # ConfigRecord: shared.effect.EffectRequest fields
-EFFECT_ARRAYS = "effect"  # ArrayRecord: the site's noisy score sums and row count
+EFFECT_ARRAYS = "effect"  # ArrayRecord: the site's noisy score sums, arm and row counts
 EFFECT_SUMS = "sums"  # the array's name inside EFFECT_ARRAYS
 EFFECT_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
     EFFECT_ARRAYS: (EFFECT_SUMS,),

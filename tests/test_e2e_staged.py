@@ -26,6 +26,8 @@ def test_simulate_trains_and_releases_the_staged_generator(tmp_path: Path) -> No
     saved = json.loads((out / "effect.json").read_text())["info"]
     assert saved["sites_sent"] == ["site-0", "site-1"]
     assert saved["generator_effect_after"] == pytest.approx(saved["estimate"], abs=0.05)
+    assert saved["generator_shares_after"] == pytest.approx(saved["treatment_shares"], abs=1e-3)
+    assert effect["treatment_shares"] == saved["treatment_shares"]
     family, manifest = load_model(out / "model")
     assert family.name == "staged" and manifest["model_settings"]["covariate_generator"] == "dp-vae"
     causal = json.loads((out / "evaluation" / "report.json").read_text())["causal"]

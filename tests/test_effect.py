@@ -27,8 +27,10 @@ from shared import keys
 from shared.accounting import calibrate_noise, epsilon_of
 from shared.config import ModelSettings, RunSettings
 from shared.effect import (
+    MIN_SHARE,
     PROPENSITY_FLOOR,
     SCORE_CLIP,
+    SHARE_WEIGHT,
     EffectRequest,
     add_effect_noise,
     effect_from_sums,
@@ -38,10 +40,13 @@ from shared.errors import ConfigError
 from shared.models import build_generator
 from shared.models.staged import StagedGenerator
 from shared.models.staged_effect import (
+    _drawn_covariates,
     calibrate_effect,
+    calibrate_treatment,
     check_calibratable,
     effect_sums,
     model_effects,
+    model_shares,
 )
 from shared.schema import Schema
 from tests.test_staged import TINY_SCHEMA, _tiny
@@ -79,8 +84,8 @@ def outcome_and_treated(family: StagedGenerator, rows: np.ndarray) -> tuple[np.n
 
 # ---------------------------------------------------------------------- maths
 def test_sensitivity_is_the_norm_of_the_largest_row_vector() -> None:
-    assert effect_sensitivity(2) == pytest.approx(math.sqrt(SCORE_CLIP**2 + 1))
-    assert effect_sensitivity(4) == pytest.approx(math.sqrt(3 * SCORE_CLIP**2 + 1))
+    assert effect_sensitivity(2) == pytest.approx(math.sqrt(SCORE_CLIP**2 + SHARE_WEIGHT**2 + 1))
+    assert effect_sensitivity(4) == pytest.approx(math.sqrt(3 * SCORE_CLIP**2 + 0.16 + 1))
     with pytest.raises(ConfigError, match="at least 2 treatment arms"):
         effect_sensitivity(1)
 
@@ -94,9 +99,10 @@ def test_scores_match_the_aipw_formula_for_known_nuisances() -> None:
     expected = np.clip(phi, -SCORE_CLIP, SCORE_CLIP).sum()
     # Execute
     sums = effect_sums(family, rows)
-    # Assert
-    assert sums[1] == 200.0
+    # Assert: (Σ φ, w·n_treated, n)
+    assert sums.shape == (3,) and sums[2] == 200.0
     assert sums[0] == pytest.approx(expected, rel=1e-5)
+    assert sums[1] == pytest.approx(SHARE_WEIGHT * treated.sum())
 
 
 def test_the_propensity_floor_bounds_the_weights() -> None:
@@ -123,12 +129,25 @@ def test_one_row_moves_the_released_vector_by_at_most_the_sensitivity(
 def test_noise_has_the_stated_scale_and_the_estimate_divides_by_the_count() -> None:
     rng = np.random.default_rng(0)
     draws = np.stack(
-        [add_effect_noise(np.zeros(2), noise_multiplier=3.0, arms=2, rng=rng) for _ in range(4000)]
+        [add_effect_noise(np.zeros(3), noise_multiplier=3.0, arms=2, rng=rng) for _ in range(4000)]
     )
-    assert draws.std(axis=0) == pytest.approx([3.0 * effect_sensitivity(2)] * 2, rel=0.05)
-    np.testing.assert_allclose(effect_from_sums(np.array([-12.0, 4.0, 400.0])), [-0.03, 0.01])
-    # A noisy count near 0 cannot blow the estimate up.
-    np.testing.assert_allclose(effect_from_sums(np.array([0.5, -3.0])), [0.5])
+    assert draws.std(axis=0) == pytest.approx([3.0 * effect_sensitivity(2)] * 3, rel=0.05)
+    # Three arms: (Σ φ_1, Σ φ_2, w·n_1, w·n_2, n).
+    three = effect_from_sums(np.array([-12.0, 4.0, 0.4 * 100, 0.4 * 60, 400.0]), 3)
+    np.testing.assert_allclose(three.psi, [-0.03, 0.01])
+    assert three.shares is not None
+    np.testing.assert_allclose(three.shares, [0.6, 0.25, 0.15])
+    # A noisy count near 0 cannot blow the estimate up, and shares stay in (0, 1).
+    tiny = effect_from_sums(np.array([0.5, -3.0, -3.0]), 2)
+    np.testing.assert_allclose(tiny.psi, [0.5])
+    assert tiny.shares is not None and tiny.shares.min() >= MIN_SHARE / (1 + MIN_SHARE)
+    assert tiny.shares.sum() == pytest.approx(1.0)
+    # A vector saved before the arm counts were released: ψ only.
+    legacy = effect_from_sums(np.array([-12.0, 400.0]), 2)
+    np.testing.assert_allclose(legacy.psi, [-0.03])
+    assert legacy.shares is None
+    with pytest.raises(ConfigError, match="has 3 numbers"):
+        effect_from_sums(np.zeros(4), 2)
     with pytest.raises(ConfigError, match="must be positive"):
         add_effect_noise(np.zeros(2), noise_multiplier=0.0, arms=2, rng=rng)
 
@@ -145,6 +164,21 @@ def test_calibration_moves_the_generators_effect_onto_the_estimate() -> None:
     synthetic = family.sample(20_000, seed=1)
     means = synthetic.groupby("t")["y"].mean()
     assert means["yes"] - means["no"] == pytest.approx(-0.15 * HALF_RANGE, abs=0.5)
+
+
+def test_treatment_calibration_moves_the_generators_shares_onto_the_released_ones() -> None:
+    family = tiny_family(logit1=-2.0)  # ê_1 = sigmoid(-2) = 0.12 everywhere
+    cov = _drawn_covariates(family, rows=5000, seed=0)
+    assert model_shares(family, cov)[1] == pytest.approx(0.1192, abs=1e-3)
+    # Execute
+    facts = calibrate_treatment(family, np.array([0.7, 0.3]), seed=0)
+    # Assert: the propensity moved, the outcome did not, and sampling reflects the new share.
+    assert facts["after"] == [pytest.approx(0.7, abs=1e-4), pytest.approx(0.3, abs=1e-4)]
+    assert model_effects(family, rows=5000, seed=0)[0] == pytest.approx(0.2, abs=1e-6)
+    synthetic = family.sample(20_000, seed=1)
+    assert (synthetic["t"] == "yes").mean() == pytest.approx(0.3, abs=0.015)
+    with pytest.raises(ConfigError, match="do not fit 2 arms"):
+        calibrate_treatment(family, np.array([1.0, 0.0]), seed=0)
 
 
 def test_a_categorical_outcome_cannot_be_calibrated() -> None:
@@ -242,7 +276,7 @@ def test_site_release_is_charged_as_one_gaussian_step_before_it_is_returned(
     assert result.sent and result.epsilon == pytest.approx(
         epsilon_of([(5.0, 1.0, 1)], delta=site.budget_delta)
     )
-    assert sums[1] == 300.0 and result.noisy is not None and result.noisy.shape == (2,)
+    assert sums[2] == 300.0 and result.noisy is not None and result.noisy.shape == (3,)
     assert not np.isclose(result.noisy, sums).any()
     content = reply_content(site, req, result)
     assert set(content.keys()) == set(keys.EFFECT_REPLY_FIELDS)
@@ -252,7 +286,7 @@ def test_site_release_is_charged_as_one_gaussian_step_before_it_is_returned(
 
 def test_exhausted_budget_refuses_and_charges_nothing(site: SiteSettings) -> None:
     req = effect_request(sigma_e=0.3)  # far more than the site's ε = 1
-    result = release_sums(site, req, np.array([1.0, 300.0]), run="r1")
+    result = release_sums(site, req, np.array([1.0, 40.0, 300.0]), run="r1")
     assert not result.sent and result.noisy is None
     assert "declines" in result.reason and "Nothing was trained or sent" in result.reason
     assert PrivacyLedger.open(site.ledger_path, site="h1").history == []
@@ -273,8 +307,12 @@ def test_schema_mismatch_stops_before_any_charge(site: SiteSettings) -> None:
 def test_server_fit_reports_the_estimate_in_column_units() -> None:
     family = tiny_family()
     run = RunSettings(rounds=2, local_steps=10, model=STAGED)
-    facts = apply_effect(family, np.array([30.0, 600.0]), run, ["h1", "h2"])
+    total = np.array([30.0, SHARE_WEIGHT * 150.0, 600.0])
+    facts = apply_effect(family, total, run, ["h1", "h2"])
     assert facts["estimate"] == [pytest.approx(0.05 * HALF_RANGE)]
+    assert facts["treatment_shares"] == [pytest.approx(0.75), pytest.approx(0.25)]
+    assert facts["generator_shares_before"][1] == pytest.approx(0.5, abs=1e-6)
+    assert facts["generator_shares_after"][1] == pytest.approx(0.25, abs=1e-4)
     assert facts["generator_effect_before"] == [pytest.approx(0.2 * HALF_RANGE)]
     assert facts["generator_effect_after"] == [pytest.approx(0.05 * HALF_RANGE, abs=1e-2)]
     assert facts["noise_multiplier"] == run.effect_noise_multiplier()

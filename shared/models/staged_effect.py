@@ -1,11 +1,13 @@
 """The staged generator's side of the DP effect calibration (:mod:`shared.effect`).
 
-:func:`effect_sums` computes one site's ``(Σ φ_1, …, Σ φ_{A−1}, n)`` from its
-encoded rows with the released generator as the nuisance models; the caller adds
-the noise. :func:`calibrate_effect` then moves the bias of each treated arm's
-outcome offset ``g_a`` (the mean slot only) so that the generator's own effect,
-averaged over covariates it draws itself, equals the released estimate ψ_a.
-The shift is post-processing of DP outputs, and it is saved in the weights.
+:func:`effect_sums` computes one site's ``(Σ φ_1, …, Σ φ_{A−1}, w·n_1, …, w·n_{A−1}, n)``
+from its encoded rows with the released generator as the nuisance models; the
+caller adds the noise. :func:`calibrate_effect` then moves the bias of each
+treated arm's outcome offset ``g_a`` (the mean slot only) so that the
+generator's own effect, averaged over covariates it draws itself, equals the
+released estimate ψ_a, and :func:`calibrate_treatment` moves the propensity
+head's logit biases so that the generator's treatment shares equal the released
+ones. Both shifts are post-processing of DP outputs, saved in the weights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.effect import PROPENSITY_FLOOR, SCORE_CLIP
+from shared.effect import PROPENSITY_FLOOR, SCORE_CLIP, SHARE_WEIGHT
 from shared.errors import ConfigError
 from shared.models.base import GeneratorFamily
 from shared.models.heads import zero_absent_values
@@ -68,7 +70,7 @@ def _arm_means(module: StagedModule, cov: torch.Tensor, arms: int) -> torch.Tens
 
 @torch.no_grad()
 def effect_sums(family: GeneratorFamily, encoded: np.ndarray) -> np.ndarray:
-    """One site's exact ``(Σ φ_1, …, Σ φ_{A−1}, n)`` (never sent without noise).
+    """One site's exact ``(Σ φ_1, …, Σ φ_{A−1}, w·n_1, …, w·n_{A−1}, n)`` (never sent bare).
 
     Parameters
     ----------
@@ -92,7 +94,8 @@ def effect_sums(family: GeneratorFamily, encoded: np.ndarray) -> np.ndarray:
     control = (arm == 0).float()
     phi = mu[:, 1:] - mu[:, :1] + treated * weighted - control * weighted
     clipped = phi.clamp(-SCORE_CLIP, SCORE_CLIP).double().cpu().numpy()
-    return np.concatenate([clipped.sum(axis=0), [float(len(clipped))]])
+    counts = SHARE_WEIGHT * treated.double().sum(dim=0).cpu().numpy()
+    return np.concatenate([clipped.sum(axis=0), counts, [float(len(clipped))]])
 
 
 def _drawn_covariates(family: GeneratorFamily, *, rows: int, seed: int) -> torch.Tensor:
@@ -156,6 +159,57 @@ def calibrate_effect(family: GeneratorFamily, psi: np.ndarray, *, seed: int) -> 
             offset.bias[0] += float(delta)
         shift = shift + step
         after = _effects_on(module, cov, arms)
+        if np.abs(target - after).max() < 1e-4:
+            break
+    return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}
+
+
+@torch.no_grad()
+def model_shares(family: GeneratorFamily, cov: torch.Tensor) -> np.ndarray:
+    """The generator's treatment share per arm: mean propensity over covariates ``cov``."""
+    _, module = _staged(family)
+    return torch.softmax(module.propensity(cov), dim=1).mean(dim=0).double().cpu().numpy()
+
+
+@torch.no_grad()
+def calibrate_treatment(
+    family: GeneratorFamily, shares: np.ndarray, *, seed: int
+) -> dict[str, Any]:
+    """Shift the propensity head's logit biases so the generator's arm shares equal ``shares``.
+
+    Parameters
+    ----------
+    family : GeneratorFamily
+        The staged generator, changed in place.
+    shares : numpy.ndarray
+        The target share of every arm, reference first, positive and summing to 1
+        (:class:`shared.effect.EffectEstimate`).
+    seed : int
+        Seed of the covariate draw (public).
+
+    Returns
+    -------
+    dict
+        ``before`` and ``after`` (the generator's share per arm) and ``shift`` (what
+        was added to each arm's logit bias).
+    """
+    _, module = _staged(family)
+    arms = check_calibratable(family)
+    module.eval()
+    target = np.asarray(shares, np.float64)
+    if target.shape != (arms,) or not np.isfinite(target).all() or (target <= 0).any():
+        raise ConfigError(f"treatment shares {target.tolist()} do not fit {arms} arms")
+    cov = _drawn_covariates(family, rows=CALIBRATION_ROWS, seed=seed)
+    bias: nn.Parameter = module.propensity.linear[0].bias  # type: ignore[assignment]
+    before = after = model_shares(family, cov)
+    shift = np.zeros(arms)
+    # The mean of a softmax is not a softmax of means, so a log-ratio step is exact
+    # only for constant logits: a few fixed-point passes over one public draw close it.
+    for _ in range(8):
+        step = np.log(target / after)
+        bias[:arms] += torch.as_tensor(step, dtype=bias.dtype, device=bias.device)
+        shift = shift + step
+        after = model_shares(family, cov)
         if np.abs(target - after).max() < 1e-4:
             break
     return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}

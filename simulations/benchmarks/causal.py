@@ -57,6 +57,7 @@ from server.effect import apply_effect, effect_request
 from server.strategy import mean_update
 from shared.cohort import TRUE_ATE, cohort_schema, generate_cohort
 from shared.config import ModelSettings, RunSettings
+from shared.effect import effect_length
 from shared.evaluation.association import associations
 from shared.evaluation.causal import causal
 from shared.evaluation.fidelity import marginals
@@ -165,7 +166,7 @@ def calibrate_federated(
     Returns each site's cumulative ε and the released estimate ψ (outcome units).
     """
     request = effect_request(family, run)
-    total, spent = np.zeros(request.arms), []
+    total, spent = np.zeros(effect_length(request.arms)), []
     for site in sites:
         result = release_sums(site, request, exact_sums(site, request, state), run=f"bench-{seed}")
         if not result.sent or result.noisy is None:
