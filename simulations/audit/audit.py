@@ -168,6 +168,7 @@ def audit_run(
             sample_rate=settings.sample_rate,
             max_grad_norm=mechanism.max_grad_norm,
             seed=inputs.seed,
+            expected_batch=settings.expected_batch,
         )
         hook = DiracCanaries(
             layout(family.private_module()),

@@ -143,6 +143,10 @@ class DiracScorer:
     seed : int
         Seeds the model's own randomness when computing ĝ_t (on a forked RNG, so
         the mechanism's random stream is untouched).
+    expected_batch : float, optional
+        The divisor ``train_dp`` was given (the run's public
+        :attr:`~shared.config.RunSettings.expected_batch`); ``None`` when it was given
+        none and divided by round(q·n).
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class DiracScorer:
         sample_rate: float,
         max_grad_norm: float,
         seed: int,
+        expected_batch: float | None = None,
     ) -> None:
         # A private copy: the trained module carries hooks during training.
         self.module = copy.deepcopy(family.private_module())
@@ -169,8 +174,12 @@ class DiracScorer:
         setattr(self._row_losses, "reduction", "none")  # noqa: B010 - per-row losses
         self.rows = site_rows
         self.coordinates = coordinates
-        # train_dp, given no public divisor, divides by round(q·n) of the rows it is given.
-        self.batch = max(1, round(sample_rate * len(site_rows)))
+        # The divisor train_dp used: the public one, or round(q·n) when given none.
+        self.batch = (
+            expected_batch
+            if expected_batch is not None
+            else max(1, round(sample_rate * len(site_rows)))
+        )
         self.sample_rate, self.max_grad_norm, self.seed = sample_rate, max_grad_norm, seed
         self.scores = torch.zeros(len(coordinates), dtype=torch.float64)
         self.steps = 0

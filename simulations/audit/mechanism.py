@@ -120,6 +120,9 @@ def train_contribution(
             max_grad_norm=mechanism.max_grad_norm,
             sample_rate=settings.sample_rate,
             learning_rate=settings.learning_rate,
+            # The public divisor, as at a site: the same for models with and without
+            # the canaries, so the row count cannot tell them apart.
+            expected_batch=settings.expected_batch,
             device=device,
             seed=_round_seed(seed, tag, server_round),
             on_step=scorer.observe if scorer is not None else None,
