@@ -10,8 +10,9 @@ a clear :class:`ConfigError` naming the key and the fix if anything is off.
 * :class:`DistributedStepSettings`: what one distributed DP-SGD step asks of a site.
 * :class:`RunSettings`: the ServerApp's run config (``[tool.flwr.app.config]``).
 
-The parts live in ``config_read``, ``config_model`` and ``config_site``; this module
-is the one place to import them from.
+The parts live in ``config_read``, ``config_model``, ``config_site`` and
+``config_budget`` (how a run splits its ε); this module is the one place to import
+them from.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shared.accounting import calibrate_noise
+from shared.config_budget import RunBudget
 from shared.config_model import (
     AGGREGATIONS,
     DEFAULT_SERVER_LR,
     NUMERIC_ENCODERS,
-    RELEASE_GENERATORS,
     AggregationSettings,
     ModelSettings,
 )
 from shared.config_read import Scalar, positive, read_accountant, read_value
-from shared.config_site import NOMINAL_SITE_ROWS, DistributedStepSettings, TrainSettings
+from shared.config_site import DistributedStepSettings, TrainSettings
 from shared.distdp.plan import DistributedPlan, plan_for_run
 from shared.errors import ConfigError
 
@@ -54,7 +54,7 @@ NOISE_PLACEMENTS = ("local", "distributed")
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(RunBudget):
     """The ServerApp's run configuration (``[tool.flwr.app.config]`` plus overrides).
 
     Attributes
@@ -232,11 +232,6 @@ class RunSettings:
         """
         return self.secagg_threshold or max(2, self.min_sites // 2 + 1)
 
-    @property
-    def releases_statistics(self) -> bool:
-        """Whether the generator is fitted from one noisy release per stage (no DP-SGD)."""
-        return self.model.generator in RELEASE_GENERATORS
-
     def check_release_run(self) -> None:
         """Refuse settings a release family's Flower run cannot honour.
 
@@ -264,21 +259,6 @@ class RunSettings:
                 "has no use for the dp-quantile encoder. Pass --numeric-encoder minmax"
             )
 
-    def release_noise_multiplier(self) -> float:
-        """σ of one Gaussian release at (ε, δ): the accountant's ``(σ, q = 1, 1 step)``.
-
-        A release family splits it over its stages as σ_s = σ / √ρ_s
-        (:func:`shared.models.release.stage_noise_multipliers`), so the stages
-        together spend exactly :attr:`epsilon` per site.
-        """
-        return calibrate_noise(
-            target_epsilon=self.epsilon,
-            delta=self.delta,
-            sample_rate=1.0,
-            steps=1,
-            accountant=self.accountant,
-        )
-
     def distributed_plan(self) -> DistributedPlan:
         """The public plan of a ``distributed`` run: K = ``min_sites`` noise shares.
 
@@ -289,97 +269,6 @@ class RunSettings:
             lists the cases).
         """
         return plan_for_run(self)
-
-    @property
-    def planned_steps(self) -> int:
-        """DP-SGD steps each site runs in this run."""
-        return self.rounds * self.local_steps
-
-    @property
-    def fits_encoder(self) -> bool:
-        """Whether the run starts with the DP histogram stage (``dp-quantile`` encoder)."""
-        return self.model.numeric_encoder == "dp-quantile"
-
-    @property
-    def calibrates_effect(self) -> bool:
-        """Whether the run ends with the staged generator's DP effect calibration."""
-        return self.model.generator == "staged" and self.effect_budget_fraction > 0
-
-    def noise_multiplier(self) -> float:
-        """σ calibrated so this run's planned steps spend exactly their share of :attr:`epsilon`.
-
-        A DP encoder takes ``encoder_budget_fraction`` of ε and the effect calibration
-        ``effect_budget_fraction``; the steps get the rest, and
-        :meth:`encoder_noise_multiplier` and :meth:`effect_noise_multiplier` bring the
-        total back to ε.
-        """
-        share = 1.0 - self.encoder_budget_fraction if self.fits_encoder else 1.0
-        if self.calibrates_effect:
-            share -= self.effect_budget_fraction
-        return calibrate_noise(
-            target_epsilon=self.epsilon * share,
-            delta=self.delta,
-            sample_rate=self.sample_rate,
-            steps=self.planned_steps,
-            accountant=self.accountant,
-        )
-
-    def encoder_noise_multiplier(self) -> float:
-        """σ_h of the encoder histograms: DP-SGD plus it spend ε minus the effect's share."""
-        from shared.dp_quantile import calibrate_histogram_noise
-
-        share = 1.0 - self.effect_budget_fraction if self.calibrates_effect else 1.0
-        return calibrate_histogram_noise(
-            target_epsilon=self.epsilon * share,
-            delta=self.delta,
-            training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
-            accountant=self.accountant,
-        )
-
-    def effect_noise_multiplier(self) -> float:
-        """σ_e of the effect release: with DP-SGD (and the encoder) the run spends ε."""
-        from shared.dp_quantile import calibrate_histogram_noise
-
-        if not self.calibrates_effect:
-            raise ConfigError("this run has no effect calibration (staged generator only)")
-        encoder = ((self.encoder_noise_multiplier(), 1.0, 1),) if self.fits_encoder else ()
-        return calibrate_histogram_noise(
-            target_epsilon=self.epsilon,
-            delta=self.delta,
-            training=(self.noise_multiplier(), self.sample_rate, self.planned_steps),
-            accountant=self.accountant,
-            others=encoder,
-            hint="raise effect-budget-fraction, or set it to 0",
-        )
-
-    def mechanisms(self) -> list[tuple[float, float, int]]:
-        """Every ``(σ, q, steps)`` this run charges a site for, in the order they run."""
-        if self.releases_statistics:
-            from shared.models.release import release_stage_noise  # imports torch: only here
-
-            return [(s, 1.0, 1) for s in release_stage_noise(self)]
-        out = [(self.encoder_noise_multiplier(), 1.0, 1)] if self.fits_encoder else []
-        out.append((self.noise_multiplier(), self.sample_rate, self.planned_steps))
-        if self.calibrates_effect:
-            out.append((self.effect_noise_multiplier(), 1.0, 1))
-        return out
-
-    @property
-    def expected_batch(self) -> float:
-        """The public divisor (rows) of a site's noisy gradient sum in local DP-SGD.
-
-        q × the announced rows per site (``announced_rows / min_sites``), or q ×
-        :data:`~shared.config_site.NOMINAL_SITE_ROWS` when none were announced; at
-        least 1. Row counts are private, so a site never divides by its own q·n. A
-        value far from a site's q·n only rescales its averaged gradient, which Adam's
-        step ignores; under FedProx it sets the proximal term's weight against it.
-        """
-        rows = (
-            self.announced_rows / max(self.min_sites, 1)
-            if self.announced_rows > 0
-            else NOMINAL_SITE_ROWS
-        )
-        return max(1.0, self.sample_rate * rows)
 
     def train_settings(
         self, server_round: int, *, noise_multiplier: float, schema_fingerprint: str
