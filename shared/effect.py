@@ -36,7 +36,7 @@ generator's treated share equals the released one. A small weight w keeps the
 counts' cost to ψ low (Δ grows by under 4 % for two arms) while their noise,
 σ_e Δ / w rows, stays small against a consortium's row count.
 
-Both the floor, the clip and the weight are public constants, not tuned on
+The floor, the clip and the weight are public constants, not tuned on
 private rows. Clipping biases φ only for rows whose weighted residual exceeds B
 (an outcome residual beyond half the public range at ê = 0.5); the floor bounds
 the weights.
