@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from shared.accounting import calibrate_noise
-from shared.config_model import RELEASE_GENERATORS, AggregationSettings, ModelSettings
+from shared.config_model import RELEASE_GENERATORS, ModelSettings
 from shared.config_site import NOMINAL_SITE_ROWS
 from shared.errors import ConfigError
 
@@ -37,7 +37,6 @@ class RunBudget:
     encoder_budget_fraction: float
     effect_budget_fraction: float
     model: ModelSettings
-    aggregation: AggregationSettings
 
     @property
     def releases_statistics(self) -> bool:
