@@ -75,8 +75,8 @@ def _check_module(module: nn.Module) -> None:
         )
 
 
-def _divisor(expected_batch: float | None, sample_rate: float, n: int) -> float:
-    """The denominator of the averaged noisy gradient: the public one, or q·n off-site."""
+def step_divisor(expected_batch: float | None, sample_rate: float, n: int) -> float:
+    """The denominator of the averaged noisy gradient: the public one, or round(q·n) off-site."""
     if expected_batch is None:
         return float(max(1, round(sample_rate * n)))
     if not (math.isfinite(expected_batch) and expected_batch > 0):
@@ -183,7 +183,7 @@ def train_dp(
         n=n,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=_divisor(expected_batch, sample_rate, n),
+        expected_batch_size=step_divisor(expected_batch, sample_rate, n),
         learning_rate=learning_rate,
         noise_generator=secure_rng or _generator(seed + 1, device),
         secure_mode=secure_mode,

@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from client import fused
+from client.training import step_divisor
 from shared.errors import AuditError
 from shared.models.base import GeneratorFamily
 
@@ -174,12 +175,8 @@ class DiracScorer:
         setattr(self._row_losses, "reduction", "none")  # noqa: B010 - per-row losses
         self.rows = site_rows
         self.coordinates = coordinates
-        # The divisor train_dp used: the public one, or round(q·n) when given none.
-        self.batch = (
-            expected_batch
-            if expected_batch is not None
-            else max(1, round(sample_rate * len(site_rows)))
-        )
+        # The divisor train_dp used, computed the same way.
+        self.batch = step_divisor(expected_batch, sample_rate, len(site_rows))
         self.sample_rate, self.max_grad_norm, self.seed = sample_rate, max_grad_norm, seed
         self.scores = torch.zeros(len(coordinates), dtype=torch.float64)
         self.steps = 0
