@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from importlib import metadata, util
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,6 +53,21 @@ class SupernodeOptions:
     max_retries: int = 0
 
 
+def require_secure_rng(site: SiteSettings) -> None:
+    """Refuse ``--secure-mode`` up front where Opacus's secure generator cannot load.
+
+    Otherwise the site would start, join, and fail at its first round.
+    """
+    if site.secure_mode and util.find_spec("torchcsprng") is None:
+        raise SiteConfigError(
+            "--secure-mode needs the torchcsprng package (Opacus's cryptographically secure "
+            f"generator), which is not installed for torch {metadata.version('torch')}. Install a "
+            "torchcsprng build for this torch, or start without --secure-mode: noise and "
+            "sampling then come from generators with a 128-bit secret state "
+            "(client/randomness.py)"
+        )
+
+
 def preflight(site: SiteSettings) -> str:
     """Check schema, table and ledger; return a one-line summary.
 
@@ -62,6 +78,7 @@ def preflight(site: SiteSettings) -> str:
     BudgetExhaustedError
         The site has spent its whole budget: it could only decline.
     """
+    require_secure_rng(site)
     schema = Schema.load(site.schema_path)
     frame = load_table(site.data_path, schema)
     rows = f"site {site.site_name}: {len(frame)} rows valid against schema {schema.name!r} "

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
@@ -47,6 +45,7 @@ from client import secagg
 from client.errors import BudgetExhaustedError, SiteConfigError, public_reason
 from client.ledger import PrivacyLedger
 from client.precheck import check_mechanism, site_schema
+from client.randomness import RoundRandomness, secret_seed
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
@@ -69,14 +68,14 @@ ReplyBuilder = Callable[[SiteSettings | None, TrainSettings | None, RoundResult]
 def step_seed(site: SiteSettings, step: int) -> int:
     """Seed of this step's sampling, rounding and noise at this site.
 
-    Secret OS randomness at a real site (the server must never be able to
-    regenerate a site's noise share); derived from the run seed, site name and
-    step in a simulation, so research runs reproduce.
+    Secret OS randomness at a real site (:func:`client.randomness.secret_seed`: the
+    server must never be able to regenerate a site's noise share); derived from the
+    run seed, site name and step in a simulation, so research runs reproduce.
     """
     if site.simulation_seed is None:
-        return secrets.randbits(63)
+        return secret_seed()
     text = f"{site.simulation_seed}:{site.site_name}:distdp:{step}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+    return int.from_bytes(hashlib.sha256(text).digest()[:16], "big")
 
 
 def _step_mechanism(
@@ -149,14 +148,9 @@ def run_site_step(
                 log.warning("%s", exc)
                 spent = led.epsilon(delta=site.budget_delta)
                 return RoundResult(False, str(exc), spent, 0, led.total_steps), None, multiplier
-            seed = step_seed(site, step.step)
-            torch.manual_seed(seed)  # the VAE's reparametrisation draws
-            rng = np.random.default_rng(seed)
-            sampler = PoissonBatches(
-                data,
-                sample_rate=train.sample_rate,
-                generator=torch.Generator().manual_seed(seed),
-            )
+            rand = RoundRandomness.from_seed(step_seed(site, step.step), device)
+            torch.manual_seed(rand.model_seed)  # the VAE's reparametrisation draws
+            sampler = PoissonBatches(data, sample_rate=train.sample_rate, generator=rand.sampling)
             grad_sum = clipped_gradient_sum(
                 module,
                 family.criterion(),
@@ -169,7 +163,7 @@ def run_site_step(
                 clip_norm=train.max_grad_norm,
                 noise_sites=step.noise_sites,
                 codec=codec,
-                rng=rng,
+                rng=rand.shares,
             )
             led.record(
                 run=run,

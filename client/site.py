@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
 from client.precheck import check_affordable, site_schema
+from client.randomness import secret_seed
 from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
@@ -71,17 +71,18 @@ def clip_update(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
 
 
 def noise_seed(site: SiteSettings, server_round: int) -> int:
-    """Seed of this round's Poisson sampling and Gaussian noise at this site.
+    """Seed of this round's Poisson sampling, Gaussian noise and model randomness here.
 
-    At a real site it is drawn from the operating system's secret randomness: a seed
-    the coordinator could know (e.g. one it sends) would let it regenerate the noise
-    and subtract it. In a simulation it is derived from the run seed, the site name
-    and the round, so research runs reproduce and no two sites share noise.
+    At a real site it is drawn from the operating system's secret randomness
+    (:func:`client.randomness.secret_seed`, 128 bits): a seed the coordinator could know
+    or search (e.g. one it sends) would let it regenerate the noise and subtract it. In
+    a simulation it is derived from the run seed, the site name and the round, so
+    research runs reproduce and no two sites share noise.
     """
     if site.simulation_seed is None:
-        return secrets.randbits(63)
+        return secret_seed()
     text = f"{site.simulation_seed}:{site.site_name}:{server_round}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+    return int.from_bytes(hashlib.sha256(text).digest()[:16], "big")
 
 
 def run_site_round(

@@ -33,6 +33,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from client.errors import TrainingError
+from client.randomness import RoundRandomness
 from client.sampling import PoissonBatches, Rows
 from client.steppers import (
     ClippedSumHook,
@@ -84,12 +85,6 @@ def step_divisor(expected_batch: float | None, sample_rate: float, n: int) -> fl
     return float(expected_batch)
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
 def train_dp(
     family: GeneratorFamily,
     data: Rows,
@@ -132,7 +127,10 @@ def train_dp(
     device : torch.device
         Where to train.
     seed : int
-        Seeds sampling and noise (ignored for noise when ``secure_mode``).
+        Secret seed (up to :data:`client.randomness.SEED_BITS` bits), split into
+        independent streams for sampling, noise and the model's own randomness
+        (:class:`client.randomness.RoundRandomness`); sampling and noise ignore it
+        under ``secure_mode``.
     secure_mode : bool
         Use Opacus's cryptographically secure noise and sampling (needs ``torchcsprng``).
     progress : callable, optional
@@ -173,7 +171,8 @@ def train_dp(
         raise TrainingError("the site's table has no rows; nothing to train on")
     module = family.private_module()
     _check_module(module)
-    torch.manual_seed(seed)  # the model's own randomness (the VAE's reparameterisation)
+    rand = RoundRandomness.from_seed(seed, device)
+    torch.manual_seed(rand.model_seed)  # the model's own randomness (the VAE's draws)
     module.to(device).train()
     n = int(data.shape[0])
     # Secure mode needs Opacus's CSPRNG (torchcsprng) for sampling and noise alike.
@@ -185,14 +184,12 @@ def train_dp(
         max_grad_norm=max_grad_norm,
         expected_batch_size=step_divisor(expected_batch, sample_rate, n),
         learning_rate=learning_rate,
-        noise_generator=secure_rng or _generator(seed + 1, device),
+        noise_generator=secure_rng or rand.noise,
         secure_mode=secure_mode,
         proximal_mu=proximal_mu,
     )
     step_fn: Stepper = (FusedStepper if mode == "fused" else GhostStepper)(family, cfg, audit_hook)
-    batches = PoissonBatches(
-        data, sample_rate=sample_rate, generator=secure_rng or _generator(seed, torch.device("cpu"))
-    )
+    batches = PoissonBatches(data, sample_rate=sample_rate, generator=secure_rng or rand.sampling)
     # A family's loop (a GAN's fake rows and generator step) works around each step;
     # it keeps every sampled row once, so each step is still one Poisson-sampled
     # Gaussian step on the private module, which is what the ledger charges.
@@ -232,13 +229,12 @@ def train_plain(
 
     For benchmarks and pooled baselines only. Never used on a site's data in a run.
     """
-    torch.manual_seed(seed)
+    rand = RoundRandomness.from_seed(seed, device)
+    torch.manual_seed(rand.model_seed)
     module = family.private_module().to(device).train()
     criterion = family.criterion()
     optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    batches = PoissonBatches(
-        data, sample_rate=sample_rate, generator=_generator(seed, torch.device("cpu"))
-    )
+    batches = PoissonBatches(data, sample_rate=sample_rate, generator=rand.sampling)
     loop = family.local_loop(learning_rate=learning_rate)
     start, rows = time.perf_counter(), 0
     loss = torch.zeros(())

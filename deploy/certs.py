@@ -28,6 +28,10 @@ from deploy.errors import CertificateError
 from shared.ssh_keys import openssh_fingerprint
 
 CURVE = ec.SECP384R1()
+#: The CA outlives many server certificates, so renewing one (from the same CA) moves
+#: its end date without sending the sites a new ca.crt.
+CA_DAYS = 3650
+SERVER_DAYS = 825
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -75,7 +79,8 @@ def create_server_credentials(
     folder: str | Path,
     *,
     hosts: list[str],
-    days: int = 825,
+    days: int = SERVER_DAYS,
+    ca_days: int = CA_DAYS,
     organisation: str = "fedsynth consortium",
 ) -> ServerCredentials:
     """Create a CA and a SuperLink TLS certificate valid for ``hosts``.
@@ -87,7 +92,10 @@ def create_server_credentials(
     hosts : list of str
         DNS names and IP addresses the sites use to reach the SuperLink.
     days : int
-        Validity of both certificates.
+        Validity of the server certificate, in days.
+    ca_days : int
+        Validity of the CA, in days (at least ``days``). A renewed server certificate
+        (:func:`renew_server_certificate`) can end no later than the CA.
     """
     hosts = _with_loopback(hosts)
     out = Path(folder)
@@ -99,7 +107,8 @@ def create_server_credentials(
             "Use another --out folder or remove the old files deliberately."
         )
     now = dt.datetime.now(dt.UTC)
-    valid = dict(not_before=now - dt.timedelta(minutes=5), not_after=now + dt.timedelta(days=days))
+    start = now - dt.timedelta(minutes=5)
+    ca_end = now + dt.timedelta(days=max(ca_days, days))
     ca_key = ec.generate_private_key(CURVE)
     ca_name = x509.Name(
         [
@@ -113,8 +122,8 @@ def create_server_credentials(
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(valid["not_before"])
-        .not_valid_after(valid["not_after"])
+        .not_valid_before(start)
+        .not_valid_after(ca_end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -135,7 +144,9 @@ def create_server_credentials(
         )
         .sign(ca_key, hashes.SHA384())
     )
-    srv_key, srv_cert = _server_certificate(ca_key, ca_name, hosts, **valid)
+    srv_key, srv_cert = _server_certificate(
+        ca_key, ca_name, hosts, not_before=start, not_after=now + dt.timedelta(days=days)
+    )
     _write_private(creds.ca_key, _pem_private(ca_key))
     creds.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(creds.server_key, _pem_private(srv_key))
@@ -182,14 +193,37 @@ def _server_certificate(
     return srv_key, srv_cert
 
 
+def certificate_hosts(path: Path) -> list[str]:
+    """The DNS names and IP addresses in a certificate's subject alternative names, in order."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound) as exc:
+        raise CertificateError(
+            f"cannot read the host names of {path} ({exc}); give them with --host "
+            "(repeatable), e.g. --host coordinator.example.org"
+        ) from None
+    return [str(name.value) for name in san if isinstance(name, x509.DNSName | x509.IPAddress)]
+
+
 def renew_server_certificate(
-    folder: str | Path, *, hosts: list[str], days: int = 825
+    folder: str | Path, *, hosts: list[str] | None = None, days: int = SERVER_DAYS
 ) -> tuple[ServerCredentials, dt.datetime]:
     """Issue a new SuperLink key and certificate from the existing CA in ``folder``.
 
     The CA does not change, so the sites keep their ``ca.crt``. The old
     ``server.pem`` and ``server.key`` are kept as ``*.replaced-<UTC time>``. The new
     certificate ends no later than the CA does.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder ``fedsynth certs server`` wrote.
+    hosts : list of str, optional
+        Host names and IP addresses for the new certificate; by default those of the
+        certificate it replaces, so the sites' host-name checks keep passing.
+    days : int
+        Validity of the new certificate, in days (capped at the CA's end).
 
     Returns
     -------
@@ -201,7 +235,6 @@ def renew_server_certificate(
     CertificateError
         If the CA files are missing or unreadable, or the CA has expired.
     """
-    hosts = _with_loopback(hosts)
     out = Path(folder)
     creds = ServerCredentials.in_folder(out)
     try:
@@ -214,6 +247,7 @@ def renew_server_certificate(
         ) from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{creds.ca_key} is not an EC private key")
+    hosts = _with_loopback(hosts if hosts else certificate_hosts(creds.server_cert))
     now = dt.datetime.now(dt.UTC)
     if ca_cert.not_valid_after_utc <= now:
         raise CertificateError(
@@ -221,7 +255,7 @@ def renew_server_certificate(
             "a new one with `fedsynth certs server --out NEW_FOLDER` and send its ca.crt to "
             "every site"
         )
-    end = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    end = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc).replace(microsecond=0)
     srv_key, srv_cert = _server_certificate(
         ca_key, ca_cert.subject, hosts, not_before=now - dt.timedelta(minutes=5), not_after=end
     )
@@ -253,7 +287,7 @@ def create_site_key(folder: str | Path, site: str) -> tuple[Path, Path]:
         raise CertificateError(
             f"{priv} already exists; a site keeps one identity key. To rotate it, write the "
             f"new key to another folder (--out {out}-new), then have the coordinator run "
-            f"`fedsynth server sites remove {site}` and `sites add {site} --key` with the new "
+            f"`fedsynth server sites remove {site} --state-dir DIR` and `sites add {site} --key` with the new "
             ".pub, and start the client with the new .key"
         )
     key = ec.generate_private_key(CURVE)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 
 from deploy.certs import (
+    CA_DAYS,
+    SERVER_DAYS,
+    certificate_hosts,
     create_server_credentials,
     create_site_key,
     public_key_fingerprint,
     renew_server_certificate,
 )
+from deploy.errors import CertificateError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +26,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--host",
         action="append",
         default=None,
-        help="host name or IP sites connect to (repeatable; default 127.0.0.1, localhost)",
+        help=(
+            "host name or IP sites connect to (repeatable; default 127.0.0.1, localhost, "
+            "or with --renew the names of the certificate it replaces)"
+        ),
+    )
+    s.add_argument(
+        "--days",
+        type=int,
+        default=SERVER_DAYS,
+        help=f"validity of the server certificate in days (default {SERVER_DAYS}; the CA "
+        f"gets {CA_DAYS} and a renewed certificate ends no later than it)",
     )
     s.add_argument(
         "--renew",
@@ -51,18 +65,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _server(args: argparse.Namespace) -> int:
-    hosts = args.host or ["127.0.0.1", "localhost"]
+    if args.days < 1:
+        raise CertificateError(f"--days must be at least 1, got {args.days}")
     if args.renew:
-        renewed, end = renew_server_certificate(args.out, hosts=hosts)
+        renewed, end = renew_server_certificate(args.out, hosts=args.host, days=args.days)
         print(
-            f"wrote {renewed.server_cert} and {renewed.server_key}, valid until {end:%Y-%m-%d} "
+            f"wrote {renewed.server_cert} and {renewed.server_key} for "
+            f"{', '.join(certificate_hosts(renewed.server_cert))}, valid until {end:%Y-%m-%d} "
             "(the old ones are kept as *.replaced-*); restart `fedsynth server` to use them. "
             "The CA is unchanged: the sites need nothing new"
         )
         return 0
-    creds = create_server_credentials(args.out, hosts=hosts)
+    hosts = args.host or ["127.0.0.1", "localhost"]
+    creds = create_server_credentials(args.out, hosts=hosts, days=args.days)
     print(
-        f"wrote {creds.ca_cert} (give to every site), {creds.server_cert}, {creds.server_key}, "
+        f"wrote {creds.ca_cert} (give to every site), {creds.server_cert} for "
+        f"{', '.join(certificate_hosts(creds.server_cert))}, {creds.server_key}, "
         f"{creds.ca_key} (keep offline)"
     )
     return 0
@@ -78,8 +96,9 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    create_server_credentials(args.out, hosts=args.host or ["127.0.0.1"])
+    creds = create_server_credentials(args.out, hosts=args.host or ["127.0.0.1"])
     for i in range(args.sites):
         create_site_key(f"{args.out}/sites", f"site-{i}")
-    print(f"wrote demo credentials for 127.0.0.1 and {args.sites} sites under {args.out}")
+    hosts = ", ".join(certificate_hosts(creds.server_cert))
+    print(f"wrote demo credentials for {hosts} and {args.sites} sites under {args.out}")
     return 0

@@ -285,8 +285,9 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         link_log = out / "logs" / "superlink.log"
         proc = rt.spawn(cmd, link_log)
         ca = None if opts.insecure or opts.certs is None else (opts.certs / "ca.crt").resolve()
-        wait_healthy(proc, opts.port, link_log, ca_cert=ca)
-        address = f"{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
+        local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+        wait_healthy(proc, opts.port, link_log, ca_cert=ca, host=local)
+        address = f"{f'[{local}]' if ':' in local else local}:{opts.port}"
         add_connection(rt, CONNECTION, address, root_certificates=ca)
         follower = None
         if not opts.insecure:

@@ -35,11 +35,15 @@ def wait_healthy(
     *,
     ca_cert: Path | None = None,
     timeout: float = 60.0,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Wait until the SuperLink answers its health endpoint (over TLS when ``ca_cert`` is given)."""
+    """Wait until the SuperLink answers its health endpoint (over TLS when ``ca_cert`` is given).
+
+    ``host`` is the address it listens on (loopback when it listens on all of them).
+    """
     deadline = time.monotonic() + timeout
     scheme = "https" if ca_cert else "http"
-    url = f"{scheme}://127.0.0.1:{port}/health"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/health"
     context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -53,7 +57,8 @@ def wait_healthy(
             pass
         time.sleep(0.2)
     raise DeploymentError(
-        f"the SuperLink did not become healthy on port {port} within {timeout:.0f}s; see {log_path}"
+        f"the SuperLink did not become healthy at {host}:{port} within {timeout:.0f}s; "
+        f"see {log_path}"
     )
 
 

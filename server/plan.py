@@ -210,6 +210,6 @@ def check_plan(grid: Grid, settings: RunSettings, plan: PlanRequest) -> list[dic
             f"nothing was sent. Declined: {declined or 'no answer'}. Plan fewer rounds or a "
             "smaller ε (--rounds, --epsilon); raise a site's total budget only if its data "
             "steward agrees (--budget-epsilon at the site, --site-budget in a simulation); "
-            "lower --min-sites; or remove a spent site (`fedsynth server sites remove NAME`)."
+            "lower --min-sites; or remove a spent site (`fedsynth server sites remove NAME --state-dir DIR`)."
         )
     return answers

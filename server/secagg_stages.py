@@ -193,7 +193,7 @@ def sample_index(grid: Grid, min_sites: int) -> dict[int, int]:
 #: What the coordinator can do when sites refused a set-up for their budget.
 SPENT_SITE_ADVICE = (
     "A site whose budget is spent never takes part again: remove it with "
-    "`fedsynth server sites remove NAME`, or lower --min-sites; then rerun with the same "
+    "`fedsynth server sites remove NAME --state-dir DIR`, or lower --min-sites; then rerun with the same "
     "--out to resume from the last checkpoint."
 )
 

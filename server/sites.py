@@ -140,7 +140,7 @@ class SiteRegistry:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise SiteRegistryError(
                 f"site registry {self.path} is damaged ({exc}); restore it from backup or "
-                "rebuild it with `fedsynth server sites add` (never hand-edit it)"
+                "rebuild it with `fedsynth server sites add NAME --key NAME.pub --state-dir DIR` (never hand-edit it)"
             ) from None
         self._check(sites)
         return sorted(sites, key=lambda s: s.name)
@@ -204,7 +204,7 @@ class SiteRegistry:
                 if other.name == name:
                     raise SiteRegistryError(
                         f"site {name!r} is already registered ({other.fingerprint}); "
-                        f"`fedsynth server sites remove {name}` first to replace its key"
+                        f"`fedsynth server sites remove {name} --state-dir DIR` first to replace its key"
                     )
                 if other.fingerprint == fingerprint:
                     raise SiteRegistryError(

@@ -191,7 +191,7 @@ class SiteAveraging(FedAvg):
                 + (f" Declines: {declined}" if declined else " Missing sites timed out or failed.")
                 + " Fix the sites and rerun with the same --out to resume from the last checkpoint"
                 + " (a site whose budget is spent never trains again: remove it with `fedsynth"
-                + " server sites remove NAME`, or lower --min-sites)."
+                + " server sites remove NAME --state-dir DIR`, or lower --min-sites)."
             )
         if n_updates < len(parsed) or n_updates == 1:
             log.warning("round %d: aggregating %d site update(s)", server_round, n_updates)

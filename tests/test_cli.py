@@ -207,3 +207,21 @@ def test_simulate_refuses_a_bad_option_before_anything_starts(
 def test_sample_refuses_zero_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sample", "--model", str(tmp_path), "--n", "0"]) == 2
     assert "--n 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_client_check_refuses_secure_mode_without_its_generator(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torchcsprng is not installed here (no build for this torch): a site asking for
+    # --secure-mode must hear so before joining, not at its first round.
+    from importlib import util
+
+    table, schema = files
+    if util.find_spec("torchcsprng") is not None:
+        pytest.skip("torchcsprng is installed here")
+
+    assert _check(table, schema, tmp_path / "state", "--secure-mode") == 2
+
+    err = capsys.readouterr().err
+    assert "--secure-mode needs the torchcsprng package" in err
+    assert "without --secure-mode" in err

@@ -29,7 +29,7 @@ from client.doctor import (
 from client.doctor_connect import check_ca, check_server, check_site_key
 from client.ledger import PrivacyLedger
 from client.settings import LEDGER_FILE
-from deploy.certs import ServerCredentials, create_server_credentials, create_site_key
+from deploy.certs import CA_DAYS, ServerCredentials, create_server_credentials, create_site_key
 from tests.conftest import SMALL_SCHEMA_DOC
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the")
@@ -144,7 +144,7 @@ def test_ca_missing_expired_not_yet_valid_and_not_a_ca(
 ) -> None:
     assert check_ca(None).status == "fail"
     assert check_ca(tmp_path / "nope.crt").status == "fail"
-    late = dt.datetime.now(dt.UTC) + dt.timedelta(days=900)
+    late = dt.datetime.now(dt.UTC) + dt.timedelta(days=CA_DAYS + 75)
     expired = check_ca(creds.ca_cert, now=late)
     assert expired.status == "fail" and "expired" in expired.message
     early = check_ca(creds.ca_cert, now=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))

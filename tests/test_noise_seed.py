@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.settings import SiteSettings
+from client.randomness import SEED_BITS
 from client.site import noise_seed
 
 
@@ -34,4 +35,10 @@ def test_simulated_sites_reproduce_but_never_share_noise() -> None:
         )
         == 4
     )
-    assert 0 <= noise_seed(a, 3) < 2**63
+    assert 0 <= noise_seed(a, 3) < 2**SEED_BITS
+    assert max(noise_seed(site(f"s{i}", 7), 1) for i in range(8)) >= 2**64  # all 128 bits
+
+
+def test_real_seeds_carry_128_bits() -> None:
+    real = site("hospital-a", None)
+    assert max(noise_seed(real, 1) for _ in range(8)) >= 2**100
