@@ -39,12 +39,14 @@ def _add_schema(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from shared import cli_schema
+    from shared.cli_options import seed_arg
 
     p = sub.add_parser("sample", help="sample rows from a released model")
     p.add_argument("--model", required=True, help="the model/ folder of a run")
     p.add_argument("--n", type=int, required=True, help="number of rows (at least 1)")
-    p.add_argument("--out", default="synthetic.csv")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="synthetic.csv", help="CSV to write (not replaced)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
         "--condition",
         action="append",

@@ -23,6 +23,17 @@ _D = RunSettings()
 _A = _D.aggregation
 
 
+def seed_arg(text: str) -> int:
+    """An argparse ``type`` for ``--seed``: an integer the random generators take."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"{seed} is not an integer from 0 to 2**63 - 1")
+    return seed
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Add the DP and training options shared by ``server`` and ``simulate``."""
     g = p.add_argument_group("privacy and training (public settings, sent to every site)")
@@ -79,7 +90,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--noise-placement distributed gives the most useful table at ε ≈ 1 (README, "
         "'Which generator')",
     )
-    g.add_argument("--seed", type=int, default=_D.seed)
+    g.add_argument("--seed", type=seed_arg, default=_D.seed)
     g.add_argument(
         "--numeric-encoder",
         choices=list(NUMERIC_ENCODERS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from shared.errors import ConfigError
@@ -60,9 +61,26 @@ def sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n} must be at least 1: the number of rows to write")
     family, _ = load_model(args.model)
     conditions = parse_conditions(getattr(args, "condition", None) or [])
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name, e.g. --out {out}/more.csv")
+    if out.exists() and not getattr(args, "force", False):
+        raise ConfigError(
+            f"--out {out} already exists (it may be a run's released table); give another "
+            "file name, or --force to replace it"
+        )
     rebalance = getattr(args, "rebalance", None)
     table = family.sample(args.n, seed=args.seed, conditions=conditions, rebalance=rebalance)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {len(table)} synthetic rows to {args.out}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target, then renamed: an interrupted write leaves no
+        # half-written table under the requested name.
+        partial = out.with_name(f".{out.name}.partial")
+        table.to_csv(partial, index=False)
+        os.replace(partial, out)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write --out {out} ({exc.strerror or exc}); choose a writable path"
+        ) from None
+    print(f"wrote {len(table)} synthetic rows to {out}")
     return 0

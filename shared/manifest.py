@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.config import ModelSettings
-from shared.errors import ModelError, SchemaError
+from shared.errors import ConfigError, ModelError, SchemaError
 from shared.models import GeneratorFamily, build_generator
 from shared.schema import Schema
 
@@ -131,14 +132,28 @@ def load_model(folder: str | Path) -> tuple[GeneratorFamily, dict[str, Any]]:
         if manifest.get("generator") == "staged":
             # Staged models saved before ``effect_model`` existed have MLP offsets.
             stored.setdefault("effect_model", "mlp")
-        settings = ModelSettings(**stored)
+        settings = _settings(stored)
         weights = manifest["weights"]
         digest = str(weights["sha256"])
         file = str(weights["file"])
-    except (KeyError, TypeError, ValueError, SchemaError) as exc:
+    except (KeyError, TypeError, ValueError, SchemaError, ConfigError) as exc:
         raise ModelError(f"{out / MANIFEST} is incomplete or invalid ({exc})") from None
     if schema.fingerprint() != manifest.get("schema_fingerprint"):
         raise ModelError(f"{out / MANIFEST}: the embedded schema does not match its fingerprint")
     family = build_generator(schema, settings)
-    family.load_state_dict(load_state(out / Path(file).name, digest))
+    try:
+        family.load_state_dict(load_state(out / Path(file).name, digest))
+    except ModelError as exc:
+        raise ModelError(
+            f"{out}: {exc} (its {MANIFEST} and weights no longer belong together)"
+        ) from None
     return family, manifest
+
+
+def _settings(stored: dict[str, Any]) -> ModelSettings:
+    """The manifest's model settings, with the same checks as a run's config."""
+    known = {f.name for f in fields(ModelSettings)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown}")
+    return ModelSettings.from_config({k.replace("_", "-"): v for k, v in stored.items()})

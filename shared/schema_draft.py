@@ -38,6 +38,7 @@ def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") ->
     Schema
         A valid schema covering every column of ``frame``.
     """
+    import numpy as np
     import pandas as pd
 
     from shared.tables import MISSING_TOKENS
@@ -64,7 +65,18 @@ def draft_schema(frame: Any, *, name: str = "table", source: str = "<table>") ->
             and numeric.notna().all()
             and values.astype(str).nunique() > 10
         )
+        finite = numeric[np.isfinite(numeric.to_numpy(dtype=float))] if is_numeric else numeric
+        if is_numeric and len(finite) < len(numeric):
+            warnings.warn(
+                f"column {col_name!r} of {source}: {len(numeric) - len(finite)} infinite "
+                "value(s) left out of the drafted bounds; such cells fail validation, so fix "
+                "them in the export",
+                DraftSchemaWarning,
+                stacklevel=2,
+            )
+            is_numeric = len(finite) > 0
         if is_numeric:
+            numeric = finite
             is_int = bool((numeric == numeric.round()).all())
             lo, hi = float(numeric.min()), float(numeric.max())
             if hi <= lo:

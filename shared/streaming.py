@@ -76,6 +76,14 @@ def iter_chunks(
         raise DataValidationError(
             str(p), [f"cannot be parsed ({first}); check the delimiter (comma), quoting and UTF-8"]
         ) from None
+    except (pd.errors.EmptyDataError, OSError, ValueError) as exc:  # Arrow's are ValueErrors
+        # A file with no data in it (blank lines only) or a damaged Parquet file: the
+        # whole-table reader names the problem and its fix; say something if it does not.
+        read_raw(p)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataValidationError(
+            str(p), [f"cannot be read ({first}); re-export it as UTF-8 CSV or Parquet"]
+        ) from None
 
 
 def encode_table(

@@ -138,12 +138,19 @@ def validate_frame(raw: pd.DataFrame, schema: Schema, *, source: str = "<table>"
     present = [str(c) for c in raw.columns]
     missing = [n for n in schema.names if n not in present]
     extra = [n for n in present if n not in schema.names]
-    if missing:
+    joined = [n for n in extra if any(sep in n for sep in (";", "\t", "|"))]
+    if missing and joined:
+        # One header holding the schema's names: the export used another delimiter.
+        problems.append(
+            f"the header {joined[0][:80]!r} looks like several column names joined by "
+            "';', a tab or '|': re-export the table comma-separated (CSV), UTF-8"
+        )
+    elif missing:
         problems.append(
             f"column(s) {missing} required by the schema are missing; add them to the export "
             "(use an empty cell where a value is unknown and the column is nullable)"
         )
-    if extra:
+    if extra and not (missing and joined):
         problems.append(
             f"column(s) {extra} are not in the schema; drop them from the export (they may be "
             "identifying) or ask the consortium to add them to the schema"

@@ -229,6 +229,38 @@ def test_cli_bad_condition_is_one_clear_message(
     assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_cli_sample_never_replaces_a_table_unless_told(
+    trained: GeneratorFamily, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_model(tmp_path / "model", trained)
+    out = tmp_path / "synthetic.csv"
+    out.write_text("the released table\n", encoding="utf-8")
+    base = ["sample", "--model", str(tmp_path / "model"), "--n", "5", "--out"]
+
+    assert main([*base, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force to replace it" in err
+    assert out.read_text(encoding="utf-8") == "the released table\n"
+
+    assert main([*base, str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+    assert main([*base, str(out), "--force"]) == 0
+    assert len(pd.read_csv(out)) == 5
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", "x"])
+def test_cli_sample_refuses_a_seed_the_generators_cannot_take(
+    trained: GeneratorFamily, tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: str
+) -> None:
+    save_model(tmp_path / "model", trained)
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--model", str(tmp_path / "model"), "--n", "5", "--seed", seed])
+    assert exit_.value.code == 2
+    assert "argument --seed" in capsys.readouterr().err
+
+
 def test_long_choice_lists_say_how_many_were_left_out() -> None:
     from shared.models.sampling import _listed
 

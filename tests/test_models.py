@@ -247,6 +247,27 @@ def test_manifest_with_edited_schema_is_refused(family: GeneratorFamily, tmp_pat
         load_model(folder)
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"hidden": -1}, r"manifest\.json is incomplete or invalid .*hidden.*4\.\.4096"),
+        ({"hidden": "wide"}, r"manifest\.json is incomplete or invalid .*hidden"),
+        ({"colour": "red"}, r"manifest\.json is incomplete or invalid .*unknown model setting"),
+        ({"hidden": 48}, r"model: weights do not fit .*no longer belong together"),
+    ],
+)
+def test_edited_model_settings_are_refused_naming_the_manifest(
+    family: GeneratorFamily, tmp_path: Path, edit: dict[str, object], expected: str
+) -> None:
+    folder = save_model(tmp_path / "model", family)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["model_settings"].update(edit)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(ModelError, match=expected):
+        load_model(folder)
+
+
 def test_manifest_of_another_format_is_refused(tmp_path: Path) -> None:
     # Prepare
     (tmp_path / MANIFEST).write_text(json.dumps({"format": "pickle/9"}))

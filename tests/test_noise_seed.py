@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.settings import SiteSettings
 from client.randomness import SEED_BITS
+from client.settings import SiteSettings
 from client.site import noise_seed
 
 

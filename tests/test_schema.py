@@ -374,6 +374,16 @@ def test_draft_schema_warns_and_validates_its_own_table() -> None:
     assert Schema.from_dict(draft.to_dict()) == draft
 
 
+def test_draft_schema_leaves_infinite_values_out_of_the_bounds_and_says_so() -> None:
+    frame = pd.DataFrame({"x": [str(1.5 * i) for i in range(40)] + ["inf"]})
+
+    with pytest.warns(DraftSchemaWarning, match=r"column 'x' of t\.csv: 1 infinite value"):
+        draft = draft_schema(frame, name="d", source="t.csv")
+
+    col = draft.column("x")
+    assert col.kind == "continuous" and (col.minimum, col.maximum) == (0.0, 58.5)
+
+
 @pytest.mark.parametrize(
     "values",
     [[0.0, 1.0, np.nan], [True, False, True], ["a", "", "b"]],

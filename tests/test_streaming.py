@@ -9,7 +9,7 @@ import pytest
 
 from shared.cohort import cohort_schema, generate_cohort
 from shared.errors import DataValidationError
-from shared.streaming import encode_table
+from shared.streaming import encode_table, iter_chunks
 from shared.tables import load_table
 from shared.transforms import TableTransformer
 
@@ -62,3 +62,25 @@ def test_errors_in_later_chunks_name_the_files_line(cohort_csv: Path, tmp_path: 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="file not found"):
         encode_table(tmp_path / "nope.csv", cohort_schema(), tmp_path / "rows.f32")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("blank.csv", b"\n\n", r"blank\.csv"),
+        (
+            "damaged.parquet",
+            b"not parquet at all",
+            r"(?s)damaged\.parquet.*cannot be parsed as parquet",
+        ),
+    ],
+)
+def test_unreadable_files_get_the_whole_table_readers_message(
+    tmp_path: Path, name: str, data: bytes, expected: str
+) -> None:
+    # Training reads the table in chunks; a file that is non-empty yet holds no data,
+    # or a damaged Parquet file, must get the same clear error as `schema check`.
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataValidationError, match=expected):
+        list(iter_chunks(path))

@@ -121,6 +121,10 @@ def test_validated_frame_is_stable_under_revalidation(tmp_path: Path, small_sche
             ["column(s) ['ssn'] are not in the schema", "drop them from the export"],
         ),
         (
+            "age;sex;bmi\n40;male;22\n",
+            ["header 'age;sex;bmi' looks like several column names", "comma-separated"],
+        ),
+        (
             HEADER + "40,other,22\n",
             ["column 'sex'", "unseen: ['other']", "line 2: 'other'", "recode them to one of"],
         ),
@@ -157,6 +161,7 @@ def test_validated_frame_is_stable_under_revalidation(tmp_path: Path, small_sche
     ids=[
         "missing-column",
         "extra-column",
+        "semicolon-delimited",
         "unseen-category",
         "above-max",
         "below-min",

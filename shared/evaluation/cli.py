@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shared.cli_options import seed_arg
 from shared.evaluation.api import evaluate, write_report
 from shared.evaluation.inputs import TableLike
 from shared.schema import Schema
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--privacy-report", type=Path, help="privacy_report.json of the run (per-site ε, δ)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of samples, models and bootstrap")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of samples, models and bootstrap")
     p.add_argument("--out", type=Path, required=True, help="folder for report.json/report.html")
     p.set_defaults(handler=_run)
 
