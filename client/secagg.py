@@ -57,6 +57,10 @@ def _config(msg: Message) -> ConfigRecord:
     return rec
 
 
+#: Set in a round's state once the site has answered its input stage.
+INPUT_SENT = "input-sent"
+
+
 def _state(msg: Message, context: Context) -> ConfigRecord:
     """This round's stored state; refuses a message for another round."""
     state = context.state.get(STATE) if STATE in context.state else None
@@ -150,7 +154,8 @@ def participation(
     ------
     SecAggProtocolError, SecAggAbortedError
         The site's shares were not relayed, or fewer peers than the threshold (or
-        than K) shared keys: the site must not compute (nor charge) anything this round.
+        than K) shared keys, or it already answered this round's input request: the
+        site must not compute (nor charge) anything.
     """
     state, cfg = _state(msg, context), _config(msg)
     roster = _roster(
@@ -170,6 +175,15 @@ def participation(
             f"only {len(peers)} site(s) take part in this secure sum, fewer than the "
             f"K = {noise_sites} the noise is split over; this site computes and sends nothing"
         )
+    # One input per secure round: two inputs under the same pairwise masks would let
+    # the server subtract them and see their difference unmasked (with a 1/K share of
+    # the noise each, under distributed noise). Claimed before computing anything.
+    if INPUT_SENT in state:
+        raise SecAggProtocolError(
+            "this site already answered this secure round's input request; a second "
+            "request under the same masks is refused (nothing computed or charged)"
+        )
+    state[INPUT_SENT] = True
     return state, me, peers
 
 

@@ -338,3 +338,42 @@ def test_the_plan_counts_secure_aggregations_threshold_not_only_min_sites(
     for site in ("site-1", "site-2"):
         ledger = Path(cfg["sites-dir"]) / site / "state" / LEDGER_FILE
         assert not ledger.exists() or PrivacyLedger.open(ledger, site=site).entries == []
+
+
+class ReplayingGrid(InProcessGrid):
+    """Delivers node 101's masked-input request a second time (a replaying server)."""
+
+    second: Message | None = None
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        out = list(super().send_and_receive(messages, timeout=timeout))
+        for msg in messages:
+            if msg.metadata.dst_node_id == 101 and msg.metadata.message_type.endswith(
+                keys.SECAGG_TRAIN
+            ):
+                TaskIdentity.node_id = 101
+                self.second = client_app(msg, self.contexts[101])
+        return out
+
+
+def test_a_site_answers_one_input_request_per_secure_round(
+    sites_template: Path, tmp_path: Path
+) -> None:
+    # Two inputs under the same pairwise masks would cancel the masks in their
+    # difference, so a repeated request is refused before any training or charge.
+    from client.ledger import PrivacyLedger
+
+    settings, cfg = make_run(sites_template, tmp_path / "run", **{"secure-aggregation": True})
+    strategy, state, config = round_inputs(settings)
+    grid = ReplayingGrid(cfg)
+
+    secure_round(grid, strategy, 1, state, config, settings)
+
+    assert grid.second is not None and grid.second.has_error()
+    assert "already answered this secure round" in grid.second.error.reason
+    ledger_path = tmp_path / "run" / "sites" / "site-0" / "state" / "privacy_ledger.json"
+    ledger = PrivacyLedger.open(ledger_path, site="site-0")
+    assert len(ledger.entries) == 1
