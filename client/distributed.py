@@ -29,7 +29,6 @@ the ledger over-counts in that case, and never under-counts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -45,7 +44,7 @@ from client import secagg
 from client.errors import BudgetExhaustedError, SiteConfigError, public_reason
 from client.ledger import PrivacyLedger
 from client.precheck import check_mechanism, site_schema
-from client.randomness import RoundRandomness, secret_seed
+from client.randomness import RoundRandomness, site_seed
 from client.result import RoundResult
 from client.sampling import PoissonBatches
 from client.settings import SiteSettings
@@ -72,10 +71,7 @@ def step_seed(site: SiteSettings, step: int) -> int:
     server must never be able to regenerate a site's noise share); derived from the
     run seed, site name and step in a simulation, so research runs reproduce.
     """
-    if site.simulation_seed is None:
-        return secret_seed()
-    text = f"{site.simulation_seed}:{site.site_name}:distdp:{step}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:16], "big")
+    return site_seed(site.simulation_seed, site.site_name, "distdp", step)
 
 
 def _step_mechanism(

@@ -22,6 +22,7 @@ secret and never observed directly (only through noised sums). Opacus's ``secure
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import struct
 from dataclasses import dataclass
@@ -46,6 +47,19 @@ _STATE_BYTES = 5056
 def secret_seed() -> int:
     """A fresh :data:`SEED_BITS`-bit seed from the operating system's CSPRNG."""
     return secrets.randbits(SEED_BITS)
+
+
+def site_seed(simulation_seed: int | None, *parts: object) -> int:
+    """A site's seed: :func:`secret_seed` at a real site, else derived from the run seed.
+
+    In a simulation the seed is the first :data:`SEED_BITS` bits of
+    SHA-256(``"simulation_seed:part:part…"``), so research runs reproduce and the
+    parts (site name, round or step) keep every site's and round's noise apart.
+    """
+    if simulation_seed is None:
+        return secret_seed()
+    text = ":".join(str(p) for p in (simulation_seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[: SEED_BITS // 8], "big")
 
 
 def _cpu_generator(seq: np.random.SeedSequence) -> torch.Generator:

@@ -21,7 +21,6 @@ The caller sends the reply only after step 3 has written the ledger.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ import torch
 from client.errors import BudgetExhaustedError
 from client.ledger import PrivacyLedger
 from client.precheck import check_affordable, site_schema
-from client.randomness import secret_seed
+from client.randomness import site_seed
 from client.replay import ReplayStore, SentUpdate, request_digest
 from client.result import RoundResult
 from client.settings import SiteSettings
@@ -79,10 +78,7 @@ def noise_seed(site: SiteSettings, server_round: int) -> int:
     a simulation it is derived from the run seed, the site name and the round, so
     research runs reproduce and no two sites share noise.
     """
-    if site.simulation_seed is None:
-        return secret_seed()
-    text = f"{site.simulation_seed}:{site.site_name}:{server_round}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:16], "big")
+    return site_seed(site.simulation_seed, site.site_name, server_round)
 
 
 def run_site_round(

@@ -19,7 +19,13 @@ from typing import Any
 from cryptography import x509
 
 from server.errors import DeploymentError
-from server.flower import add_connection, build_app, submit_and_wait, wait_healthy
+from server.flower import (
+    add_connection,
+    build_app,
+    host_port,
+    submit_and_wait,
+    wait_healthy,
+)
 from server.identity import NODES_FILE, write_site_nodes
 from server.sites import SiteRegistry, key_fingerprint
 from shared.config import RunSettings, app_config_defaults
@@ -287,7 +293,7 @@ def run_server(opts: ServerOptions, overrides: dict[str, Any]) -> Path:
         ca = None if opts.insecure or opts.certs is None else (opts.certs / "ca.crt").resolve()
         local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
         wait_healthy(proc, opts.port, link_log, ca_cert=ca, host=local)
-        address = f"{f'[{local}]' if ':' in local else local}:{opts.port}"
+        address = host_port(local, opts.port)
         add_connection(rt, CONNECTION, address, root_certificates=ca)
         follower = None
         if not opts.insecure:

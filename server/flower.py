@@ -28,6 +28,11 @@ log = logging.getLogger("fedsynth.server")
 APP_PACKAGES = ("shared", "client", "server")
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def wait_healthy(
     proc: subprocess.Popen[bytes],
     port: int,
@@ -43,7 +48,7 @@ def wait_healthy(
     """
     deadline = time.monotonic() + timeout
     scheme = "https" if ca_cert else "http"
-    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/health"
+    url = f"{scheme}://{host_port(host, port)}/health"
     context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:

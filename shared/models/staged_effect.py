@@ -12,6 +12,7 @@ ones. Both shifts are post-processing of DP outputs, saved in the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -149,19 +150,47 @@ def calibrate_effect(family: GeneratorFamily, psi: np.ndarray, *, seed: int) -> 
     if psi.shape != before.shape or not np.isfinite(psi).all():
         raise ConfigError(f"effect estimate of shape {psi.shape} does not fit {before.shape} arms")
     target = np.clip(psi, -2.0, 2.0)  # a difference of two values in [-1, 1]
-    shift, after = np.zeros_like(before), before
-    # μ̂ is clamped to [-1, 1], so one shift can fall short near the bounds: a few
-    # fixed-point passes over the same public draw close the gap.
-    for _ in range(4):
-        step = target - after
+
+    def move_offsets(step: np.ndarray) -> None:
         for a, delta in enumerate(step, start=1):
             offset: nn.Linear = module.outcome.linear[a]  # type: ignore[assignment]
             offset.bias[0] += float(delta)
-        shift = shift + step
-        after = _effects_on(module, cov, arms)
+
+    # μ̂ is clamped to [-1, 1], so one shift can fall short near the bounds.
+    after, shift = _close_gap(
+        target,
+        before,
+        passes=4,
+        step=lambda t, now: t - now,
+        apply=move_offsets,
+        measure=lambda: _effects_on(module, cov, arms),
+    )
+    return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}
+
+
+def _close_gap(
+    target: np.ndarray,
+    start: np.ndarray,
+    *,
+    passes: int,
+    step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    apply: Callable[[np.ndarray], None],
+    measure: Callable[[], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point passes over one public draw: apply ``step(target, now)`` and measure again.
+
+    Stops after ``passes`` or once every coordinate is within 1e-4 of ``target``.
+    Returns the last measurement and the summed steps.
+    """
+    shift, after = np.zeros_like(start), start
+    for _ in range(passes):
+        delta = step(target, after)
+        apply(delta)
+        shift = shift + delta
+        after = measure()
         if np.abs(target - after).max() < 1e-4:
             break
-    return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}
+    return after, shift
 
 
 @torch.no_grad()
@@ -201,15 +230,19 @@ def calibrate_treatment(
         raise ConfigError(f"treatment shares {target.tolist()} do not fit {arms} arms")
     cov = _drawn_covariates(family, rows=CALIBRATION_ROWS, seed=seed)
     bias: nn.Parameter = module.propensity.linear[0].bias  # type: ignore[assignment]
-    before = after = model_shares(family, cov)
-    shift = np.zeros(arms)
-    # The mean of a softmax is not a softmax of means, so a log-ratio step is exact
-    # only for constant logits: a few fixed-point passes over one public draw close it.
-    for _ in range(8):
-        step = np.log(target / after)
+    before = model_shares(family, cov)
+
+    def move_logits(step: np.ndarray) -> None:
         bias[:arms] += torch.as_tensor(step, dtype=bias.dtype, device=bias.device)
-        shift = shift + step
-        after = model_shares(family, cov)
-        if np.abs(target - after).max() < 1e-4:
-            break
+
+    # The mean of a softmax is not a softmax of means, so a log-ratio step is exact
+    # only for constant logits.
+    after, shift = _close_gap(
+        target,
+        before,
+        passes=8,
+        step=lambda t, now: np.log(t / now),
+        apply=move_logits,
+        measure=lambda: model_shares(family, cov),
+    )
     return {"before": before.tolist(), "after": after.tolist(), "shift": shift.tolist()}
